@@ -84,6 +84,7 @@ class LinearOperator(nn.Module):
 
     native_autograd = False
     clinear = True
+    __array_ufunc__ = None  # make numpy defer, so `A @ ndarray` raises TypeError instead of broadcasting
 
     def __init__(self, in_shape: Sequence[int], out_shape) -> None:
         super().__init__()

@@ -51,6 +51,7 @@ def _pool() -> ThreadPoolExecutor:
 def _astra():
     try:
         import astra
+        import astra.experimental  # noqa: F401  (direct_FP3D/BP3D for the CUDA path; not imported by astra)
     except ImportError as err:  # pragma: no cover - astra is a dependency
         raise ImportError("the CT operators need the ASTRA toolbox: pip install astra-toolbox") from err
     return astra

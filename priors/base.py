@@ -1,0 +1,141 @@
+"""Functionals: priors, constraints and data terms share one interface.
+
+``value(x) -> (B,)``, ``prox(x, tau)``, ``grad(x)``, and ``conj_prox(z, sigma)``
+(the prox of the convex conjugate, derived once by Moreau's identity unless a
+subclass has a closed form). ``tau``/``sigma`` may be Python numbers or tensors
+broadcastable to ``x`` (diagonal step sizes); tensor steps are valid for
+separable functionals, which is all that the solvers pass them to.
+
+Functionals made of a linear map and a simple function (TV = norm of a
+gradient, a data term = distance after a forward operator) expose
+``split(in_shape) -> (K, g)`` so primal-dual solvers can dualise ``g``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["Functional", "ScaledFunctional", "SumFunctional", "Zero"]
+
+
+class Functional(nn.Module):
+    """Base class for a (convex) functional on batched tensors.
+
+    Subclasses set the capability flags they implement; calling a missing
+    capability raises ``NotImplementedError`` naming the class.
+
+    Example:
+        >>> import torch
+        >>> from priors import NonNegativity, TV
+        >>> f = 0.1 * TV() + NonNegativity()
+        >>> f.value(torch.ones(2, 1, 8, 8))
+        tensor([0., 0.])
+    """
+
+    has_value = False
+    has_prox = False
+    has_grad = False
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no value")
+
+    def prox(self, x: torch.Tensor, tau) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no prox")
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no gradient (it is not smooth)")
+
+    def conj_prox(self, z: torch.Tensor, sigma) -> torch.Tensor:
+        """``prox_{sigma f*}(z) = z - sigma prox_{f / sigma}(z / sigma)`` (Moreau)."""
+        return z - sigma * self.prox(z / sigma, 1.0 / sigma)
+
+    def split(self, in_shape: Sequence[int]):
+        """``(K, g)`` with ``self(x) = g(K x)``, or None when the functional is simple."""
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.value(x)
+
+    def __rmul__(self, lam) -> "Functional":
+        if isinstance(lam, (int, float)) and not isinstance(lam, bool):
+            if lam < 0:
+                raise ValueError(f"lam: a convex functional needs a scale >= 0, got {lam}")
+            return ScaledFunctional(self, float(lam))
+        return NotImplemented
+
+    __mul__ = __rmul__
+
+    def __add__(self, other: "Functional") -> "Functional":
+        if not isinstance(other, Functional):
+            return NotImplemented
+        return SumFunctional(self, other)
+
+
+class ScaledFunctional(Functional):
+    """``lam * f``: ``prox(x, tau) = f.prox(x, lam * tau)``."""
+
+    def __init__(self, f: Functional, lam: float) -> None:
+        super().__init__()
+        self.f, self.lam = f, lam
+        self.has_value, self.has_prox, self.has_grad = f.has_value, f.has_prox, f.has_grad
+
+    def value(self, x):
+        return self.lam * self.f.value(x)
+
+    def prox(self, x, tau):
+        return self.f.prox(x, self.lam * tau) if self.lam > 0 else x.clone()
+
+    def grad(self, x):
+        return self.lam * self.f.grad(x)
+
+    def conj_prox(self, z, sigma):
+        # (lam f)*(z) = lam f*(z / lam)  =>  prox_{sigma (lam f)*}(z) = lam prox_{(sigma/lam) f*}(z / lam)
+        return self.lam * self.f.conj_prox(z / self.lam, sigma / self.lam)
+
+    def split(self, in_shape):
+        parts = self.f.split(in_shape)
+        return None if parts is None else (parts[0], self.lam * parts[1])
+
+    def extra_repr(self) -> str:
+        return f"lam={self.lam}"
+
+
+class SumFunctional(Functional):
+    """``f + g``: value and gradient only (a sum has no prox in general)."""
+
+    def __init__(self, f: Functional, g: Functional) -> None:
+        super().__init__()
+        self.f, self.g = f, g
+        self.has_value = f.has_value and g.has_value
+        self.has_grad = f.has_grad and g.has_grad
+
+    def value(self, x):
+        return self.f.value(x) + self.g.value(x)
+
+    def grad(self, x):
+        return self.f.grad(x) + self.g.grad(x)
+
+    def terms(self) -> list[Functional]:
+        """The summands, flattened."""
+        out = []
+        for t in (self.f, self.g):
+            out.extend(t.terms() if isinstance(t, SumFunctional) else [t])
+        return out
+
+
+class Zero(Functional):
+    """The zero functional."""
+
+    has_value = has_prox = has_grad = True
+
+    def value(self, x):
+        return x.new_zeros(x.shape[0]).real
+
+    def prox(self, x, tau):
+        return x.clone()
+
+    def grad(self, x):
+        return torch.zeros_like(x)

@@ -1,0 +1,7 @@
+"""Problems, solvers, FBP and metrics."""
+
+from recon.base import Result, Solver
+from recon.chambolle_pock import ChambollePock
+from recon.problem import Problem
+
+__all__ = ["Problem", "Solver", "Result", "ChambollePock"]

@@ -1,0 +1,126 @@
+"""Classical iterative least-squares solvers: CGLS and SIRT.
+
+Both minimise ``1/2 ||A x - y||^2`` for a ``Problem`` whose data term is an
+``L2Fidelity``; early stopping (``max_iter``) is the regularisation. Priors are
+ignored (use ``ChambollePock`` for those); a ``NonNegativity``/``Box``
+constraint is applied by SIRT after every step and rejected by CGLS, whose
+Krylov recursion a projection would break.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from operators.base import inner
+from priors.data import L2Fidelity
+from recon.base import Solver, relative_change
+from recon.problem import Problem
+
+__all__ = ["CGLS", "SIRT"]
+
+
+def _fidelity(problem: Problem, solver: str) -> L2Fidelity:
+    if not isinstance(problem.data, L2Fidelity):
+        raise TypeError(f"problem.data: {solver} needs an L2Fidelity data term, got {type(problem.data).__name__}")
+    if problem.prior is not None:
+        raise ValueError(f"problem.prior: {solver} solves plain least squares; use ChambollePock for priors")
+    return problem.data
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+@dataclass
+class CGLSState:
+    x: torch.Tensor
+    r: torch.Tensor
+    p: torch.Tensor
+    gamma: torch.Tensor
+    relative_change: torch.Tensor
+
+
+class CGLS(Solver):
+    r"""Conjugate gradients on the normal equations ``A^H A x = A^H y`` (batched).
+
+    .. math:: \min_x \tfrac12 \|A x - y\|_2^2
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from operators import ParallelBeam2D
+        >>> from priors import L2Fidelity
+        >>> A = ParallelBeam2D((32, 32), np.linspace(0, np.pi, 40, endpoint=False), 48)
+        >>> x_true = torch.rand(1, 1, 32, 32)
+        >>> r = CGLS(max_iter=200, tol=1e-6).run(Problem(L2Fidelity(A, A(x_true))), torch.zeros_like(x_true))
+        >>> bool((r.x - x_true).norm() < 0.05 * x_true.norm())
+        True
+    """
+
+    def __init__(self, max_iter: int = 30, tol: float = 0.0, objective_every: int = 0, progress: bool = False):
+        super().__init__(max_iter, tol, objective_every, progress)
+
+    def init(self, problem: Problem, x0: torch.Tensor) -> CGLSState:
+        if problem.constraint is not None:
+            raise ValueError("problem.constraint: CGLS cannot apply constraints; use SIRT or ChambollePock")
+        f = _fidelity(problem, "CGLS")
+        r = f.y - f.A(x0)
+        p = f.A.adjoint(r)
+        return CGLSState(x0.clone(), r, p, inner(p, p), torch.full((x0.shape[0],), float("inf")))
+
+    def step(self, problem: Problem, s: CGLSState) -> CGLSState:
+        A = problem.data.A
+        q = A(s.p)
+        alpha = s.gamma / inner(q, q).clamp_min(1e-300)
+        x = s.x + _bcast(alpha, s.x) * s.p
+        r = s.r - _bcast(alpha, s.r) * q
+        g = A.adjoint(r)
+        gamma = inner(g, g)
+        p = g + _bcast(gamma / s.gamma.clamp_min(1e-300), g) * s.p
+        return CGLSState(x, r, p, gamma, relative_change(x, s.x))
+
+
+@dataclass
+class SIRTState:
+    x: torch.Tensor
+    relative_change: torch.Tensor
+
+
+class SIRT(Solver):
+    r"""Simultaneous iterative reconstruction technique (Gilbert 1972), as in ASTRA.
+
+    .. math:: x^{k+1} = P_G\big(x^k + C A^T R (y - A x^k)\big),\quad R = 1/(A 1),\; C = 1/(A^T 1)
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from operators import ParallelBeam2D
+        >>> from priors import L2Fidelity, NonNegativity
+        >>> A = ParallelBeam2D((32, 32), np.linspace(0, np.pi, 40, endpoint=False), 48)
+        >>> x_true = torch.rand(1, 1, 32, 32)
+        >>> p = Problem(L2Fidelity(A, A(x_true)), constraint=NonNegativity())
+        >>> r = SIRT(max_iter=300).run(p, torch.zeros_like(x_true))
+        >>> bool((r.x - x_true).norm() < 0.2 * x_true.norm())
+        True
+    """
+
+    def __init__(self, max_iter: int = 100, tol: float = 0.0, objective_every: int = 0, progress: bool = False):
+        super().__init__(max_iter, tol, objective_every, progress)
+
+    def init(self, problem: Problem, x0: torch.Tensor) -> SIRTState:
+        A = _fidelity(problem, "SIRT").A
+        rows, cols = A.abs_row_sums(x0), A.abs_col_sums(x0)
+        if rows is None or cols is None:
+            raise TypeError(f"problem.data.A: SIRT needs abs_row_sums/abs_col_sums, which "
+                            f"{type(A).__name__} does not provide")
+        self._R = torch.where(rows > 0, 1.0 / rows.clamp_min(1e-30), torch.zeros_like(rows))
+        self._C = torch.where(cols > 0, 1.0 / cols.clamp_min(1e-30), torch.zeros_like(cols))
+        x = problem.constraint.prox(x0, 1.0) if problem.constraint is not None else x0.clone()
+        return SIRTState(x, torch.full((x0.shape[0],), float("inf")))
+
+    def step(self, problem: Problem, s: SIRTState) -> SIRTState:
+        f = problem.data
+        x = s.x + self._C * f.A.adjoint(self._R * (f.y - f.A(s.x)))
+        if problem.constraint is not None:
+            x = problem.constraint.prox(x, 1.0)
+        return SIRTState(x, relative_change(x, s.x))

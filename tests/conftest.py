@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def real_data() -> Path:
+    """The shared real-data folder; tests using it skip cleanly when it is absent."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data not found at {REAL_DATA}")
+    return REAL_DATA
