@@ -36,7 +36,7 @@ import torch
 
 from operators.base import LinearOperator
 
-__all__ = ["ParallelBeam2D", "FanBeam2D", "ConeBeam3D", "validate_angles"]
+__all__ = ["ParallelBeam2D", "FanBeam2D", "ConeBeam3D", "ct_operator", "validate_angles"]
 
 _POOL: ThreadPoolExecutor | None = None
 
@@ -424,6 +424,25 @@ class ConeBeam3D(_AstraCT):
         return (f"volume_shape={self.volume_shape}, views={len(self.angles)}, detector_shape={self.detector_shape}, "
                 f"source_origin={self.source_origin}, origin_detector={self.origin_detector}, "
                 f"voxel_size={self.pixel_size}")
+
+
+def ct_operator(geometry: dict, angles, detector_count: int) -> _AstraCT2D:
+    """Build a 2D CT operator from a geometry dict (the keys of ``data.hdf5.CTData.geometry``).
+
+    Example:
+        >>> A = ct_operator({"geometry": "parallel", "image_shape": (32, 32), "pixel_size": 0.5,
+        ...                  "detector_spacing": 0.5}, [0.0, 1.0], 48)
+        >>> type(A).__name__, A.out_shape
+        ('ParallelBeam2D', (1, 2, 48))
+    """
+    kind = geometry.get("geometry")
+    common = dict(pixel_size=geometry.get("pixel_size", 1.0), detector_spacing=geometry.get("detector_spacing", 1.0))
+    if kind == "parallel":
+        return ParallelBeam2D(geometry["image_shape"], angles, detector_count, **common)
+    if kind == "fan":
+        return FanBeam2D(geometry["image_shape"], angles, detector_count, geometry["source_origin"],
+                         geometry["origin_detector"], **common)
+    raise ValueError(f"geometry: expected 'parallel' or 'fan', got {kind!r}")
 
 
 def _shape_any(spacing) -> tuple:

@@ -1,0 +1,42 @@
+"""Figures written by the apps (PNG, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from data.hdf5 import atomic_path  # noqa: E402
+
+
+def save_image(path: Path, image: np.ndarray, vmin: float, vmax: float) -> None:
+    """A grayscale PNG of ``image`` in the window ``[vmin, vmax]`` (one pixel per pixel)."""
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, np.clip(image, vmin, vmax), cmap="gray", vmin=vmin, vmax=vmax, format="png")
+
+
+def comparison_figure(path: Path, images: dict, metrics: dict, reference: np.ndarray | None, vmax: float) -> None:
+    """Side-by-side panels: the reference (when known) and each method, titled with its metrics."""
+    panels = ([("reference", reference, "")] if reference is not None else []) + [
+        (name, img, _subtitle(metrics.get(name, {}))) for name, img in images.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.9), squeeze=False)
+    for ax, (name, img, sub) in zip(axes[0], panels):
+        ax.imshow(img, cmap="gray", vmin=0.0, vmax=vmax)
+        ax.set_title(f"{name}: {sub}" if sub else name, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _subtitle(m: dict) -> str:
+    parts = []
+    if "psnr" in m:
+        parts.append(f"{m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}")
+    parts.append(f"{m.get('seconds', 0):.2f} s" + (f", {m['iterations']} it" if m.get("iterations") else ""))
+    return "\n".join(parts)

@@ -1,0 +1,85 @@
+"""`recon ct` end to end on small problems, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from apps.cli import main
+from apps.ct import simulate
+from data.hdf5 import write_ct
+
+
+def run(*argv):
+    return main(["ct", *map(str, argv)])
+
+
+def test_phantom_run_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run("--phantom", "shepp-logan", "--size", 48, "--views", 30, "--method", "fbp", "--method", "tv",
+               "--method", "cgls", "--iterations", 60, "--output", out, "--no-progress")
+    assert code == 0
+    for name in ("fbp.png", "tv.png", "cgls.png", "comparison.png", "reconstructions.h5", "metrics.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["fbp", "tv", "cgls"]
+    assert metrics["tv"]["psnr"] > metrics["fbp"]["psnr"] and metrics["tv"]["iterations"] <= 60
+    assert set(metrics["fbp"]) >= {"psnr", "ssim", "seconds", "iterations"}
+    with h5py.File(out / "reconstructions.h5") as f:
+        assert f["tv"].shape == (48, 48) and f.attrs["geometry"] == "parallel"
+        assert f["tv"].attrs["lam"] == pytest.approx(metrics["tv"]["lam"])
+    printed = capsys.readouterr().out
+    assert f"{metrics['tv']['psnr']}" in printed and "method" in printed
+
+
+def test_input_file_with_reference_and_view_subsampling(tmp_path):
+    data = simulate("ellipses", 40, 90, "fan", 0.01, seed=3)
+    path = tmp_path / "scan.h5"
+    write_ct(path, data.sinogram, data.angles, data.geometry, data.reference)
+    out = tmp_path / "out"
+    assert run("--input", path, "--views", 45, "--method", "fbp", "--output", out, "--no-progress") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fbp"]["psnr"] > 18
+    with h5py.File(out / "reconstructions.h5") as f:
+        assert len(f.attrs["angles"]) == 45 and f.attrs["geometry"] == "fan"
+
+
+def test_input_without_reference_has_no_metrics(tmp_path):
+    data = simulate("shepp-logan", 32, 20, "parallel", 0.0, seed=0)
+    path = tmp_path / "scan.h5"
+    write_ct(path, data.sinogram, data.angles, data.geometry)
+    assert run("--input", path, "--method", "fbp", "--output", tmp_path / "o", "--no-progress") == 0
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert "psnr" not in metrics["fbp"] and "seconds" in metrics["fbp"]
+
+
+def test_unknown_method_is_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run("--phantom", "shepp-logan", "--method", "magic", "--output", tmp_path)
+    assert exc.value.code == 2 and "--method: invalid choice: 'magic'" in capsys.readouterr().err
+
+
+def test_malformed_input_file_gives_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "broken.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("sinogram", data=np.zeros((4, 8)))
+        f.attrs["geometry"] = "parallel"
+    assert run("--input", path, "--output", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "missing dataset 'angles'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", 4], "--size"), (["--size", 32, "--views", 0], "--views"), (["--size", 32, "--noise", -0.1], "--noise")])
+def test_bad_phantom_arguments(tmp_path, capsys, argv, message):
+    assert run("--phantom", "shepp-logan", *argv, "--output", tmp_path) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cuda_requested_without_gpu(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert run("--phantom", "shepp-logan", "--size", 32, "--device", "cuda", "--output", tmp_path) == 2
+    assert "--device cuda: no CUDA device" in capsys.readouterr().err
