@@ -103,8 +103,8 @@ def read_ct(path: str | os.PathLike) -> CTData:
     Example:
         >>> import numpy as np, tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "scan.h5")
-        >>> write_ct(p, np.zeros((10, 20)), np.linspace(0, np.pi, 10, endpoint=False),
-        ...          {"geometry": "parallel", "detector_spacing": 1.0, "pixel_size": 1.0, "image_shape": (16, 16)})
+        >>> _ = write_ct(p, np.zeros((10, 20)), np.linspace(0, np.pi, 10, endpoint=False),
+        ...              {"geometry": "parallel", "detector_spacing": 1.0, "pixel_size": 1.0, "image_shape": (16, 16)})
         >>> read_ct(p).geometry["image_shape"]
         (16, 16)
     """

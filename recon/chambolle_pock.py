@@ -5,14 +5,24 @@ term splits into ``(A, 1/2||. - y||^2)``, the prior into ``(K, g)`` (TV gives
 ``(gradient, ||.||_{2,1})``) and ``G`` is the constraint. Each ``F_i`` is
 dualised with its closed-form conjugate prox.
 
-Step sizes need no hand balancing. By default they come from Pock &
-Chambolle's diagonal preconditioning (ICCV 2011, alpha = 1):
-``T = 1 / sum_i |K_i|^T 1`` per pixel and ``Sigma_i = 1 / |K_i| 1`` per
-measurement, which converges for any scaling of ``A`` against the gradient (a
-user of ODL's pdhg must balance ``||A||`` against ``||grad||`` by hand). When
-an operator cannot report its absolute row/column sums, each block is scaled by
-its norm instead: ``sigma_i = 1/||K_i||``, ``tau = 0.99 / sum_i ||K_i||``, which
-also satisfies ``tau * ||Sigma^(1/2) K||^2 < 1``.
+Step sizes need no hand balancing (a user of ODL's pdhg must balance ``||A||``
+against ``||grad||`` and the primal against the dual scale by hand). They are
+Pock & Chambolle's diagonal preconditioning (ICCV 2011, alpha = 1) applied to
+a canonical form of ``1/2||Ax - y||^2 + lam ||K x||``: substituting
+``x = alpha u`` with ``alpha = rms(y)/||A||``, dividing the objective by
+``rms(y)^2`` and folding ``lam`` into ``K`` gives blocks ``A/||A||``,
+``(lam / (||A|| rms(y))) K`` and data ``y / rms(y)`` that do not change when
+pixel size, detector units or image intensity are rescaled. Mapped back to
+``x`` this is, with block weights ``w = (1, lam / rms(y))`` and
+``a ~ ||A||`` (the Schur bound ``sqrt(max |A|1 * max |A|^T 1)``)::
+
+    T = 1 / (a * sum_i w_i |K_i|^T 1),      Sigma_i = a * w_i / |K_i| 1
+
+which is again a valid diagonal preconditioner (convergence for any scaling)
+and gives the same iterates, up to units, at 0.01 mm or 10 mm pixels. When an
+operator cannot report its absolute row/column sums, norms replace them:
+``tau = 0.99 / (a sum_i w_i ||K_i||)``, ``sigma_i = a w_i / ||K_i||``, which
+satisfies ``tau * ||Sigma^(1/2) K||^2 < 1``.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from operators.base import Identity, LinearOperator
-from priors.base import Functional, Zero
+from priors.base import Functional, ScaledFunctional, Zero
 from recon.base import Solver, relative_change
 from recon.problem import Problem
 
@@ -83,8 +93,11 @@ class ChambollePock(Solver):
 
     def __init__(self, max_iter: int = 500, tol: float = 1e-5, preconditioning: str = "auto",
                  tau: float | None = None, sigma: float | None = None, theta: float = 1.0,
-                 objective_every: int = 0, progress: bool = False) -> None:
+                 objective_every: int = 0, progress: bool = False, balance: float = 10.0) -> None:
         super().__init__(max_iter, tol, objective_every, progress)
+        if not balance > 0:
+            raise ValueError(f"balance: expected a positive primal/dual step ratio, got {balance}")
+        self.balance = float(balance)
         if preconditioning not in ("auto", "diagonal", "norm"):
             raise ValueError(f"preconditioning: expected 'auto', 'diagonal' or 'norm', got {preconditioning!r}")
         if (tau is None) != (sigma is None):
@@ -109,22 +122,30 @@ class ChambollePock(Solver):
             ops.append(K if K is not None else Identity(x0.shape[1:]))
             fns.append(g)
         G = problem.constraint if problem.constraint is not None else Zero()
-        tau, sigmas = self._steps(ops, x0)
+        tau, sigmas = self._steps(ops, fns, x0)
+        if self.tau is None:
+            tau, sigmas = tau * self.balance, tuple(sig / self.balance for sig in sigmas)
         return _Setup(tuple(ops), tuple(fns), G, tau, sigmas)
 
-    def _steps(self, ops, x0):
+    def _steps(self, ops, fns, x0):
         if self.tau is not None:
             return self.tau, tuple(self.sigma for _ in ops)
+        weights = _block_weights(fns)
         if self.preconditioning != "norm":
             rows = [op.abs_row_sums(x0) for op in ops]
             cols = [op.abs_col_sums(x0) for op in ops]
             if all(r is not None for r in rows) and all(c is not None for c in cols):
-                return _safe_inverse(sum(cols)), tuple(_safe_inverse(r) for r in rows)
+                a = float(rows[0].max() * cols[0].max()) ** 0.5 or 1.0  # Schur bound on ||A||
+                tau = _safe_inverse(a * sum(_items(w, c) * c for w, c in zip(weights, cols)))
+                return tau, tuple(a * _items(w, r) * _safe_inverse(r) for w, r in zip(weights, rows))
             if self.preconditioning == "diagonal":
                 raise ValueError("preconditioning: 'diagonal' needs operators that report abs_row_sums/"
                                  "abs_col_sums; use 'auto' or 'norm'")
         norms = [op.norm(device=x0.device) for op in ops]
-        return 0.99 / sum(norms), tuple(1.0 / n for n in norms)
+        a = norms[0] or 1.0
+        tau = 0.99 / (a * _items(sum(w * n for w, n in zip(weights, norms)), x0))
+        duals = [op(x0[:1]) for op in ops]
+        return tau, tuple(a * _items(w, d) / n for w, n, d in zip(weights, norms, duals))
 
     # -- iteration --------------------------------------------------------------------
     def init(self, problem: Problem, x0: torch.Tensor) -> ChambollePockState:
@@ -143,6 +164,27 @@ class ChambollePock(Solver):
         x = s.G.prox(state.x - s.tau * back, s.tau)
         x_bar = x + self.theta * (x - state.x)
         return ChambollePockState(x, x_bar, duals, relative_change(x, state.x), state.iteration + 1)
+
+
+def _block_weights(fns) -> list:
+    """Weights that make the steps covariant under rescaling of units (see module docstring).
+
+    The data block (first) has weight 1; a prior ``lam * g`` has weight ``lam / rms(y)``,
+    with ``rms(y)`` per batch item (shape ``(B,)``), so every item gets its own steps and a
+    batched solve equals solving the items one by one.
+    """
+    y = getattr(fns[0], "y", None)
+    if isinstance(y, torch.Tensor):
+        rms = y.abs().pow(2).flatten(1).mean(1).sqrt()
+        rms = torch.where(rms > 0, rms, torch.ones_like(rms))
+    else:
+        rms = 1.0
+    return [1.0] + [(f.lam if isinstance(f, ScaledFunctional) else 1.0) / rms for f in fns[1:]]
+
+
+def _items(w, like: torch.Tensor):
+    """Broadcast a per-item weight ``(B,)`` (or a number) against a ``(B|1, ...)`` tensor."""
+    return w.reshape((-1,) + (1,) * (like.ndim - 1)).to(like.dtype) if isinstance(w, torch.Tensor) else w
 
 
 def _safe_inverse(t: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ class CGLSState:
     r: torch.Tensor
     p: torch.Tensor
     gamma: torch.Tensor
+    gamma0: torch.Tensor
     relative_change: torch.Tensor
 
 
@@ -58,8 +59,15 @@ class CGLS(Solver):
         True
     """
 
+    #: an item stops once ||A^T r||^2 <= FREEZE * ||A^T r_0||^2: below that, float32 projectors
+    #: (ASTRA) return round-off and further steps would make the iterate drift
+    FREEZE = 1e-12
+
     def __init__(self, max_iter: int = 30, tol: float = 0.0, objective_every: int = 0, progress: bool = False):
         super().__init__(max_iter, tol, objective_every, progress)
+
+    def converged(self, state: CGLSState) -> bool:
+        return bool((state.gamma <= self.FREEZE * state.gamma0).all()) or super().converged(state)
 
     def init(self, problem: Problem, x0: torch.Tensor) -> CGLSState:
         if problem.constraint is not None:
@@ -67,18 +75,20 @@ class CGLS(Solver):
         f = _fidelity(problem, "CGLS")
         r = f.y - f.A(x0)
         p = f.A.adjoint(r)
-        return CGLSState(x0.clone(), r, p, inner(p, p), torch.full((x0.shape[0],), float("inf")))
+        gamma = inner(p, p)
+        return CGLSState(x0.clone(), r, p, gamma, gamma.clone(), torch.full((x0.shape[0],), float("inf")))
 
     def step(self, problem: Problem, s: CGLSState) -> CGLSState:
         A = problem.data.A
         q = A(s.p)
-        alpha = s.gamma / inner(q, q).clamp_min(1e-300)
+        active = s.gamma > self.FREEZE * s.gamma0
+        alpha = torch.where(active, s.gamma / inner(q, q).clamp_min(1e-300), torch.zeros_like(s.gamma))
         x = s.x + _bcast(alpha, s.x) * s.p
         r = s.r - _bcast(alpha, s.r) * q
         g = A.adjoint(r)
-        gamma = inner(g, g)
-        p = g + _bcast(gamma / s.gamma.clamp_min(1e-300), g) * s.p
-        return CGLSState(x, r, p, gamma, relative_change(x, s.x))
+        gamma = torch.where(active, inner(g, g), s.gamma)
+        p = torch.where(_bcast(active, g), g + _bcast(gamma / s.gamma.clamp_min(1e-300), g) * s.p, s.p)
+        return CGLSState(x, r, p, gamma, s.gamma0, relative_change(x, s.x))
 
 
 @dataclass

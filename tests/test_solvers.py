@@ -1,0 +1,133 @@
+"""Solvers: agreement between independent algorithms, stopping, history, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data.phantoms import shepp_logan
+from operators import FiniteDifference, Identity, ParallelBeam2D
+from priors import TV, L2Fidelity, L21Norm, NonNegativity
+from recon import ChambollePock, Problem
+from recon.linear import CGLS, SIRT
+from recon.metrics import psnr
+from recon.reconstruct import default_tv_lambda
+from tests.contracts import randn, rel_diff
+
+
+@pytest.fixture
+def ct_problem():
+    x = shepp_logan(48)
+    A = ParallelBeam2D((48, 48), np.linspace(0, np.pi, 30, endpoint=False), 70)
+    y = A(x)
+    y = y + 0.01 * y.pow(2).mean().sqrt() * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+    return A, x, y
+
+
+@pytest.mark.slow
+def test_cp_tv_denoising_equals_tv_prox():
+    """CP on 1/2||x - y||^2 + lam TV(x) and TV.prox (dual FGP) are two algorithms, one answer."""
+    y = shepp_logan(32) + 0.1 * randn((1, 32, 32), batch=1)
+    lam = 0.15
+    cp = ChambollePock(max_iter=20000, tol=1e-10).run(Problem(L2Fidelity(Identity((1, 32, 32)), y), lam * TV()), y)
+    fgp = TV(prox_iterations=3000).prox(y, lam)
+    assert rel_diff(cp.x, fgp) < 1e-3
+
+
+@pytest.mark.slow
+def test_cp_step_rules_reach_the_same_objective(ct_problem):
+    """Diagonal and norm-based steps are different algorithms with one minimiser."""
+    A, x, y = ct_problem
+    problem = Problem(L2Fidelity(A, y), default_tv_lambda(A, y) * TV(), constraint=NonNegativity())
+    runs = {p: ChambollePock(max_iter=8000, tol=1e-8, preconditioning=p).run(problem, torch.zeros_like(x))
+            for p in ("diagonal", "norm")}
+    f = {p: float(problem.objective(r.x)) for p, r in runs.items()}
+    assert abs(f["diagonal"] - f["norm"]) < 1e-4 * f["norm"]
+    assert all(float(psnr(r.x, x)) > 30 for r in runs.values())
+
+
+def test_cp_explicit_K_equals_split(ct_problem):
+    A, x, y = ct_problem
+    explicit = Problem(L2Fidelity(A, y), 0.3 * L21Norm(), K=FiniteDifference(A.in_shape))
+    implicit = Problem(L2Fidelity(A, y), 0.3 * TV())
+    a = ChambollePock(max_iter=50, tol=0).run(explicit, torch.zeros_like(x)).x
+    b = ChambollePock(max_iter=50, tol=0).run(implicit, torch.zeros_like(x)).x
+    assert rel_diff(a, b) < 1e-6
+
+
+def test_cp_is_robust_to_operator_scaling(ct_problem):
+    """Scaling A by 1000 (and y with it) changes nothing for the automatic steps: no hand balancing."""
+    A, x, y = ct_problem
+    lam = default_tv_lambda(A, y)
+    base = ChambollePock(max_iter=400, tol=0).run(Problem(L2Fidelity(A, y), lam * TV()), torch.zeros_like(x))
+    big = ChambollePock(max_iter=400, tol=0).run(
+        Problem(L2Fidelity(1000.0 * A, 1000.0 * y), 1e6 * lam * TV()), torch.zeros_like(x))
+    assert rel_diff(big.x, base.x) < 1e-3
+
+
+def test_cgls_matches_dense_least_squares():
+    A = ParallelBeam2D((10, 10), np.linspace(0, np.pi, 24, endpoint=False), 15)
+    y = randn(A.out_shape, torch.float64, batch=2, seed=3)
+    n = 100
+    M = A(torch.eye(n, dtype=torch.float64).reshape(n, 1, 10, 10)).reshape(n, -1).T.numpy()
+    expected = np.stack([np.linalg.lstsq(M, yi.flatten(), rcond=None)[0] for yi in y.numpy()])
+    res = CGLS(max_iter=500).run(Problem(L2Fidelity(A, y)), torch.zeros(2, 1, 10, 10, dtype=torch.float64))
+    assert res.converged and res.n_iter < 500
+    # ASTRA projects in float32 and cond(A) ~ 70: agreement to ~1e-4 relative is the attainable precision
+    assert rel_diff(res.x.reshape(2, -1), torch.as_tensor(expected)) < 1e-4
+
+
+def test_sirt_reduces_the_weighted_residual(ct_problem):
+    A, x, y = ct_problem
+    problem = Problem(L2Fidelity(A, y), constraint=NonNegativity())
+    short = SIRT(max_iter=5).run(problem, torch.zeros_like(x))
+    long = SIRT(max_iter=100).run(problem, torch.zeros_like(x))
+    assert float(problem.objective(long.x)) < 0.2 * float(problem.objective(short.x))
+    assert float(long.x.min()) >= 0.0 and float(psnr(long.x, x)) > 20
+
+
+def test_run_records_history_and_callbacks_stop(ct_problem):
+    A, x, y = ct_problem
+    seen = []
+
+    def stop_at_7(n, state):
+        seen.append(n)
+        return n == 7
+
+    res = ChambollePock(max_iter=100, objective_every=2).run(Problem(L2Fidelity(A, y), TV()), torch.zeros_like(x),
+                                                           callbacks=[stop_at_7])
+    assert res.n_iter == 7 and seen == list(range(1, 8)) and not res.converged
+    assert len(res.history["relative_change"]) == 7 and len(res.history["objective"]) == 4
+    assert res.history["objective"][-1] < res.history["objective"][0]
+
+
+def test_tolerance_stops_early(ct_problem):
+    A, x, y = ct_problem
+    res = ChambollePock(max_iter=5000, tol=1e-3).run(Problem(L2Fidelity(A, y), TV()), torch.zeros_like(x))
+    assert res.converged and res.n_iter < 5000 and res.history["relative_change"][-1] < 1e-3
+
+
+def test_batched_solve_equals_looped(ct_problem):
+    A, x, y = ct_problem
+    y2 = torch.cat([y, 0.5 * y])
+    solver = ChambollePock(max_iter=40, tol=0)
+    both = solver.run(Problem(L2Fidelity(A, y2), TV()), torch.zeros(2, *A.in_shape)).x
+    one = solver.run(Problem(L2Fidelity(A, 0.5 * y), TV()), torch.zeros_like(x)).x
+    assert rel_diff(both[1:], one) < 1e-4
+
+
+def test_solver_bad_arguments(ct_problem):
+    A, x, y = ct_problem
+    with pytest.raises(ValueError, match="max_iter"):
+        ChambollePock(max_iter=0)
+    with pytest.raises(ValueError, match="preconditioning"):
+        ChambollePock(preconditioning="magic")
+    with pytest.raises(ValueError, match="tau, sigma"):
+        ChambollePock(tau=0.1)
+    with pytest.raises(TypeError, match="data: expected a Functional"):
+        Problem(data=A)
+    with pytest.raises(ValueError, match="problem.prior: CGLS"):
+        CGLS().run(Problem(L2Fidelity(A, y), TV()), torch.zeros_like(x))
+    with pytest.raises(ValueError, match="x0: contains NaN"):
+        ChambollePock().run(Problem(L2Fidelity(A, y), TV()), torch.full_like(x, float("nan")))
