@@ -345,8 +345,11 @@ class FanBeam2D(_AstraCT2D):
 class ConeBeam3D(_AstraCT):
     r"""3D circular cone-beam ray transform with a flat detector (ASTRA ``cone``; CUDA only).
 
-    Follows ASTRA's 3D conventions: volume ``(D, H, W)`` indexed ``(z, y, x)``, projections
-    ``(rows, views, cols)``. ASTRA has no CPU 3D projector, so CPU tensors raise a clear error.
+    Follows ASTRA's 3D ``cone`` conventions exactly: volume ``(D, H, W)`` indexed ``(z, y, x)``
+    with every index increasing with its coordinate -- note that in ASTRA's 3D volumes the row
+    index runs along +y, the opposite of its 2D images, so one slice of a cone-beam volume is
+    the 2D image flipped vertically -- and projections ``(rows, views, cols)`` with rows along
+    +z. ASTRA has no CPU 3D projector, so CPU tensors raise a clear error.
 
     Args:
         volume_shape: ``(D, H, W)`` voxels.
@@ -358,7 +361,7 @@ class ConeBeam3D(_AstraCT):
         detector_spacing: detector cell size in mm (one number, or ``(row, col)``).
 
     Shapes:
-        ``(B, C, D, H, W) -> (B, C, rows, views, cols)``.
+        ``(B, 1, D, H, W) -> (B, 1, rows, views, cols)``.
 
     Example:
         >>> import numpy as np
@@ -379,6 +382,10 @@ class ConeBeam3D(_AstraCT):
         self.source_origin = _positive("source_origin", source_origin)
         self.origin_detector = _positive("origin_detector", origin_detector)
         voxel_size = _positive("voxel_size", voxel_size)
+        half_diag = 0.5 * math.hypot(volume_shape[1], volume_shape[2]) * voxel_size
+        if self.source_origin <= half_diag:
+            raise ValueError(f"source_origin: the source must lie outside the volume (> {half_diag:.3f} mm), "
+                             f"got {self.source_origin}")
         rows, cols = detector_shape
         super().__init__((1, *volume_shape), (1, rows, len(angles), cols), angles, voxel_size)
         self.volume_shape, self.detector_shape = volume_shape, detector_shape

@@ -179,6 +179,8 @@ def test_cone_beam_needs_cuda():
         A(torch.zeros(1, 1, 8, 8, 8))
     with pytest.raises(ValueError, match="detector_shape"):
         ConeBeam3D((8, 8, 8), [0.0], (12,), 50.0, 25.0)
+    with pytest.raises(ValueError, match="source_origin: the source must lie outside the volume"):
+        ConeBeam3D((8, 64, 64), [0.0], (12, 12), 30.0, 25.0)
 
 
 def test_operator_pickles_without_astra_handles(op):
