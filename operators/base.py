@@ -134,8 +134,13 @@ class LinearOperator(nn.Module):
     # -- norm -------------------------------------------------------------------------
     def norm(self, iterations: int = 100, tol: float = 1e-5, seed: int = 0,
              device: torch.device | str | None = None) -> float:
-        """Spectral norm ``||A||_2`` by power iteration on ``A^H A``, cached."""
+        """Spectral norm ``||A||_2`` by power iteration on ``A^H A``, cached.
+
+        Runs on ``device``, by default the device of the operator's buffers (CPU if none).
+        """
         if self._norm is None:
+            if device is None:
+                device = next((b.device for b in self.buffers()), torch.device("cpu"))
             self._norm = _power_norm(self, iterations, tol, seed, device)
         return self._norm
 

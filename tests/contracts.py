@@ -44,6 +44,7 @@ class LinearOperatorContract:
     """Inherited tests for a ``LinearOperator`` returned by the ``make`` fixture."""
 
     internal_float32 = False
+    device = "cpu"  # "cuda" for operators that only run there (ConeBeam3D); skipped without CUDA
 
     def tol(self, dtype) -> float:
         return TOL[torch.float32] if self.internal_float32 else TOL[dtype]
@@ -54,6 +55,7 @@ class LinearOperatorContract:
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     @pytest.mark.parametrize("device", DEVICES)
     def test_adjoint(self, make, dtype, device):
+        device = self.device if self.device != "cpu" else device
         A = make.to(device)
         x, y = randn(A.in_shape, dtype, device, seed=1), randn(A.out_shape, dtype, device, seed=2)
         lhs, rhs = inner(A(x), y), inner(x, A.adjoint(y))
@@ -64,7 +66,7 @@ class LinearOperatorContract:
 
     def test_linearity(self, make):
         A = make
-        x1, x2 = randn(A.in_shape, seed=3), randn(A.in_shape, seed=4)
+        x1, x2 = randn(A.in_shape, device=self.device, seed=3), randn(A.in_shape, device=self.device, seed=4)
         lhs = A(2.0 * x1 - 3.0 * x2)
         y1, y2 = A(x1), A(x2)
         rhs = tuple(2 * a - 3 * b for a, b in zip(y1, y2)) if isinstance(y1, tuple) else 2 * y1 - 3 * y2
@@ -73,29 +75,29 @@ class LinearOperatorContract:
     def test_adjoint_of_adjoint(self, make):
         A = make
         assert A.H.H is A
-        x = randn(A.in_shape, seed=5)
+        x = randn(A.in_shape, device=self.device, seed=5)
         assert rel_diff(A.H.H(x), A(x)) == 0.0
         assert rel_diff(A.normal(x), A.adjoint(A(x))) < 10 * self.tol(torch.float32)
 
     def test_autograd_is_adjoint(self, make):
         A = make
-        x = randn(A.in_shape, seed=6).requires_grad_(True)
-        v = randn(A.out_shape, seed=7)
+        x = randn(A.in_shape, device=self.device, seed=6).requires_grad_(True)
+        v = randn(A.out_shape, device=self.device, seed=7)
         inner(A(x), v).sum().backward()
         assert rel_diff(x.grad, A.adjoint(v)) < 10 * self.tol(torch.float32)
 
     def test_autograd_of_adjoint_is_forward(self, make):
         A = make
-        y = randn(A.out_shape, seed=8)
+        y = randn(A.out_shape, device=self.device, seed=8)
         y = tuple(t.requires_grad_(True) for t in y) if isinstance(y, tuple) else y.requires_grad_(True)
-        v = randn(A.in_shape, seed=9)
+        v = randn(A.in_shape, device=self.device, seed=9)
         inner(A.adjoint(y), v).sum().backward()
         grad = tuple(t.grad for t in y) if isinstance(y, tuple) else y.grad
         assert rel_diff(grad, A(v)) < 10 * self.tol(torch.float32)
 
     def test_batched_equals_looped(self, make):
         A = make
-        x = randn(A.in_shape, batch=3, seed=10)
+        x = randn(A.in_shape, device=self.device, batch=3, seed=10)
         batched = A(x)
         for i in range(3):
             single = A(x[i : i + 1])
@@ -106,7 +108,7 @@ class LinearOperatorContract:
 
     def test_no_input_mutation(self, make):
         A = make
-        x, y = randn(A.in_shape, seed=11), randn(A.out_shape, seed=12)
+        x, y = randn(A.in_shape, device=self.device, seed=11), randn(A.out_shape, device=self.device, seed=12)
         x0 = x.clone()
         y0 = tuple(t.clone() for t in y) if isinstance(y, tuple) else y.clone()
         A(x)
@@ -117,14 +119,14 @@ class LinearOperatorContract:
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     def test_dtype_kept(self, make, dtype):
         A = make
-        out = A(randn(A.in_shape, dtype))
+        out = A(randn(A.in_shape, dtype, device=self.device))
         outs = out if isinstance(out, tuple) else (out,)
         assert all(o.dtype == dtype for o in outs)
-        assert A.adjoint(randn(A.out_shape, dtype)).dtype == dtype
+        assert A.adjoint(randn(A.out_shape, dtype, device=self.device)).dtype == dtype
 
     def test_wrong_shape_is_rejected(self, make):
         A = make
-        bad = torch.zeros(2, *[s + 1 for s in A.in_shape])
+        bad = torch.zeros(2, *[s + 1 for s in A.in_shape], device=self.device)
         with pytest.raises(ValueError, match="x: .*expects shape"):
             A(bad)
 
@@ -132,7 +134,7 @@ class LinearOperatorContract:
         A = make
         n1 = A.norm()
         assert n1 > 0 and A.norm() == n1
-        x = randn(A.in_shape, batch=1, seed=13)
+        x = randn(A.in_shape, device=self.device, batch=1, seed=13)
         assert flat_norm(A(x)).item() <= 1.01 * n1 * flat_norm(x).item()
 
 
