@@ -1,7 +1,8 @@
 """Forward models: linear operators, their algebra, finite differences and CT on ASTRA."""
 
 from operators.base import Adjoint, Composed, Identity, LinearOperator, Scaled, Stack, Sum, inner
-from operators.ct import ConeBeam3D, FanBeam2D, ParallelBeam2D
+from operators.cone import ConeBeam3D
+from operators.ct import FanBeam2D, ParallelBeam2D
 from operators.finite_diff import FiniteDifference
 
 __all__ = [

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from operators.ct import ConeBeam3D, FanBeam2D, ParallelBeam2D
+from operators.cone import ConeBeam3D
+from operators.ct import FanBeam2D, ParallelBeam2D
 
 __all__ = ["FILTERS", "angle_weights", "fbp", "ramp_filter"]
 

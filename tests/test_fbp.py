@@ -11,7 +11,8 @@ import torch
 
 from data.phantoms import disc
 from operators.base import Identity
-from operators.ct import ConeBeam3D, FanBeam2D, ParallelBeam2D
+from operators.cone import ConeBeam3D
+from operators.ct import FanBeam2D, ParallelBeam2D
 from recon.fbp import FILTERS, angle_weights, fbp, ramp_filter
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
