@@ -117,6 +117,8 @@ def _check_args(A: object, y: object) -> None:
                          f"got {tuple(y.shape)}")
     if not y.is_floating_point():
         raise TypeError(f"y: expected a real floating-point tensor, got {y.dtype}")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("y: contains NaN or Inf values")
 
 
 def _check_filter(filter: object, cutoff: object) -> str:

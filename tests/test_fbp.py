@@ -322,3 +322,11 @@ def test_htc2022_matches_reference_fbp() -> None:
     assert corr > 0.98 and abs(scale - 1) < 0.05, (corr, scale)  # measured 0.99998, 0.99997
     others = [ours[::-1], ours[:, ::-1], ours[::-1, ::-1], ours.T, ours.T[::-1], ours.T[:, ::-1], ours.T[::-1, ::-1]]
     assert all(np.corrcoef(o.ravel(), ref.ravel())[0, 1] < corr - 0.1 for o in others)
+
+
+def test_non_finite_sinogram_is_rejected():
+    A = ParallelBeam2D((16, 16), np.linspace(0, np.pi, 8, endpoint=False), 24)
+    y = torch.zeros(1, 1, 8, 24)
+    y[0, 0, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="y: contains NaN or Inf"):
+        fbp(A, y)
