@@ -23,7 +23,7 @@ __all__ = ["METHODS", "Reconstruction", "reconstruct", "estimate_noise_std", "de
 
 METHODS = ("fbp", "sirt", "cgls", "tv")
 DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tv": 300}
-TV_LAMBDA_FACTOR = 0.35  # c in lam = c * sigma_hat * rms(A^T eps); fitted once on phantoms (see default_tv_lambda)
+TV_LAMBDA_FACTOR = 0.9  # c in lam = c * sigma_hat * rms(A^T eps); fitted once on phantoms (see default_tv_lambda)
 
 
 @dataclass
@@ -46,6 +46,10 @@ def estimate_noise_std(y: torch.Tensor) -> torch.Tensor:
     estimate insensitive to the edges of the object.
 
     .. math:: \hat\sigma = 1.4826\,\mathrm{MAD}(\Delta^2_{\rm det} y) / \sqrt 6
+
+    Measured on Shepp-Logan with 1% noise and 60 views: 1.06x the true std at 512^2,
+    1.13x at 256^2, 1.3x at 128^2, 1.8x at 64^2 -- on coarse sinograms the object's edges
+    are a large share of the samples and bias it upwards.
     """
     d2 = (y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2]).flatten(1)
     med = d2.median(dim=1, keepdim=True).values
@@ -71,7 +75,8 @@ def default_tv_lambda(A: LinearOperator, y: torch.Tensor, noise_std: float | Non
     image size, pixel size, view count and geometry without tuning. ``sigma`` is the
     given ``noise_std`` or the sinogram's robust estimate; ``c = TV_LAMBDA_FACTOR`` was
     fitted once on Shepp-Logan and random-ellipse phantoms (sizes 128-256, 30-120 views,
-    1% noise) and is not retuned per problem.
+    pixels 0.3-1 mm, parallel and fan beam, 1% noise) for ``reconstruct``'s defaults
+    (300 Chambolle-Pock iterations started from FBP), and is not retuned per problem.
     """
     sigma = float(estimate_noise_std(y).mean()) if noise_std is None else float(noise_std)
     if not sigma > 0:
@@ -116,8 +121,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
     constraint = NonNegativity() if nonneg and method != "cgls" else None
     params: dict = {"iterations": n_iter, "nonneg": constraint is not None}
     if method == "tv":
+        rule = "default" if lam is None else "given"
         lam = default_tv_lambda(A, y) if lam is None else float(lam)
-        params.update(lam=lam, lam_rule="default" if lam is None else "given")
+        params.update(lam=lam, lam_rule=rule)
         problem = Problem(L2Fidelity(A, y), lam * TV(), constraint=constraint)
         solver, x0 = ChambollePock(max_iter=n_iter, tol=1e-5, progress=progress), fbp(A, y)
     else:
