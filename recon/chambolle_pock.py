@@ -77,6 +77,9 @@ class ChambollePock(Solver):
         theta: extrapolation parameter (1 is standard).
         objective_every: record the objective every this many iterations (0: never).
         progress: show a progress bar.
+        balance: primal/dual ratio applied on top of the derived steps (``T * balance``,
+            ``Sigma / balance``); the canonical form makes it unit-free, and 10 was tuned once
+            on Shepp-Logan and ellipse phantoms (128-256 pixels, 30-60 views).
 
     Example:
         >>> import numpy as np, torch
@@ -136,16 +139,15 @@ class ChambollePock(Solver):
             cols = [op.abs_col_sums(x0) for op in ops]
             if all(r is not None for r in rows) and all(c is not None for c in cols):
                 a = float(rows[0].max() * cols[0].max()) ** 0.5 or 1.0  # Schur bound on ||A||
-                tau = _safe_inverse(a * sum(_items(w, c) * c for w, c in zip(weights, cols)))
-                return tau, tuple(a * _items(w, r) * _safe_inverse(r) for w, r in zip(weights, rows))
+                tau = _safe_inverse(a * sum(_items(w, c.ndim) * c for w, c in zip(weights, cols)))
+                return tau, tuple(a * _items(w, r.ndim) * _safe_inverse(r) for w, r in zip(weights, rows))
             if self.preconditioning == "diagonal":
                 raise ValueError("preconditioning: 'diagonal' needs operators that report abs_row_sums/"
                                  "abs_col_sums; use 'auto' or 'norm'")
         norms = [op.norm(device=x0.device) for op in ops]
         a = norms[0] or 1.0
-        tau = 0.99 / (a * _items(sum(w * n for w, n in zip(weights, norms)), x0))
-        duals = [op(x0[:1]) for op in ops]
-        return tau, tuple(a * _items(w, d) / n for w, n, d in zip(weights, norms, duals))
+        tau = 0.99 / (a * _items(sum(w * n for w, n in zip(weights, norms)), x0.ndim))
+        return tau, tuple(a * _items(w, len(op.out_shape) + 1) / n for w, n, op in zip(weights, norms, ops))
 
     # -- iteration --------------------------------------------------------------------
     def init(self, problem: Problem, x0: torch.Tensor) -> ChambollePockState:
@@ -182,9 +184,9 @@ def _block_weights(fns) -> list:
     return [1.0] + [(f.lam if isinstance(f, ScaledFunctional) else 1.0) / rms for f in fns[1:]]
 
 
-def _items(w, like: torch.Tensor):
-    """Broadcast a per-item weight ``(B,)`` (or a number) against a ``(B|1, ...)`` tensor."""
-    return w.reshape((-1,) + (1,) * (like.ndim - 1)).to(like.dtype) if isinstance(w, torch.Tensor) else w
+def _items(w, ndim: int):
+    """Reshape a per-item weight ``(B,)`` to broadcast against ``ndim``-D batched tensors."""
+    return w.reshape((-1,) + (1,) * (ndim - 1)) if isinstance(w, torch.Tensor) else w
 
 
 def _safe_inverse(t: torch.Tensor) -> torch.Tensor:
