@@ -76,15 +76,10 @@ import torch
 
 odl = pytest.importorskip("odl")
 
-try:  # ODL >= 1.0
-    from odl.applications import tomo
-except ImportError:  # pragma: no cover - older ODL
-    tomo = getattr(odl, "tomo", None)
-if tomo is None:  # pragma: no cover
-    pytest.skip(f"ODL {odl.__version__} has no tomography module", allow_module_level=True)
-if not getattr(tomo, "ASTRA_AVAILABLE", False):  # pragma: no cover
-    pytest.skip("ODL cannot find ASTRA ('astra_cpu' backend), which operators.ct needs too",
-                allow_module_level=True)
+# ODL's tomography module and the geometry mapping; importing it skips this module when ODL
+# lacks tomography or ASTRA, exactly as tests/test_ct_odl.py skips.
+from tests.test_ct_odl import tomo  # noqa: E402
+
 functionals = getattr(odl, "functionals", None) or odl.solvers  # ODL 1.0 moved them out of solvers
 
 from data.phantoms import shepp_logan  # noqa: E402
