@@ -131,31 +131,33 @@ class _AstraCT(LinearOperator):
             self._handles[key] = make()
         return self._handles[key]
 
-    # -- CPU: ASTRA 2D projectors, threads over the slices -------------------------------
-    def _run_cpu(self, src: torch.Tensor, out_shape: Sequence[int], backward: bool) -> torch.Tensor:
+    # -- ASTRA 2D projectors, one call per slice: threads on CPU, device tensors on CUDA --------
+    def _run_2d(self, src: torch.Tensor, out_shape: Sequence[int], backward: bool) -> torch.Tensor:
+        """Slice-by-slice 2D ASTRA calls; tensors go to ASTRA through DLPack (no copies, no host
+        round trip on CUDA). CPU slices are spread over a thread pool (ASTRA releases the GIL)."""
         astra = _astra()
         lead = src.shape[: src.ndim - 2]
         flat = src.detach().to(torch.float32).contiguous().reshape(-1, *src.shape[-2:])
-        out = torch.empty((flat.shape[0], *out_shape[-2:]), dtype=torch.float32)
-        pid = self._handle("cpu", self._make_cpu_projector)
+        out = torch.empty((flat.shape[0], *out_shape[-2:]), dtype=torch.float32, device=src.device)
+        if src.is_cuda:
+            pid = self._handle("cuda2d", lambda: astra.create_projector("cuda", self._proj_geom(), self._vol_geom()))
+        else:
+            pid = self._handle("cpu", self._make_cpu_projector)
         fn = astra.projector.direct_BP if backward else astra.projector.direct_FP
-        run = lambda k: fn(pid, flat[k].numpy(), out=out[k].numpy())  # noqa: E731
-        if flat.shape[0] == 1:
-            run(0)
+        run = lambda k: fn(pid, flat[k], out=out[k])  # noqa: E731
+        if src.is_cuda or flat.shape[0] == 1:
+            for k in range(flat.shape[0]):
+                run(k)
         else:
             list(_pool().map(run, range(flat.shape[0])))
         out.mul_(self.pixel_size)
         return out.reshape(*lead, *out_shape[-2:]).to(src.dtype)
 
     def _forward(self, x):
-        if x.is_cuda:
-            return self._forward_cuda(x)
-        return self._run_cpu(x, self.out_shape, backward=False)
+        return self._forward_cuda(x) if x.is_cuda else self._run_2d(x, self.out_shape, backward=False)
 
     def _adjoint(self, y):
-        if y.is_cuda:
-            return self._adjoint_cuda(y)
-        return self._run_cpu(y, self.in_shape, backward=True)
+        return self._adjoint_cuda(y) if y.is_cuda else self._run_2d(y, self.in_shape, backward=True)
 
     # -- diagonal preconditioning: all entries are >= 0, so |A| 1 = A 1 ---------------
     def abs_row_sums(self, like: torch.Tensor) -> torch.Tensor:
@@ -164,25 +166,12 @@ class _AstraCT(LinearOperator):
     def abs_col_sums(self, like: torch.Tensor) -> torch.Tensor:
         return self._adjoint(torch.ones((1, *self.out_shape), dtype=like.dtype, device=like.device))
 
-    # -- CUDA ----------------------------------------------------------------------------
-    def _forward_cuda(self, x):  # pragma: no cover - overridden
-        raise NotImplementedError
+    # -- CUDA: slice by slice in 2D unless a subclass batches (ParallelBeam2D: one 3D call) ----
+    def _forward_cuda(self, x):
+        return self._run_2d(x, self.out_shape, backward=False)
 
-    def _adjoint_cuda(self, y):  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def _cuda_2d(self, src: torch.Tensor, out_shape, backward: bool) -> torch.Tensor:
-        """Slice-by-slice 2D ASTRA CUDA calls on device tensors (no host copies)."""
-        astra = _astra()
-        lead = src.shape[: src.ndim - 2]
-        flat = src.detach().to(torch.float32).contiguous().reshape(-1, *src.shape[-2:])
-        out = torch.empty((flat.shape[0], *out_shape[-2:]), dtype=torch.float32, device=src.device)
-        pid = self._handle("cuda2d", lambda: astra.create_projector("cuda", self._proj_geom(), self._vol_geom()))
-        fn = astra.projector.direct_BP if backward else astra.projector.direct_FP
-        for k in range(flat.shape[0]):
-            fn(pid, flat[k], out=out[k])
-        out.mul_(self.pixel_size)
-        return out.reshape(*lead, *out_shape[-2:]).to(src.dtype)
+    def _adjoint_cuda(self, y):
+        return self._run_2d(y, self.in_shape, backward=True)
 
 
 class _AstraCT2D(_AstraCT):
@@ -332,12 +321,6 @@ class FanBeam2D(_AstraCT2D):
         p = self.pixel_size
         return _astra().create_proj_geom("fanflat", self.detector_spacing / p, self.detector_count,
                                          self._np_angles, self.source_origin / p, self.origin_detector / p)
-
-    def _forward_cuda(self, x):
-        return self._cuda_2d(x, self.out_shape, backward=False)
-
-    def _adjoint_cuda(self, y):
-        return self._cuda_2d(y, self.in_shape, backward=True)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", source_origin={self.source_origin}, origin_detector={self.origin_detector}"

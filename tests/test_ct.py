@@ -239,7 +239,7 @@ def test_cuda_glue_matches_cpu_path(monkeypatch):
     A = ParallelBeam2D((20, 24), nonuniform_angles(9, np.pi), 32, pixel_size=0.6, detector_spacing=0.8, channels=2)
     x, y = randn(A.in_shape, batch=3, seed=1), randn(A.out_shape, batch=3, seed=2)
     monkeypatch.undo()
-    reference_fp, reference_bp = A._run_cpu(x, A.out_shape, False), A._run_cpu(y, A.in_shape, True)
+    reference_fp, reference_bp = A._run_2d(x, A.out_shape, False), A._run_2d(y, A.in_shape, True)
     monkeypatch.setattr(astra, "create_projector", fake.create_projector)
     monkeypatch.setattr(astra.experimental, "direct_FP3D", fake.direct_FP3D)
     monkeypatch.setattr(astra.experimental, "direct_BP3D", fake.direct_BP3D)
