@@ -60,13 +60,19 @@ class FiniteDifference(LinearOperator):
         return torch.stack(parts, dim=1) / self.spacing
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self._transpose(y, sign=-1.0)
+
+    def _transpose(self, y: torch.Tensor, sign: float) -> torch.Tensor:
+        """``D^T y`` (``sign = -1``: minus the backward-difference divergence) or ``|D|^T y`` (``sign = 1``).
+
+        Row ``i`` of component ``k`` holds ``x[i + e_k] - x[i]``, so it sends ``+g[i]`` to ``i + e_k``
+        and ``sign * g[i]`` to ``i``; the last row (``g[n-1]``, zero by construction) sends nothing.
+        """
         out = torch.zeros_like(y[:, 0])
         for k, ax in enumerate(self._axes(out)):
-            g = y[:, k]
-            n = g.shape[ax]
-            inner = g.narrow(ax, 0, n - 1)
-            # -div: out[i] = g[i-1] - g[i] on the valid part (g[n-1] is zero by construction)
-            out.narrow(ax, 0, n - 1).sub_(inner)
+            n = y.shape[ax + 1]
+            inner = y[:, k].narrow(ax, 0, n - 1)
+            out.narrow(ax, 0, n - 1).add_(inner, alpha=sign)
             out.narrow(ax, 1, n - 1).add_(inner)
         return out / self.spacing
 
@@ -76,7 +82,7 @@ class FiniteDifference(LinearOperator):
 
     def abs_col_sums(self, like: torch.Tensor) -> torch.Tensor:
         ones = torch.ones((1, *self.in_shape), dtype=like.real.dtype, device=like.device)
-        return self._adjoint_abs(self._valid(ones))
+        return self._transpose(self._valid(ones), sign=1.0)
 
     def _valid(self, ones: torch.Tensor) -> torch.Tensor:
         """Mask (1, ndim, *in_shape) of the output entries that are not the zero last row."""
@@ -86,15 +92,6 @@ class FiniteDifference(LinearOperator):
             m.narrow(ax, m.shape[ax] - 1, 1).zero_()
             parts.append(m)
         return torch.stack(parts, dim=1)
-
-    def _adjoint_abs(self, mask: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(mask[:, 0])
-        for k, ax in enumerate(self._axes(out)):
-            g = mask[:, k]
-            n = g.shape[ax]
-            out.narrow(ax, 0, n - 1).add_(g.narrow(ax, 0, n - 1))
-            out.narrow(ax, 1, n - 1).add_(g.narrow(ax, 0, n - 1))
-        return out / self.spacing
 
     def norm(self, *args, **kwargs) -> float:
         """``2 sqrt(ndim) / h``: the exact norm's limit as the grid grows, an upper bound
