@@ -39,17 +39,6 @@ from recon.problem import Problem
 __all__ = ["ChambollePock", "ChambollePockState"]
 
 
-@dataclass
-class ChambollePockState:
-    """Iterate ``x``, extrapolation ``x_bar``, one dual per block, and the last relative change."""
-
-    x: torch.Tensor
-    x_bar: torch.Tensor
-    duals: tuple[torch.Tensor, ...]
-    relative_change: torch.Tensor
-    iteration: int = 0
-
-
 @dataclass(frozen=True)
 class _Setup:
     ops: tuple[LinearOperator, ...]
@@ -57,6 +46,19 @@ class _Setup:
     G: Functional
     tau: torch.Tensor | float
     sigmas: tuple[torch.Tensor | float, ...]
+
+
+@dataclass
+class ChambollePockState:
+    """Iterate ``x``, extrapolation ``x_bar``, one dual per block, the last relative change,
+    and the blocks with their step sizes (fixed for the run, so the solver object holds none)."""
+
+    x: torch.Tensor
+    x_bar: torch.Tensor
+    duals: tuple[torch.Tensor, ...]
+    relative_change: torch.Tensor
+    setup: _Setup
+    iteration: int = 0
 
 
 class ChambollePock(Solver):
@@ -153,19 +155,19 @@ class ChambollePock(Solver):
     def init(self, problem: Problem, x0: torch.Tensor) -> ChambollePockState:
         if not bool(torch.isfinite(x0).all()):
             raise ValueError("x0: contains NaN or Inf values")
-        self._setup = self.setup(problem, x0)
-        x = self._setup.G.prox(x0.clone(), self._setup.tau)
-        duals = tuple(torch.zeros_like(op(x)) for op in self._setup.ops)
-        return ChambollePockState(x, x.clone(), duals, torch.full((x.shape[0],), float("inf")))
+        setup = self.setup(problem, x0)
+        x = setup.G.prox(x0.clone(), setup.tau)
+        duals = tuple(x.new_zeros((x.shape[0], *op.out_shape)) for op in setup.ops)
+        return ChambollePockState(x, x.clone(), duals, torch.full((x.shape[0],), float("inf")), setup)
 
     def step(self, problem: Problem, state: ChambollePockState) -> ChambollePockState:
-        s = self._setup
+        s = state.setup
         duals = tuple(f.conj_prox(z + sig * op(state.x_bar), sig)
                       for op, f, z, sig in zip(s.ops, s.fns, state.duals, s.sigmas))
         back = sum(op.adjoint(z) for op, z in zip(s.ops, duals))
         x = s.G.prox(state.x - s.tau * back, s.tau)
         x_bar = x + self.theta * (x - state.x)
-        return ChambollePockState(x, x_bar, duals, relative_change(x, state.x), state.iteration + 1)
+        return ChambollePockState(x, x_bar, duals, relative_change(x, state.x), s, state.iteration + 1)
 
 
 def _block_weights(fns) -> list:

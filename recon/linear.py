@@ -95,6 +95,8 @@ class CGLS(Solver):
 class SIRTState:
     x: torch.Tensor
     relative_change: torch.Tensor
+    R: torch.Tensor  # 1 / (A 1), 0 where a ray touches nothing
+    C: torch.Tensor  # 1 / (A^T 1), 0 where a pixel is seen by no ray
 
 
 class SIRT(Solver):
@@ -123,14 +125,14 @@ class SIRT(Solver):
         if rows is None or cols is None:
             raise TypeError(f"problem.data.A: SIRT needs abs_row_sums/abs_col_sums, which "
                             f"{type(A).__name__} does not provide")
-        self._R = torch.where(rows > 0, 1.0 / rows.clamp_min(1e-30), torch.zeros_like(rows))
-        self._C = torch.where(cols > 0, 1.0 / cols.clamp_min(1e-30), torch.zeros_like(cols))
+        R = torch.where(rows > 0, 1.0 / rows.clamp_min(1e-30), torch.zeros_like(rows))
+        C = torch.where(cols > 0, 1.0 / cols.clamp_min(1e-30), torch.zeros_like(cols))
         x = problem.constraint.prox(x0, 1.0) if problem.constraint is not None else x0.clone()
-        return SIRTState(x, torch.full((x0.shape[0],), float("inf")))
+        return SIRTState(x, torch.full((x0.shape[0],), float("inf")), R, C)
 
     def step(self, problem: Problem, s: SIRTState) -> SIRTState:
         f = problem.data
-        x = s.x + self._C * f.A.adjoint(self._R * (f.y - f.A(s.x)))
+        x = s.x + s.C * f.A.adjoint(s.R * (f.y - f.A(s.x)))
         if problem.constraint is not None:
             x = problem.constraint.prox(x, 1.0)
-        return SIRTState(x, relative_change(x, s.x))
+        return SIRTState(x, relative_change(x, s.x), s.R, s.C)

@@ -132,3 +132,18 @@ def test_solver_bad_arguments(ct_problem):
         CGLS().run(Problem(L2Fidelity(A, y), TV()), torch.zeros_like(x))
     with pytest.raises(ValueError, match="x0: contains NaN"):
         ChambollePock().run(Problem(L2Fidelity(A, y), TV()), torch.full_like(x, float("nan")))
+
+
+@pytest.mark.parametrize("make_solver", [lambda: ChambollePock(max_iter=10, tol=0), lambda: SIRT(max_iter=10)])
+def test_one_solver_runs_two_problems_interleaved(ct_problem, make_solver):
+    """Per-run data (steps, weights) lives in the state, not on the solver object."""
+    A, x, y = ct_problem
+    prior = 0.3 * TV() if isinstance(make_solver(), ChambollePock) else None
+    A2 = ParallelBeam2D(A.image_shape, np.linspace(0, np.pi, 17, endpoint=False), 60)  # other steps/weights
+    p1, p2 = Problem(L2Fidelity(A, y), prior), Problem(L2Fidelity(A2, 3.0 * A2(x)), prior)
+    solver = make_solver()
+    it1, it2 = solver.iterate(p1, torch.zeros_like(x)), solver.iterate(p2, torch.zeros_like(x))
+    for _ in range(10):
+        s1, s2 = next(it1), next(it2)
+    assert rel_diff(s1.x, make_solver().run(p1, torch.zeros_like(x)).x) < 1e-6
+    assert rel_diff(s2.x, make_solver().run(p2, torch.zeros_like(x)).x) < 1e-6
