@@ -16,7 +16,7 @@ from priors.base import Functional
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device")])]
-TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.complex64: 1e-5, torch.complex128: 1e-10}
 
 
 def randn(shape, dtype=torch.float32, device="cpu", batch=2, seed=0):
@@ -45,16 +45,24 @@ class LinearOperatorContract:
 
     internal_float32 = False
     device = "cpu"  # "cuda" for operators that only run there (ConeBeam3D); skipped without CUDA
+    #: input dtypes in single and double precision; complex operators (MRI) use complex64/complex128
+    dtypes = {"single": torch.float32, "double": torch.float64}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dtypes["single"]
 
     def tol(self, dtype) -> float:
-        return TOL[torch.float32] if self.internal_float32 else TOL[dtype]
+        single = TOL[self.dtypes["single"]]
+        return single if self.internal_float32 else TOL[dtype]
 
     def test_is_operator(self, make):
         assert isinstance(make, LinearOperator)
 
-    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("precision", ["single", "double"])
     @pytest.mark.parametrize("device", DEVICES)
-    def test_adjoint(self, make, dtype, device):
+    def test_adjoint(self, make, precision, device):
+        dtype = self.dtypes[precision]
         device = self.device if self.device != "cpu" else device
         A = make.to(device)
         x, y = randn(A.in_shape, dtype, device, seed=1), randn(A.out_shape, dtype, device, seed=2)
@@ -66,38 +74,38 @@ class LinearOperatorContract:
 
     def test_linearity(self, make):
         A = make
-        x1, x2 = randn(A.in_shape, device=self.device, seed=3), randn(A.in_shape, device=self.device, seed=4)
+        x1, x2 = randn(A.in_shape, self.dtype, self.device, seed=3), randn(A.in_shape, self.dtype, self.device, seed=4)
         lhs = A(2.0 * x1 - 3.0 * x2)
         y1, y2 = A(x1), A(x2)
         rhs = tuple(2 * a - 3 * b for a, b in zip(y1, y2)) if isinstance(y1, tuple) else 2 * y1 - 3 * y2
-        assert rel_diff(lhs, rhs) < 10 * self.tol(torch.float32)
+        assert rel_diff(lhs, rhs) < 10 * self.tol(self.dtype)
 
     def test_adjoint_of_adjoint(self, make):
         A = make
         assert A.H.H is A
-        x = randn(A.in_shape, device=self.device, seed=5)
+        x = randn(A.in_shape, self.dtype, self.device, seed=5)
         assert rel_diff(A.H.H(x), A(x)) == 0.0
-        assert rel_diff(A.normal(x), A.adjoint(A(x))) < 10 * self.tol(torch.float32)
+        assert rel_diff(A.normal(x), A.adjoint(A(x))) < 10 * self.tol(self.dtype)
 
     def test_autograd_is_adjoint(self, make):
         A = make
-        x = randn(A.in_shape, device=self.device, seed=6).requires_grad_(True)
-        v = randn(A.out_shape, device=self.device, seed=7)
+        x = randn(A.in_shape, self.dtype, self.device, seed=6).requires_grad_(True)
+        v = randn(A.out_shape, self.dtype, self.device, seed=7)
         inner(A(x), v).sum().backward()
-        assert rel_diff(x.grad, A.adjoint(v)) < 10 * self.tol(torch.float32)
+        assert rel_diff(x.grad, A.adjoint(v)) < 10 * self.tol(self.dtype)
 
     def test_autograd_of_adjoint_is_forward(self, make):
         A = make
-        y = randn(A.out_shape, device=self.device, seed=8)
+        y = randn(A.out_shape, self.dtype, self.device, seed=8)
         y = tuple(t.requires_grad_(True) for t in y) if isinstance(y, tuple) else y.requires_grad_(True)
-        v = randn(A.in_shape, device=self.device, seed=9)
+        v = randn(A.in_shape, self.dtype, self.device, seed=9)
         inner(A.adjoint(y), v).sum().backward()
         grad = tuple(t.grad for t in y) if isinstance(y, tuple) else y.grad
-        assert rel_diff(grad, A(v)) < 10 * self.tol(torch.float32)
+        assert rel_diff(grad, A(v)) < 10 * self.tol(self.dtype)
 
     def test_batched_equals_looped(self, make):
         A = make
-        x = randn(A.in_shape, device=self.device, batch=3, seed=10)
+        x = randn(A.in_shape, self.dtype, self.device, batch=3, seed=10)
         batched = A(x)
         for i in range(3):
             single = A(x[i : i + 1])
@@ -108,7 +116,7 @@ class LinearOperatorContract:
 
     def test_no_input_mutation(self, make):
         A = make
-        x, y = randn(A.in_shape, device=self.device, seed=11), randn(A.out_shape, device=self.device, seed=12)
+        x, y = randn(A.in_shape, self.dtype, self.device, seed=11), randn(A.out_shape, self.dtype, self.device, seed=12)
         x0 = x.clone()
         y0 = tuple(t.clone() for t in y) if isinstance(y, tuple) else y.clone()
         A(x)
@@ -116,9 +124,9 @@ class LinearOperatorContract:
         assert torch.equal(x, x0)
         assert all(torch.equal(a, b) for a, b in zip(y, y0)) if isinstance(y, tuple) else torch.equal(y, y0)
 
-    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-    def test_dtype_kept(self, make, dtype):
-        A = make
+    @pytest.mark.parametrize("precision", ["single", "double"])
+    def test_dtype_kept(self, make, precision):
+        A, dtype = make, self.dtypes[precision]
         out = A(randn(A.in_shape, dtype, device=self.device))
         outs = out if isinstance(out, tuple) else (out,)
         assert all(o.dtype == dtype for o in outs)
@@ -134,7 +142,7 @@ class LinearOperatorContract:
         A = make
         n1 = A.norm()
         assert n1 > 0 and A.norm() == n1
-        x = randn(A.in_shape, device=self.device, batch=1, seed=13)
+        x = randn(A.in_shape, self.dtype, self.device, batch=1, seed=13)
         assert flat_norm(A(x)).item() <= 1.01 * n1 * flat_norm(x).item()
 
 
