@@ -63,12 +63,17 @@ class Solver:
         return self.tol > 0 and float(state.relative_change.max()) < self.tol
 
     def iterate(self, problem: Problem, x0: torch.Tensor) -> Iterator:
-        """Yield the state after each iteration (forever; the caller stops)."""
+        """Yield the state after each iteration (forever; the caller stops).
+
+        Gradients are off inside ``init`` and ``step`` only, never across a ``yield``: a
+        generator suspended inside ``torch.no_grad()`` would leave autograd off in the caller.
+        """
         with torch.no_grad():
             state = self.init(problem, x0)
-            while True:
+        while True:
+            with torch.no_grad():
                 state = self.step(problem, state)
-                yield state
+            yield state
 
     def run(self, problem: Problem, x0: torch.Tensor, callbacks: Sequence[Callback] = ()) -> Result:
         history: dict[str, list[float]] = {"relative_change": []}

@@ -147,3 +147,11 @@ def test_one_solver_runs_two_problems_interleaved(ct_problem, make_solver):
         s1, s2 = next(it1), next(it2)
     assert rel_diff(s1.x, make_solver().run(p1, torch.zeros_like(x)).x) < 1e-6
     assert rel_diff(s2.x, make_solver().run(p2, torch.zeros_like(x)).x) < 1e-6
+
+
+def test_iterate_leaves_autograd_on_in_the_caller():
+    """A generator suspended inside ``no_grad`` would switch autograd off for the caller."""
+    y = torch.ones(1, 1, 4, 4)
+    states = SIRT().iterate(Problem(L2Fidelity(Identity((1, 4, 4)), y)), torch.zeros_like(y))
+    next(states)
+    assert torch.is_grad_enabled()
