@@ -21,7 +21,8 @@ from torch import nn
 Shape = tuple[int, ...]
 Tensors = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
-__all__ = ["LinearOperator", "Adjoint", "Composed", "Sum", "Scaled", "Stack", "Identity", "inner"]
+__all__ = ["LinearOperator", "Adjoint", "Composed", "Sum", "Scaled", "Stack", "Identity", "inner",
+           "conjugate_gradient"]
 
 
 def inner(a: Tensors, b: Tensors) -> torch.Tensor:
@@ -117,6 +118,15 @@ class LinearOperator(nn.Module):
         if self._adjoint_view is None:
             object.__setattr__(self, "_adjoint_view", Adjoint(self))
         return self._adjoint_view
+
+    # -- solver support ---------------------------------------------------------------
+    #: True when ``solve_shifted_normal`` is implemented (closed form, or a solve the operator
+    #: knows converges fast); Chambolle-Pock then keeps a least-squares data term in the primal.
+    has_shifted_normal_solve = False
+
+    def solve_shifted_normal(self, b: torch.Tensor, tau) -> torch.Tensor:
+        """``(I + tau A^H A)^{-1} b``; ``tau`` a number or a tensor broadcastable per item."""
+        raise NotImplementedError(f"{type(self).__name__} has no shifted normal-equation solver")
 
     # -- diagonal preconditioning support ---------------------------------------------
     def abs_row_sums(self, like: torch.Tensor) -> torch.Tensor | None:
@@ -356,3 +366,25 @@ class Identity(LinearOperator):
 
     def norm(self, *args, **kwargs) -> float:
         return 1.0
+
+
+def conjugate_gradient(apply, b: torch.Tensor, x: torch.Tensor, iterations: int, tol: float = 1e-10) -> torch.Tensor:
+    """Batched conjugate gradients for a Hermitian positive-definite ``apply``, from ``x``.
+
+    Stops after ``iterations`` or when every item's residual is below ``tol * ||b||``.
+    """
+    r = b - apply(x)
+    p = r.clone()
+    rr = inner(r, r)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    for _ in range(iterations):
+        if bool((rr <= tol * tol * inner(b, b)).all()):
+            break
+        Ap = apply(p)
+        alpha = rr / inner(p, Ap).clamp_min(1e-300)
+        x = x + alpha.reshape(shape) * p
+        r = r - alpha.reshape(shape) * Ap
+        rr_new = inner(r, r)
+        p = r + (rr_new / rr.clamp_min(1e-300)).reshape(shape) * p
+        rr = rr_new
+    return x

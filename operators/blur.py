@@ -101,6 +101,20 @@ class Blur(LinearOperator):
         self._check(x, self.in_shape, "x")
         return self._fourier(x, self._transfer(self._kernel_for(x, "x")).abs().square())
 
+    @property
+    def has_shifted_normal_solve(self) -> bool:
+        """Closed form for the circular boundary (the blur is diagonal in Fourier)."""
+        return self.boundary == "circular"
+
+    def solve_shifted_normal(self, b: torch.Tensor, tau) -> torch.Tensor:
+        r"""``(I + tau A^T A)^{-1} b = F^{-1} (F b / (1 + tau |K^|^2))``, circular boundary only."""
+        if self.boundary != "circular":
+            raise NotImplementedError("Blur.solve_shifted_normal: no closed form for the zero boundary")
+        if isinstance(tau, torch.Tensor) and tau.ndim == 1:
+            tau = tau.reshape(-1, 1, 1, 1)
+        power = self._transfer(self._kernel_for(b, "b")).abs().square()
+        return torch.fft.irfft2(torch.fft.rfft2(b) / (1 + tau * power), s=self.image_shape)
+
     def transfer_function(self, like: torch.Tensor) -> torch.Tensor:
         r"""The circular kernel's ``rfft2``, shape ``(K, 1, H, W // 2 + 1)``, complex.
 

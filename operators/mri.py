@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from operators.base import LinearOperator
+from operators.base import LinearOperator, conjugate_gradient
 from operators.fourier import fft2c, ifft2c
 
 __all__ = ["CartesianMRI", "MultiCoilMRI"]
@@ -48,6 +48,13 @@ def _per_item(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
         raise ValueError(f"x: batch of {batch} items, but {name} has {t.shape[0]} entries "
                          f"(expected 1 or {batch})")
     return t
+
+
+def _per_item_steps(tau, like: torch.Tensor):
+    """A step size as a number or a tensor broadcastable to ``like`` (per-item ``(B,)`` reshaped)."""
+    if isinstance(tau, torch.Tensor) and tau.ndim == 1:
+        return tau.reshape(-1, *([1] * (like.ndim - 1)))
+    return tau
 
 
 class _KSpaceOperator(LinearOperator):
@@ -116,6 +123,12 @@ class CartesianMRI(_KSpaceOperator):
         self._check(x, self.in_shape, "x")
         return ifft2c(self._mask_for(x) * fft2c(x))
 
+    has_shifted_normal_solve = True
+
+    def solve_shifted_normal(self, b, tau):
+        r"""``(I + tau A^H A)^{-1} b = F^H (1 + tau M)^{-1} F b`` in closed form."""
+        return ifft2c(fft2c(b) / (1 + _per_item_steps(tau, b) * self._mask_for(b)))
+
     def norm(self, *args, **kwargs) -> float:
         """1 when any position is sampled (a unitary transform followed by a 0/1 mask)."""
         return 1.0 if bool(self.mask.any()) else 0.0
@@ -177,6 +190,16 @@ class MultiCoilMRI(_KSpaceOperator):
     def _adjoint(self, y):
         coil_images = ifft2c(self._mask_for(y) * y)
         return (self._maps_for(y).conj() * coil_images).sum(dim=1, keepdim=True)
+
+    #: CG iterations for ``solve_shifted_normal``; ``I + tau A^H A`` has condition number at most
+    #: ``1 + tau ||A||^2`` and ``||A|| <= 1`` for normalised maps, so a few iterations suffice
+    solve_iterations = 8
+    has_shifted_normal_solve = True
+
+    def solve_shifted_normal(self, b, tau):
+        """``(I + tau A^H A)^{-1} b`` by conjugate gradients (``solve_iterations``, from ``b``)."""
+        t = _per_item_steps(tau, b)
+        return conjugate_gradient(lambda p: p + t * self.normal(p), b, b.clone(), self.solve_iterations, tol=1e-6)
 
     def set_coil_maps(self, coil_maps) -> None:
         """Replace the sensitivities (same shape); resets the cached norm."""

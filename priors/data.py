@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from operators.base import LinearOperator, inner
+from operators.base import LinearOperator, conjugate_gradient, inner
 from priors.base import Functional
 
 __all__ = ["L2Fidelity", "SquaredL2Distance"]
@@ -115,28 +115,18 @@ class L2Fidelity(Functional):
     def grad(self, x):
         return self.A.adjoint(self.distance.grad(self.A(x)))
 
+    @property
+    def has_fast_prox(self) -> bool:
+        """True when the prox needs no inner iterations of ours: ``A`` solves ``I + tau A^H A`` itself."""
+        return self.distance.weight is None and self.A.has_shifted_normal_solve
+
     def prox(self, x, tau):
-        r"""Solve ``(I + tau A^H W A) p = x + tau A^H W y`` by conjugate gradients (scalar tau)."""
+        r"""Solve ``(I + tau A^H W A) p = x + tau A^H W y``: by the operator's own solver when it has one
+        (unweighted), else by conjugate gradients warm-started at ``x`` (scalar tau)."""
         w = self.distance._w(x)
         rhs = x + tau * self.A.adjoint(w * self.y)
+        if self.has_fast_prox:
+            return self.A.solve_shifted_normal(rhs, tau)
         apply = lambda p: p + tau * self.A.adjoint(w * self.A(p))  # noqa: E731
-        return _cg(apply, rhs, x.clone(), self.cg_iterations)
+        return conjugate_gradient(apply, rhs, x.clone(), self.cg_iterations)
 
-
-def _cg(apply, b: torch.Tensor, x: torch.Tensor, iterations: int, tol: float = 1e-10) -> torch.Tensor:
-    """Batched conjugate gradients for a Hermitian positive-definite ``apply``."""
-    r = b - apply(x)
-    p = r.clone()
-    rr = inner(r, r)
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    for _ in range(iterations):
-        if bool((rr <= tol * tol * inner(b, b)).all()):
-            break
-        Ap = apply(p)
-        alpha = rr / inner(p, Ap).clamp_min(1e-300)
-        x = x + alpha.reshape(shape) * p
-        r = r - alpha.reshape(shape) * Ap
-        rr_new = inner(r, r)
-        p = r + (rr_new / rr.clamp_min(1e-300)).reshape(shape) * p
-        rr = rr_new
-    return x

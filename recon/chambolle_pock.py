@@ -23,6 +23,17 @@ and gives the same iterates, up to units, at 0.01 mm or 10 mm pixels. When an
 operator cannot report its absolute row/column sums, norms replace them:
 ``tau = 0.99 / (a sum_i w_i ||K_i||)``, ``sigma_i = a w_i / ||K_i||``, which
 satisfies ``tau * ||Sigma^(1/2) K||^2 < 1``.
+
+When the data term's prox is cheap and exact (``L2Fidelity.has_fast_prox``: Cartesian
+MRI, circular blur, SENSE by a few CG steps) and there is no constraint, the data
+term stays in the primal, ``x <- prox_{tau D}(x - tau K^H z)``, and only the prior is
+dualised. Data consistency is then enforced at every step instead of through a dual
+variable, which converged several times faster on MRI (measured on simulated
+single- and multi-coil Shepp-Logan: 300 iterations reach an objective that the
+all-dual form had not reached after 1000). The steps are ``tau = r / ||K||``,
+``sigma = 0.99 / (r ||K||)`` with ``r = PRIMAL_DATA_BALANCE * sqrt(s / (lam ||K||))``
+and ``s = rms(A^H y) / ||A||^2`` (the image's scale), per batch item: the ratio of
+primal to dual scale, so again unit-free.
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ from recon.base import Solver, relative_change
 from recon.problem import Problem
 
 __all__ = ["ChambollePock", "ChambollePockState"]
+
+PRIMAL_DATA_BALANCE = 5.0  # c in r = c sqrt(s / (lam ||K||)); tuned once on simulated MRI (see module docstring)
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,9 @@ class ChambollePock(Solver):
         balance: primal/dual ratio applied on top of the derived steps (``T * balance``,
             ``Sigma / balance``); the canonical form makes it unit-free, and 10 was tuned once
             on Shepp-Logan and ellipse phantoms (128-256 pixels, 30-60 views).
+        data_in_primal: keep the data term in the primal (its prox each step) and dualise only
+            the prior; None (default) decides: yes when the data term has a fast prox and the
+            problem has no constraint.
 
     Example:
         >>> import numpy as np, torch
@@ -98,8 +114,10 @@ class ChambollePock(Solver):
 
     def __init__(self, max_iter: int = 500, tol: float = 1e-5, preconditioning: str = "auto",
                  tau: float | None = None, sigma: float | None = None, theta: float = 1.0,
-                 objective_every: int = 0, progress: bool = False, balance: float = 10.0) -> None:
+                 objective_every: int = 0, progress: bool = False, balance: float = 10.0,
+                 data_in_primal: bool | None = None) -> None:
         super().__init__(max_iter, tol, objective_every, progress)
+        self.data_in_primal = data_in_primal
         if not balance > 0:
             raise ValueError(f"balance: expected a positive primal/dual step ratio, got {balance}")
         self.balance = float(balance)
@@ -117,6 +135,8 @@ class ChambollePock(Solver):
     # -- set-up -----------------------------------------------------------------------
     def setup(self, problem: Problem, x0: torch.Tensor) -> _Setup:
         """Blocks ``(K_i, F_i)``, ``G`` and the step sizes for this problem."""
+        if self._primal_data(problem):
+            return self._setup_primal_data(problem, x0)
         parts = problem.data.split(x0.shape[1:])
         if parts is None:
             raise TypeError(f"problem.data: {type(problem.data).__name__} cannot be split into "
@@ -131,6 +151,27 @@ class ChambollePock(Solver):
         if self.tau is None:
             tau, sigmas = tau * self.balance, tuple(sig / self.balance for sig in sigmas)
         return _Setup(tuple(ops), tuple(fns), G, tau, sigmas)
+
+    def _primal_data(self, problem: Problem) -> bool:
+        if self.data_in_primal is None:
+            return problem.constraint is None and bool(getattr(problem.data, "has_fast_prox", False))
+        if self.data_in_primal and problem.constraint is not None:
+            raise ValueError("data_in_primal: cannot keep the data term in the primal together with a "
+                             "constraint (their sum has no prox); use data_in_primal=False")
+        return bool(self.data_in_primal)
+
+    def _setup_primal_data(self, problem: Problem, x0: torch.Tensor) -> _Setup:
+        K, g = problem.prior_split(x0.shape[1:])
+        K = K if K is not None else Identity(x0.shape[1:])
+        if self.tau is not None:
+            return _Setup((K,), (g,), problem.data, self.tau, (self.sigma,))
+        n = K.norm(device=x0.device) or 1.0
+        A, y = problem.data.A, problem.data.y
+        scale = A.adjoint(y).abs().pow(2).flatten(1).mean(1).sqrt() / max(A.norm(device=x0.device), 1e-30) ** 2
+        lam = g.lam if isinstance(g, ScaledFunctional) else 1.0
+        r = PRIMAL_DATA_BALANCE * torch.sqrt(scale.clamp_min(1e-30) / (max(lam, 1e-30) * n))
+        sigma = 0.99 / (_items(r, len(K.out_shape) + 1) * n)
+        return _Setup((K,), (g,), problem.data, _items(r, x0.ndim) / n, (sigma,))
 
     def _steps(self, ops, fns, x0):
         if self.tau is not None:

@@ -340,3 +340,19 @@ def test_tv_beats_best_wiener_on_shepp_logan():
     tv_psnr = float(psnr(ChambollePock(max_iter=300).run(problem, y.clone()).x, x, data_range=1.0))
     wiener_psnr = max(float(psnr(wiener(A, y, nsr=float(r)), x, data_range=1.0)) for r in np.logspace(-6, 0, 61))
     assert tv_psnr >= wiener_psnr + 1.0, f"TV {tv_psnr:.2f} dB vs best Wiener {wiener_psnr:.2f} dB"
+
+
+def test_solve_shifted_normal_circular_solves_the_system():
+    A = Blur(motion_kernel(5, angle=30.0), (12, 10))
+    b = randn(A.in_shape, torch.float64, seed=3)
+    tau = torch.tensor([0.5, 7.0], dtype=torch.float64)
+    p = A.solve_shifted_normal(b, tau)
+    assert A.has_shifted_normal_solve
+    assert rel_diff(p + tau.reshape(-1, 1, 1, 1) * A.normal(p), b) < 1e-12
+
+
+def test_zero_boundary_has_no_shifted_normal_solve():
+    A = Blur(gaussian_kernel(1.0), (12, 10), boundary="zero")
+    assert not A.has_shifted_normal_solve
+    with pytest.raises(NotImplementedError, match="zero boundary"):
+        A.solve_shifted_normal(torch.zeros(1, 1, 12, 10), 1.0)

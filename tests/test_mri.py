@@ -159,3 +159,15 @@ class TestBadInput:
         maps[0, 0, 0] = float("nan")
         with pytest.raises(ValueError, match="coil_maps: contains NaN"):
             MultiCoilMRI(torch.ones(8, 8), maps)
+
+
+@pytest.mark.parametrize("make_op", ["cartesian", "multicoil"])
+def test_solve_shifted_normal_solves_the_system(rng, make_op):
+    mask, maps = random_mask(rng), random_maps(rng)
+    A = CartesianMRI(mask) if make_op == "cartesian" else MultiCoilMRI(mask, maps)
+    A.solve_iterations = 30
+    b = randn(A.in_shape, torch.complex128, seed=3)
+    tau = torch.tensor([0.5, 7.0], dtype=torch.float64)
+    p = A.solve_shifted_normal(b, tau)
+    residual = p + tau.reshape(-1, 1, 1, 1) * A.normal(p) - b
+    assert rel_diff(residual + b, b) < (1e-12 if make_op == "cartesian" else 1e-5)
