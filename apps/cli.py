@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from apps import ct
+from apps import ct, mri
 
-SUBCOMMANDS = {"ct": ct}
+SUBCOMMANDS = {"ct": ct, "mri": mri}
 
 
 def build_parser() -> argparse.ArgumentParser:

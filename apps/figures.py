@@ -34,9 +34,27 @@ def comparison_figure(path: Path, images: dict, metrics: dict, reference: np.nda
     plt.close(fig)
 
 
+def save_panels(path: Path, images: dict, vmin: float, vmax: float, columns: int = 4) -> None:
+    """A grid of titled grayscale panels (e.g. coil-map magnitudes), one shared window."""
+    rows = -(-len(images) // columns)
+    cols = min(columns, len(images))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, img) in zip(axes.flat, images.items()):
+        ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax)
+        ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
 def _subtitle(m: dict) -> str:
     parts = []
     if "psnr" in m:
         parts.append(f"{m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}")
+    if "data_consistency" in m:
+        parts.append(f"residual {m['data_consistency']:.3f}")
     parts.append(f"{m.get('seconds', 0):.2f} s" + (f", {m['iterations']} it" if m.get("iterations") else ""))
     return "\n".join(parts)

@@ -141,14 +141,18 @@ def write_ct(path, sinogram: np.ndarray, angles: np.ndarray, geometry: Mapping,
 
 
 def write_reconstructions(path, images: Mapping[str, np.ndarray], geometry: Mapping,
-                          parameters: Mapping[str, Mapping]) -> Path:
-    """One dataset per method with the geometry and that method's parameters as attributes."""
+                          parameters: Mapping[str, Mapping], units: str = "1/mm",
+                          extra: Mapping[str, np.ndarray] | None = None) -> Path:
+    """One dataset per method with the geometry (or acquisition) and that method's parameters
+    as attributes; ``extra`` arrays (e.g. the sampling mask) are stored as datasets of their own."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for key, value in geometry.items():
             f.attrs[key] = value
+        for name, array in (extra or {}).items():
+            f.create_dataset(name, data=np.asarray(array), compression="gzip")
         for name, image in images.items():
             ds = f.create_dataset(name, data=np.asarray(image, dtype=np.float32), compression="gzip")
-            ds.attrs["units"] = "1/mm"
+            ds.attrs["units"] = units
             for key, value in parameters.get(name, {}).items():
                 ds.attrs[key] = "none" if value is None else value
     return Path(path)

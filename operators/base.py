@@ -124,8 +124,9 @@ class LinearOperator(nn.Module):
     #: knows converges fast); Chambolle-Pock then keeps a least-squares data term in the primal.
     has_shifted_normal_solve = False
 
-    def solve_shifted_normal(self, b: torch.Tensor, tau) -> torch.Tensor:
-        """``(I + tau A^H A)^{-1} b``; ``tau`` a number or a tensor broadcastable per item."""
+    def solve_shifted_normal(self, b: torch.Tensor, tau, x0: torch.Tensor | None = None) -> torch.Tensor:
+        """``(I + tau A^H A)^{-1} b``; ``tau`` a number or a tensor broadcastable per item; ``x0`` an
+        optional starting guess for iterative solves."""
         raise NotImplementedError(f"{type(self).__name__} has no shifted normal-equation solver")
 
     # -- diagonal preconditioning support ---------------------------------------------

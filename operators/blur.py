@@ -106,8 +106,9 @@ class Blur(LinearOperator):
         """Closed form for the circular boundary (the blur is diagonal in Fourier)."""
         return self.boundary == "circular"
 
-    def solve_shifted_normal(self, b: torch.Tensor, tau) -> torch.Tensor:
-        r"""``(I + tau A^T A)^{-1} b = F^{-1} (F b / (1 + tau |K^|^2))``, circular boundary only."""
+    def solve_shifted_normal(self, b: torch.Tensor, tau, x0=None) -> torch.Tensor:
+        r"""``(I + tau A^T A)^{-1} b = F^{-1} (F b / (1 + tau |K^|^2))``, circular boundary only
+        (``x0``, a starting guess for iterative solvers, is unused)."""
         if self.boundary != "circular":
             raise NotImplementedError("Blur.solve_shifted_normal: no closed form for the zero boundary")
         if isinstance(tau, torch.Tensor) and tau.ndim == 1:

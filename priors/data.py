@@ -126,7 +126,7 @@ class L2Fidelity(Functional):
         w = self.distance._w(x)
         rhs = x + tau * self.A.adjoint(w * self.y)
         if self.has_fast_prox:
-            return self.A.solve_shifted_normal(rhs, tau)
+            return self.A.solve_shifted_normal(rhs, tau, x0=x)
         apply = lambda p: p + tau * self.A.adjoint(w * self.A(p))  # noqa: E731
         return conjugate_gradient(apply, rhs, x.clone(), self.cg_iterations)
 

@@ -61,7 +61,7 @@ def _backprojected_noise_rms(A: LinearOperator, like: torch.Tensor) -> float:
     gen = torch.Generator().manual_seed(0)
     eps = torch.randn((1, *A.out_shape), generator=gen, dtype=like.dtype).to(like.device)
     bp = A.adjoint(eps)
-    return float(bp.pow(2).mean().sqrt())
+    return float(bp.abs().pow(2).mean().sqrt())
 
 
 def default_tv_lambda(A: LinearOperator, y: torch.Tensor, noise_std: float | None = None) -> float:
