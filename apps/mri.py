@@ -25,7 +25,7 @@ import torch
 from apps.ct import _device
 from data.hdf5 import atomic_path, write_reconstructions
 from data.mri import KSpaceData, read_kspace
-from operators.coils import espirit_maps, rss
+from operators.coils import calibration_region, espirit_maps, rss
 from operators.fourier import ifft2c
 from operators.masks import MASK_TYPES, acceleration_of, make_mask
 from operators.mri import CartesianMRI, MultiCoilMRI
@@ -78,7 +78,12 @@ def operator(kspace: torch.Tensor, mask: torch.Tensor) -> tuple[CartesianMRI | M
     """Single coil: ``CartesianMRI``; several: ``MultiCoilMRI`` with ESPIRiT maps from the data's calibration region."""
     if kspace.shape[1] == 1:
         return CartesianMRI(mask), None
-    maps = espirit_maps(kspace)
+    region = calibration_region(kspace)
+    if min(region) < 5:
+        raise ValueError(f"--center-fraction: the fully sampled k-space centre is {region[0]} x {region[1]}; "
+                         "ESPIRiT needs at least 5 x 5 calibration samples (raise --center-fraction)")
+    # a narrow centre gets a smaller kernel, so that at least 3 kernel positions fit along each side
+    maps = espirit_maps(kspace, kernel_size=min(6, min(region) - 2))
     return MultiCoilMRI(mask, maps), maps
 
 

@@ -140,7 +140,10 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
         raise TypeError(f"A: expected CartesianMRI or MultiCoilMRI, got {type(A).__name__}")
     if iterations is not None and int(iterations) < 1:
         raise ValueError(f"iterations: expected a positive integer, got {iterations}")
-    data = L2Fidelity(A, y)  # validates y's shape, dtype and values against the operator
+    if not (isinstance(y, torch.Tensor) and y.is_complex()):
+        raise TypeError(f"y: {type(A).__name__} expects complex k-space (complex64), got "
+                        f"{getattr(y, 'dtype', type(y).__name__)}")
+    data = L2Fidelity(A, y)  # validates y's shape and values against the operator
     start = time.perf_counter()
     if method == "zero-filled":
         return Reconstruction(zero_filled(y), method, 0, time.perf_counter() - start, {})
