@@ -38,13 +38,18 @@ def add_parser(sub) -> None:
     p.add_argument("--noise", type=float, default=0.01,
                    help="phantom: Gaussian noise std relative to the RMS of the sinogram (default 0.01)")
     p.add_argument("--seed", type=int, default=0, help="phantom and noise seed (default 0)")
-    p.add_argument("--method", action="append", choices=METHODS, help="repeatable (default: fbp and tv)")
-    p.add_argument("--lam", type=float, default=None, help="TV weight (default: rule in recon.reconstruct)")
-    p.add_argument("--iterations", type=int, default=None, help="iterations for sirt/cgls/tv")
+    add_run_options(p, METHODS, "fbp and tv", "recon.reconstruct", "sirt/cgls/tv")
+    p.set_defaults(run=run)
+
+
+def add_run_options(p, methods, default: str, lam_rule: str, iterative: str) -> None:
+    """The options every reconstruction subcommand shares: methods, weight, iterations, device, output."""
+    p.add_argument("--method", action="append", choices=methods, help=f"repeatable (default: {default})")
+    p.add_argument("--lam", type=float, default=None, help=f"TV weight (default: rule in {lam_rule})")
+    p.add_argument("--iterations", type=int, default=None, help=f"iterations for {iterative}")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--output", type=Path, default=Path("recon_output"), help="output folder (default recon_output)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(run=run)
 
 
 def _device(name: str) -> torch.device:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.ct import _device
+from apps.ct import _device, add_run_options
 from data.hdf5 import atomic_path, write_reconstructions
 from data.mri import KSpaceData, read_kspace
 from operators.coils import calibration_region, espirit_maps, rss
@@ -47,12 +47,7 @@ def add_parser(sub) -> None:
     p.add_argument("--phase-encode", choices=tuple(AXES), default="columns",
                    help="k-space axis whose lines are skipped by 1-D masks (default columns, as fastMRI)")
     p.add_argument("--seed", type=int, default=0, help="mask seed (default 0)")
-    p.add_argument("--method", action="append", choices=MRI_METHODS, help="repeatable (default: all three)")
-    p.add_argument("--lam", type=float, default=None, help="TV weight (default: rule in recon.mri)")
-    p.add_argument("--iterations", type=int, default=None, help="iterations for cg-sense/tv")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--output", type=Path, default=Path("recon_output"), help="output folder (default recon_output)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_run_options(p, MRI_METHODS, "all three", "recon.mri", "cg-sense/tv")
     p.set_defaults(run=run)
 
 
