@@ -294,9 +294,8 @@ def box_kernel(size: int) -> np.ndarray:
     reaches one pixel further up and left than down and right.
 
     Example:
-        >>> box_kernel(2)
-        array([[0.25, 0.25],
-               [0.25, 0.25]])
+        >>> box_kernel(2).tolist()
+        [[0.25, 0.25], [0.25, 0.25]]
     """
     size = _check_size("size", size, odd=False)
     return np.full((size, size), 1.0 / size**2)
@@ -320,10 +319,8 @@ def motion_kernel(length: float, angle: float = 0.0, size: int | None = None) ->
         float64 array ``(size, size)``.
 
     Example:
-        >>> motion_kernel(3)
-        array([[0.        , 0.        , 0.        ],
-               [0.33333333, 0.33333333, 0.33333333],
-               [0.        , 0.        , 0.        ]])
+        >>> (motion_kernel(3) * 3).round(6).tolist()   # a horizontal bar of 3 pixels
+        [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
     """
     length = _check_number("length", length, minimum=1.0)
     theta = math.radians(_check_number("angle", angle))

@@ -38,7 +38,7 @@ __all__ = ["MRI_METHODS", "reconstruct_mri", "zero_filled", "estimate_kspace_noi
 
 MRI_METHODS = ("zero-filled", "cg-sense", "tv")
 DEFAULT_MRI_ITERATIONS = {"cg-sense": 10, "tv": 200}
-MRI_TV_LAMBDA_FACTOR = 0.9  # c in lam = c * sigma_hat * rms(A^H eps) (see default_mri_tv_lambda)
+MRI_TV_LAMBDA_FACTOR = 0.11  # c in lam = c * sigma_hat * rms(A^H eps) (see default_mri_tv_lambda)
 OUTER_FRACTION = 0.1  # share of the sampled positions, farthest from the k-space centre, used for the noise
 
 
@@ -95,6 +95,13 @@ def default_mri_tv_lambda(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor,
     r"""The default TV weight for MRI, the CT rule with a k-space noise estimate.
 
     .. math:: \lambda = c\,\hat\sigma\,\mathrm{rms}(A^H\varepsilon),\quad \varepsilon \text{ unit complex white noise}
+
+    ``c = MRI_TV_LAMBDA_FACTOR = 0.11`` comes from ``docs/mri_lam_study.py`` (simulated 8-coil
+    Shepp-Logan, 128^2, 4x random lines and 6x Poisson disc, 1% and 3% noise): with CT's
+    ``c = 0.9`` the best weight of a grid was 1/32 to 1/4 of the rule's, so ``c`` became
+    ``0.9 / 8``, which is within 0.5 dB of the grid's best for random lines and 2.1 dB for
+    6x Poisson disc at 1% noise, where SENSE is well posed and wants less TV. A single
+    constant cannot follow the conditioning; pass ``lam`` when it matters.
     """
     sigma = float(estimate_kspace_noise_std(y, A.mask).mean()) if noise_std is None else float(noise_std)
     if not sigma > 0:
