@@ -132,11 +132,12 @@ def _metrics(r, ref) -> dict:
     return m
 
 
-def format_table(metrics: dict) -> str:
-    cols = ["psnr", "ssim", "seconds", "iterations"]
-    lines = [f"{'method':<8}" + "".join(f"{c:>12}" for c in cols)]
+def format_table(metrics: dict, cols=("psnr", "ssim", "seconds", "iterations")) -> str:
+    """The printed table: one row per method, ``-`` where a metric does not apply."""
+    name_w, col_w = max(8, *(len(n) + 2 for n in metrics)), max(12, *(len(c) + 2 for c in cols))
+    lines = [f"{'method':<{name_w}}" + "".join(f"{c:>{col_w}}" for c in cols)]
     for name, m in metrics.items():
-        lines.append(f"{name:<8}" + "".join(f"{m[c]:>12}" if c in m else f"{'-':>12}" for c in cols))
+        lines.append(f"{name:<{name_w}}" + "".join(f"{m[c]:>{col_w}}" if c in m else f"{'-':>{col_w}}" for c in cols))
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.ct import _device, add_run_options
+from apps.ct import _device, add_run_options, format_table
 from data.hdf5 import atomic_path, write_reconstructions
 from data.mri import KSpaceData, read_kspace
 from operators.coils import calibration_region, espirit_maps, rss
@@ -33,6 +33,7 @@ from recon.metrics import psnr, ssim
 from recon.mri import MRI_METHODS, data_consistency, reconstruct_mri
 
 AXES = {"columns": -1, "rows": -2}
+COLUMNS = ("psnr", "ssim", "data_consistency", "seconds", "iterations")
 
 
 def add_parser(sub) -> None:
@@ -98,7 +99,7 @@ def run(args) -> int:
         results[method] = r
         metrics[method] = _metrics(A, r, y, ref)
     _write_outputs(args.output, results, metrics, reference, mask, maps, how)
-    print(format_table(metrics))
+    print(format_table(metrics, COLUMNS))
     print(f"outputs in {args.output}/")
     return 0
 
@@ -114,14 +115,6 @@ def _metrics(A, r, y, ref) -> dict:
     if "lam" in r.parameters:
         m["lam"] = r.parameters["lam"]
     return m
-
-
-def format_table(metrics: dict) -> str:
-    cols = ["psnr", "ssim", "data_consistency", "seconds", "iterations"]
-    lines = [f"{'method':<12}" + "".join(f"{c:>18}" for c in cols)]
-    for name, m in metrics.items():
-        lines.append(f"{name:<12}" + "".join(f"{m[c]:>18}" if c in m else f"{'-':>18}" for c in cols))
-    return "\n".join(lines)
 
 
 def _write_outputs(out: Path, results: dict, metrics: dict, reference, mask, maps, how: str) -> None:

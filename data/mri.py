@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data.hdf5 import atomic_path
+from data.hdf5 import _fail, atomic_path
 
 __all__ = ["KSpaceData", "read_kspace", "write_kspace", "remove_readout_oversampling"]
 
@@ -46,10 +46,6 @@ class KSpaceData:
     @property
     def fully_sampled(self) -> bool:
         return bool(self.mask.all())
-
-
-def _fail(path, what: str) -> ValueError:
-    return ValueError(f"{path}: {what}")
 
 
 def _check_kspace(k: np.ndarray, path) -> np.ndarray:

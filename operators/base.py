@@ -22,7 +22,7 @@ Shape = tuple[int, ...]
 Tensors = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
 __all__ = ["LinearOperator", "Adjoint", "Composed", "Sum", "Scaled", "Stack", "Identity", "inner",
-           "conjugate_gradient"]
+           "conjugate_gradient", "per_item"]
 
 
 def inner(a: Tensors, b: Tensors) -> torch.Tensor:
@@ -367,6 +367,14 @@ class Identity(LinearOperator):
 
     def norm(self, *args, **kwargs) -> float:
         return 1.0
+
+
+def per_item(t, like: torch.Tensor):
+    """A number, or a ``(B,)`` tensor reshaped to ``(B, 1, ...)`` to broadcast against ``like``;
+    other tensors pass unchanged (step sizes ``tau`` given per batch item)."""
+    if isinstance(t, torch.Tensor) and t.ndim == 1:
+        return t.reshape(-1, *([1] * (like.ndim - 1)))
+    return t
 
 
 def conjugate_gradient(apply, b: torch.Tensor, x: torch.Tensor, iterations: int, tol: float = 1e-10) -> torch.Tensor:

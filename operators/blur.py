@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from operators.base import LinearOperator
+from operators.base import LinearOperator, per_item
 
 __all__ = ["Blur", "gaussian_kernel", "box_kernel", "motion_kernel"]
 
@@ -111,8 +111,7 @@ class Blur(LinearOperator):
         (``x0``, a starting guess for iterative solvers, is unused)."""
         if self.boundary != "circular":
             raise NotImplementedError("Blur.solve_shifted_normal: no closed form for the zero boundary")
-        if isinstance(tau, torch.Tensor) and tau.ndim == 1:
-            tau = tau.reshape(-1, 1, 1, 1)
+        tau = per_item(tau, b)
         power = self._transfer(self._kernel_for(b, "b")).abs().square()
         return torch.fft.irfft2(torch.fft.rfft2(b) / (1 + tau * power), s=self.image_shape)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from operators.base import LinearOperator, conjugate_gradient
+from operators.base import LinearOperator, conjugate_gradient, per_item
 from operators.fourier import fft2c, ifft2c
 
 __all__ = ["CartesianMRI", "MultiCoilMRI"]
@@ -48,13 +48,6 @@ def _per_item(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
         raise ValueError(f"x: batch of {batch} items, but {name} has {t.shape[0]} entries "
                          f"(expected 1 or {batch})")
     return t
-
-
-def _per_item_steps(tau, like: torch.Tensor):
-    """A step size as a number or a tensor broadcastable to ``like`` (per-item ``(B,)`` reshaped)."""
-    if isinstance(tau, torch.Tensor) and tau.ndim == 1:
-        return tau.reshape(-1, *([1] * (like.ndim - 1)))
-    return tau
 
 
 class _KSpaceOperator(LinearOperator):
@@ -127,7 +120,7 @@ class CartesianMRI(_KSpaceOperator):
 
     def solve_shifted_normal(self, b, tau, x0=None):
         r"""``(I + tau A^H A)^{-1} b = F^H (1 + tau M)^{-1} F b`` in closed form (``x0`` unused)."""
-        return ifft2c(fft2c(b) / (1 + _per_item_steps(tau, b) * self._mask_for(b)))
+        return ifft2c(fft2c(b) / (1 + per_item(tau, b) * self._mask_for(b)))
 
     def norm(self, *args, **kwargs) -> float:
         """1 when any position is sampled (a unitary transform followed by a 0/1 mask)."""
@@ -201,7 +194,7 @@ class MultiCoilMRI(_KSpaceOperator):
 
     def solve_shifted_normal(self, b, tau, x0=None):
         """``(I + tau A^H A)^{-1} b`` by conjugate gradients, warm-started at ``x0`` (default ``b``)."""
-        t = _per_item_steps(tau, b)
+        t = per_item(tau, b)
         start = b.clone() if x0 is None else x0.clone()
         return conjugate_gradient(lambda p: p + t * self.normal(p), b, start, self.solve_iterations, self.solve_tol)
 
