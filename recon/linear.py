@@ -53,7 +53,7 @@ class CGLS(Solver):
         >>> from operators import ParallelBeam2D
         >>> from priors import L2Fidelity
         >>> A = ParallelBeam2D((32, 32), np.linspace(0, np.pi, 40, endpoint=False), 48)
-        >>> x_true = torch.rand(1, 1, 32, 32)
+        >>> x_true = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
         >>> r = CGLS(max_iter=200, tol=1e-6).run(Problem(L2Fidelity(A, A(x_true))), torch.zeros_like(x_true))
         >>> bool((r.x - x_true).norm() < 0.05 * x_true.norm())
         True
@@ -109,7 +109,7 @@ class SIRT(Solver):
         >>> from operators import ParallelBeam2D
         >>> from priors import L2Fidelity, NonNegativity
         >>> A = ParallelBeam2D((32, 32), np.linspace(0, np.pi, 40, endpoint=False), 48)
-        >>> x_true = torch.rand(1, 1, 32, 32)
+        >>> x_true = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
         >>> p = Problem(L2Fidelity(A, A(x_true)), constraint=NonNegativity())
         >>> r = SIRT(max_iter=300).run(p, torch.zeros_like(x_true))
         >>> bool((r.x - x_true).norm() < 0.2 * x_true.norm())
