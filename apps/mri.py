@@ -25,12 +25,11 @@ import torch
 from apps.ct import _device, add_run_options, format_table
 from data.hdf5 import atomic_path, write_reconstructions
 from data.mri import KSpaceData, read_kspace
-from operators.coils import calibration_region, espirit_maps, rss
-from operators.fourier import ifft2c
+from operators.coils import calibration_region, espirit_maps
 from operators.masks import MASK_TYPES, acceleration_of, make_mask
 from operators.mri import CartesianMRI, MultiCoilMRI
 from recon.metrics import psnr, ssim
-from recon.mri import MRI_METHODS, data_consistency, reconstruct_mri
+from recon.mri import MRI_METHODS, data_consistency, reconstruct_mri, zero_filled
 
 AXES = {"columns": -1, "rows": -2}
 COLUMNS = ("psnr", "ssim", "data_consistency", "seconds", "iterations")
@@ -62,7 +61,7 @@ def prepare(data: KSpaceData, args) -> tuple[np.ndarray, np.ndarray, np.ndarray 
                              "retrospective undersampling needs fully sampled k-space")
         return data.kspace, data.mask, reference, f"as acquired, R = {acquired:.2f}"
     if reference is None:
-        reference = rss(ifft2c(torch.as_tensor(data.kspace)), dim=0).numpy()
+        reference = zero_filled(torch.as_tensor(data.kspace)[None])[0, 0].numpy()  # RSS of all samples
     accel = 4.0 if args.acceleration is None else args.acceleration
     mask = make_mask(args.mask_type, data.kspace.shape[1:], accel, args.center_fraction, seed=args.seed,
                      axis=AXES[args.phase_encode]).numpy()

@@ -369,11 +369,11 @@ class Identity(LinearOperator):
         return 1.0
 
 
-def per_item(t, like: torch.Tensor):
-    """A number, or a ``(B,)`` tensor reshaped to ``(B, 1, ...)`` to broadcast against ``like``;
-    other tensors pass unchanged (step sizes ``tau`` given per batch item)."""
+def per_item(t, ndim: int):
+    """A number, or a ``(B,)`` tensor reshaped to ``(B, 1, ...)`` to broadcast against ``ndim``-D
+    batched tensors; other tensors pass unchanged (step sizes and weights given per batch item)."""
     if isinstance(t, torch.Tensor) and t.ndim == 1:
-        return t.reshape(-1, *([1] * (like.ndim - 1)))
+        return t.reshape((-1,) + (1,) * (ndim - 1))
     return t
 
 

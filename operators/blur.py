@@ -111,7 +111,7 @@ class Blur(LinearOperator):
         (``x0``, a starting guess for iterative solvers, is unused)."""
         if self.boundary != "circular":
             raise NotImplementedError("Blur.solve_shifted_normal: no closed form for the zero boundary")
-        tau = per_item(tau, b)
+        tau = per_item(tau, b.ndim)
         power = self._transfer(self._kernel_for(b, "b")).abs().square()
         return torch.fft.irfft2(torch.fft.rfft2(b) / (1 + tau * power), s=self.image_shape)
 

@@ -29,11 +29,9 @@ def _as_mask(mask) -> torch.Tensor:
     m = torch.as_tensor(mask)
     if m.is_complex():
         raise TypeError("mask: expected a real or boolean sampling mask, got a complex tensor")
-    if m.ndim == 3 and m.shape[0] >= 1:
-        pass
-    elif m.ndim == 2:
+    if m.ndim == 2:
         m = m[None]
-    else:
+    if m.ndim != 3:
         raise ValueError(f"mask: expected shape (H, W) or (K, H, W), got {tuple(m.shape)}")
     if m.numel() == 0:
         raise ValueError("mask: is empty")
@@ -120,7 +118,7 @@ class CartesianMRI(_KSpaceOperator):
 
     def solve_shifted_normal(self, b, tau, x0=None):
         r"""``(I + tau A^H A)^{-1} b = F^H (1 + tau M)^{-1} F b`` in closed form (``x0`` unused)."""
-        return ifft2c(fft2c(b) / (1 + per_item(tau, b) * self._mask_for(b)))
+        return ifft2c(fft2c(b) / (1 + per_item(tau, b.ndim) * self._mask_for(b)))
 
     def norm(self, *args, **kwargs) -> float:
         """1 when any position is sampled (a unitary transform followed by a 0/1 mask)."""
@@ -194,17 +192,6 @@ class MultiCoilMRI(_KSpaceOperator):
 
     def solve_shifted_normal(self, b, tau, x0=None):
         """``(I + tau A^H A)^{-1} b`` by conjugate gradients, warm-started at ``x0`` (default ``b``)."""
-        t = per_item(tau, b)
+        t = per_item(tau, b.ndim)
         start = b.clone() if x0 is None else x0.clone()
         return conjugate_gradient(lambda p: p + t * self.normal(p), b, start, self.solve_iterations, self.solve_tol)
-
-    def set_coil_maps(self, coil_maps) -> None:
-        """Replace the sensitivities (same shape); resets the cached norm."""
-        maps = torch.as_tensor(coil_maps, device=self.coil_maps.device)
-        if maps.ndim == 3:
-            maps = maps[None]
-        if maps.shape[1:] != self.coil_maps.shape[1:] or not maps.is_complex():
-            raise ValueError(f"coil_maps: expected complex maps of shape (K, {', '.join(map(str, self.coil_maps.shape[1:]))}), "
-                             f"got {maps.dtype} {tuple(maps.shape)}")
-        self.coil_maps = maps.to(torch.complex64)
-        self._norm = None
