@@ -14,7 +14,26 @@ import torch
 from operators.finite_diff import FiniteDifference
 from priors.base import Functional
 
-__all__ = ["L1Norm", "L21Norm", "TV"]
+__all__ = ["L1Norm", "L21Norm", "TV", "dual_prox"]
+
+
+def dual_prox(x: torch.Tensor, tau, K, g: Functional, iterations: int) -> torch.Tensor:
+    r"""``argmin_p tau g(K p) + 1/2 ||p - x||^2`` by fast gradient projection on the dual.
+
+    For ``g`` a norm (its conjugate the indicator of the dual ball, projected by
+    ``g.conj_prox(., 1)``) the dual is ``min_{q in ball} 1/2 ||x - tau K^T q||^2``;
+    accelerated projected gradient on it (Beck & Teboulle 2009) with step ``1/||K||^2``
+    converges at rate ``O(1/k^2)``, and the primal is ``x - tau K^T q``.
+    """
+    step = 1.0 / K.norm(device=x.device) ** 2
+    p = torch.zeros_like(K(x))
+    q, t = p, 1.0
+    for _ in range(iterations):
+        p_new = g.conj_prox(q + step / tau * K(x - tau * K.adjoint(q)), 1.0)
+        t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        q = p_new + (t - 1) / t_new * (p_new - p)
+        p, t = p_new, t_new
+    return x - tau * K.adjoint(p)
 
 
 class L1Norm(Functional):
@@ -114,17 +133,7 @@ class TV(Functional):
 
     def prox(self, x, tau):
         r"""``argmin_p tau TV(p) + 1/2 ||p - x||^2`` by FGP on the dual (Beck & Teboulle 2009)."""
-        D = self.gradient(x.shape[1:])
-        step = 1.0 / D.norm() ** 2
-        p = torch.zeros_like(D(x))
-        q, t = p, 1.0
-        for _ in range(self.prox_iterations):
-            # dual: min_{|p_i|<=1} 1/2 ||x - tau D^T p||^2 ; projected gradient step on q
-            p_new = self.norm.conj_prox(q + step / tau * D(x - tau * D.adjoint(q)), 1.0)
-            t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
-            q = p_new + (t - 1) / t_new * (p_new - p)
-            p, t = p_new, t_new
-        return x - tau * D.adjoint(p)
+        return dual_prox(x, tau, self.gradient(x.shape[1:]), self.norm, self.prox_iterations)
 
     def extra_repr(self) -> str:
         return f"isotropic={self.isotropic}, ndim={self.ndim}, spacing={self.spacing}"
