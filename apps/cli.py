@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from apps import ct, mri
+from apps import bench, ct, mri
 
-SUBCOMMANDS = {"ct": ct, "mri": mri}
+SUBCOMMANDS = {"ct": ct, "mri": mri, "bench": bench}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,18 +38,39 @@ def add_parser(sub) -> None:
     p.add_argument("--noise", type=float, default=0.01,
                    help="phantom: Gaussian noise std relative to the RMS of the sinogram (default 0.01)")
     p.add_argument("--seed", type=int, default=0, help="phantom and noise seed (default 0)")
-    add_run_options(p, METHODS, "fbp and tv", "recon.reconstruct", "sirt/cgls/tv")
+    p.add_argument("--noise-std", type=float, default=None,
+                   help="the sinogram's noise std, if known (for --lam auto and the default rule); default: "
+                        "the simulated noise for phantoms with --lam auto, else estimated from the sinogram")
+    p.add_argument("--estimate", choices=("tv", "fbp"), default=None,
+                   help="svtv: the pre-estimate its weights come from (default tv)")
+    add_run_options(p, METHODS, "fbp and tv", "recon.reconstruct", "the iterative methods", auto_lam=True)
     p.set_defaults(run=run)
 
 
-def add_run_options(p, methods, default: str, lam_rule: str, iterative: str) -> None:
+def add_run_options(p, methods, default: str, lam_rule: str, iterative: str, auto_lam: bool = False) -> None:
     """The options every reconstruction subcommand shares: methods, weight, iterations, device, output."""
     p.add_argument("--method", action="append", choices=methods, help=f"repeatable (default: {default})")
-    p.add_argument("--lam", type=float, default=None, help=f"TV weight (default: rule in {lam_rule})")
+    if auto_lam:
+        p.add_argument("--lam", type=_lam_arg, default=None, metavar="LAM|auto",
+                       help=f"regularisation weight, or 'auto' for the discrepancy principle (default: rule in {lam_rule})")
+    else:
+        p.add_argument("--lam", type=float, default=None, help=f"TV weight (default: rule in {lam_rule})")
     p.add_argument("--iterations", type=int, default=None, help=f"iterations for {iterative}")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--output", type=Path, default=Path("recon_output"), help="output folder (default recon_output)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _lam_arg(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative weight, got {text}")
+    return value
 
 
 def _device(name: str) -> torch.device:
@@ -80,8 +101,10 @@ def simulate(phantom: str, size: int, views: int, geometry: str, noise: float, s
         A = FanBeam2D((size, size), angles, det, dso, dod, detector_spacing=geom["detector_spacing"])
     y = A(x)
     gen = torch.Generator().manual_seed(seed)
-    y = y + noise * y.pow(2).mean().sqrt() * torch.randn(y.shape, generator=gen)
-    return CTData(y[0, 0].numpy(), angles, geom, x[0, 0].numpy(), f"{phantom} {size}x{size}, {views} views")
+    noise_std = noise * float(y.pow(2).mean().sqrt())
+    y = y + noise_std * torch.randn(y.shape, generator=gen)
+    return CTData(y[0, 0].numpy(), angles, geom, x[0, 0].numpy(), f"{phantom} {size}x{size}, {views} views",
+                  noise_std if noise > 0 else None)
 
 
 def _subsample(data: CTData, views: int | None) -> CTData:
@@ -91,7 +114,7 @@ def _subsample(data: CTData, views: int | None) -> CTData:
     if not 1 <= views <= n:
         raise ValueError(f"--views: expected 1..{n} (the file has {n} views), got {views}")
     keep = np.unique(np.floor(np.arange(views) * n / views).astype(int))
-    return CTData(data.sinogram[keep], data.angles[keep], data.geometry, data.reference, data.source)
+    return CTData(data.sinogram[keep], data.angles[keep], data.geometry, data.reference, data.source, data.noise_std)
 
 
 def load(args) -> CTData:
@@ -110,9 +133,14 @@ def run(args) -> int:
     ref = None if data.reference is None else torch.as_tensor(data.reference, device=device)[None, None]
     print(f"recon ct: {data.source or args.input}: {data.geometry['geometry']} beam, {len(data.angles)} views x "
           f"{data.sinogram.shape[1]} detectors -> {data.geometry['image_shape']} image on {device}")
+    noise_std = args.noise_std if args.noise_std is not None else (data.noise_std if args.lam == "auto" else None)
+    if args.estimate is not None and "svtv" not in methods:
+        raise ValueError("--estimate: only the svtv method uses it; add --method svtv")
     results, metrics = {}, {}
     for method in methods:
-        r = reconstruct(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress)
+        extra = {"estimate": args.estimate} if method == "svtv" and args.estimate else {}
+        r = reconstruct(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress,
+                        noise_std=noise_std, **extra)
         results[method] = r
         metrics[method] = _metrics(r, ref)
     _write_outputs(args.output, data, results, metrics, ref)

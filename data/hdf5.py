@@ -13,6 +13,7 @@ Raw-data layout (one 2D slice)::
         image_size        int, or [H, W]
         source_origin     mm (fan only)
         origin_detector   mm (fan only)
+        noise_std         optional: the sinogram's noise std (for lam = "auto")
 
 Files are opened, read completely and closed before returning; writes go to a
 temporary file renamed into place, so a crash never leaves a half-written file.
@@ -46,6 +47,9 @@ class CTData:
         geometry: ``{"geometry": "parallel"|"fan", "detector_spacing": ..., "pixel_size": ...,
             "image_shape": (H, W), ["source_origin", "origin_detector"]}``.
         reference: optional ``(H, W)`` image.
+        source: where the data came from (a path or a description).
+        noise_std: the sinogram's noise standard deviation when known (simulations; the
+            optional root attribute ``noise_std`` of the file).
     """
 
     sinogram: np.ndarray
@@ -53,6 +57,7 @@ class CTData:
     geometry: dict
     reference: np.ndarray | None = None
     source: str = field(default="")
+    noise_std: float | None = None
 
 
 def _fail(path, what: str) -> ValueError:
@@ -120,17 +125,22 @@ def read_ct(path: str | os.PathLike) -> CTData:
         angles = _dataset(f, "angles", path, 1).astype(np.float64)
         geom = _geometry(f.attrs, path)
         ref = _dataset(f, "reference", path, 2).astype(np.float32) if "reference" in f else None
+        noise_std = float(f.attrs["noise_std"]) if "noise_std" in f.attrs else None
     if angles.shape[0] != sino.shape[0]:
         raise _fail(path, f"dataset 'angles' has {angles.shape[0]} entries but 'sinogram' has {sino.shape[0]} views")
     if ref is not None and ref.shape != geom["image_shape"]:
         raise _fail(path, f"dataset 'reference' has shape {ref.shape}, expected image_size {geom['image_shape']}")
-    return CTData(sino, angles, geom, ref, str(path))
+    if noise_std is not None and not (np.isfinite(noise_std) and noise_std > 0):
+        raise _fail(path, f"attribute 'noise_std' must be a positive number, got {noise_std}")
+    return CTData(sino, angles, geom, ref, str(path), noise_std)
 
 
 def write_ct(path, sinogram: np.ndarray, angles: np.ndarray, geometry: Mapping,
-             reference: np.ndarray | None = None) -> Path:
+             reference: np.ndarray | None = None, noise_std: float | None = None) -> Path:
     """Write the raw-data layout (atomically). ``geometry`` as in ``CTData.geometry``."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        if noise_std is not None:
+            f.attrs["noise_std"] = float(noise_std)
         f.create_dataset("sinogram", data=np.asarray(sinogram, dtype=np.float32))
         f.create_dataset("angles", data=np.asarray(angles, dtype=np.float64))
         if reference is not None:

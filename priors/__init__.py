@@ -1,11 +1,13 @@
-"""Functionals: priors (TV, space-variant TV), constraints and data terms."""
+"""Functionals: priors (TV, space-variant TV, graph Laplacian), constraints and data terms."""
 
 from priors.base import Functional, ScaledFunctional, SumFunctional, Zero
 from priors.constraints import Box, NonNegativity
 from priors.data import L2Fidelity, SquaredL2Distance
+from priors.graph_laplacian import GraphLaplacian, GraphLaplacianPrior
 from priors.tv import TV, L1Norm, L21Norm, SpaceVariantTV, WeightedNorm, adaptive_tv_weights
 
 __all__ = [
     "Functional", "ScaledFunctional", "SumFunctional", "Zero",
-    "TV", "SpaceVariantTV", "WeightedNorm", "adaptive_tv_weights", "L1Norm", "L21Norm", "Box", "NonNegativity", "L2Fidelity", "SquaredL2Distance",
+    "TV", "SpaceVariantTV", "WeightedNorm", "adaptive_tv_weights", "GraphLaplacian", "GraphLaplacianPrior",
+    "L1Norm", "L21Norm", "Box", "NonNegativity", "L2Fidelity", "SquaredL2Distance",
 ]

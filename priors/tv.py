@@ -20,6 +20,7 @@ __all__ = ["L1Norm", "L21Norm", "TV", "SpaceVariantTV", "WeightedNorm", "adaptiv
            "DEFAULT_ETA", "DEFAULT_P"]
 
 DEFAULT_ETA = 0.1  # eta relative to the pre-estimate's intensity scale (see adaptive_tv_weights)
+SCALE_QUANTILE = 0.99  # the intensity scale of an estimate (intensity_scale)
 DEFAULT_P = 0.0  # weights (eta / sqrt(eta^2 + |grad|^2))^(1 - p)
 
 
@@ -201,12 +202,18 @@ def _check_image(x: torch.Tensor, name: str, ndim: int) -> None:
 def intensity_scale(x: torch.Tensor) -> torch.Tensor:
     """Per-item intensity scale ``(B,)``: the 0.99-quantile of ``|x|`` (1 where that is 0).
 
-    Makes image-derived parameters (``eta`` here, the graph's ``sigma``) unit-free: an
-    image in 1/mm and the same image in [0, 1] get the same weights.
+    Makes image-derived parameters (``eta`` of the SV-TV weights, the graph's ``sigma``)
+    unit-free: an image in 1/mm and the same image in [0, 1] get the same weights. Linear
+    interpolation between two order statistics, as numpy's default (``torch.quantile``
+    sorts, and refuses more than 2^24 elements).
     """
-    flat = x.detach().abs().flatten(1).to(torch.float64)
-    q = torch.quantile(flat, 0.99, dim=1) if flat.shape[1] <= 16_000_000 else flat.max(dim=1).values
-    return torch.where(q > 0, q, torch.ones_like(q)).to(x.dtype)
+    v = x.detach().abs().flatten(1)
+    pos = SCALE_QUANTILE * (v.shape[1] - 1)
+    lo = math.floor(pos)
+    q_lo = torch.kthvalue(v, lo + 1, dim=1).values
+    q_hi = torch.kthvalue(v, min(lo + 2, v.shape[1]), dim=1).values
+    q = q_lo + (pos - lo) * (q_hi - q_lo)
+    return torch.where(q > 0, q, torch.ones_like(q))
 
 
 def adaptive_tv_weights(x_hat: torch.Tensor, eta: float = DEFAULT_ETA, p: float = DEFAULT_P,
@@ -299,6 +306,12 @@ class SpaceVariantTV(TV):
     @property
     def weights(self) -> torch.Tensor:
         return self.norm.weights
+
+    def item(self, i: int) -> "SpaceVariantTV":
+        """The prior of batch item ``i`` (the same prior when the weights are shared)."""
+        if self.weights.shape[0] == 1:
+            return self
+        return SpaceVariantTV(self.weights[i:i + 1], self.isotropic, self.ndim, self.spacing, self.prox_iterations)
 
     def _check(self, x: torch.Tensor) -> None:
         w = self.weights

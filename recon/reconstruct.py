@@ -2,6 +2,12 @@
 
 ``reconstruct(A, y, "tv")`` picks the solver, a starting point, a default
 regularisation weight and the iteration count; everything can be overridden.
+
+The adaptive priors take a fast first reconstruction ``x_hat = Psi(y)`` (FBP, TV, or any
+callable such as a trained network) and build the prior from it once: ``"svtv"`` weights
+TV per pixel (``priors.SpaceVariantTV``), ``"graphla-fbp"`` / ``"graphla-tv"`` penalise
+``||L x||_1`` with the graph Laplacian of ``x_hat`` (``priors.graph_laplacian``).
+``lam="auto"`` chooses the weight by the discrepancy principle (``recon.discrepancy``).
 """
 
 from __future__ import annotations
@@ -12,18 +18,29 @@ from dataclasses import dataclass, field
 
 import torch
 
+from collections.abc import Callable
+
 from operators.base import LinearOperator
-from priors import TV, L2Fidelity, NonNegativity
+from priors import TV, L2Fidelity, NonNegativity, SpaceVariantTV
+from priors.base import Functional
+from priors.graph_laplacian import GraphLaplacianPrior
+from priors.tv import DEFAULT_ETA, DEFAULT_P
 from recon.chambolle_pock import ChambollePock
+from recon.discrepancy import DISCREPANCY_TAU, discrepancy_search
 from recon.fbp import fbp
 from recon.linear import CGLS, SIRT
 from recon.problem import Problem
 
-__all__ = ["METHODS", "Reconstruction", "reconstruct", "estimate_noise_std", "default_tv_lambda"]
+__all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_noise_std", "default_tv_lambda",
+           "default_lambda"]
 
-METHODS = ("fbp", "sirt", "cgls", "tv")
-DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tv": 300}
+METHODS = ("fbp", "sirt", "cgls", "tv", "svtv", "graphla-fbp", "graphla-tv")
+VARIATIONAL = ("tv", "svtv", "graphla-fbp", "graphla-tv")
+ESTIMATES = ("fbp", "tv")
+DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tv": 300, "svtv": 300, "graphla-fbp": 300, "graphla-tv": 300}
 TV_LAMBDA_FACTOR = 0.9  # c in lam = c * sigma_hat * rms(A^T eps); fitted once on phantoms (see default_tv_lambda)
+#: the same rule's constant for the adaptive priors, relative to TV's (docs/svtv_study.py, docs/graphla_study.py)
+LAMBDA_FACTORS = {"tv": TV_LAMBDA_FACTOR, "svtv": 2.0 * TV_LAMBDA_FACTOR, "graphla": 1.0 * TV_LAMBDA_FACTOR}
 
 
 @dataclass
@@ -85,20 +102,48 @@ def default_tv_lambda(A: LinearOperator, y: torch.Tensor, noise_std: float | Non
     return TV_LAMBDA_FACTOR * sigma * _backprojected_noise_rms(A, y)
 
 
-def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: float | None = None,
+def default_lambda(method: str, A: LinearOperator, y: torch.Tensor, noise_std: float | None = None,
+                   prior: Functional | None = None) -> float:
+    r"""The default weight of a variational method: ``default_tv_lambda`` with the method's constant.
+
+    For the graph-Laplacian prior ``||L x||_1`` the subgradient ``L^T s`` has per-pixel size up
+    to ``2 d_i`` (``d`` the degree), not 1 as for TV, so the weight is divided by the mean
+    degree of ``prior``'s graph.
+    """
+    key = "graphla" if method.startswith("graphla") else method
+    lam = default_tv_lambda(A, y, noise_std) * LAMBDA_FACTORS[key] / TV_LAMBDA_FACTOR
+    if key == "graphla":
+        lam /= float(prior.laplacian.degree.mean())
+    return lam
+
+
+def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: float | str | None = None,
                 iterations: int | None = None, nonneg: bool = True, progress: bool = False,
-                filter: str = "ram-lak") -> Reconstruction:
+                filter: str = "ram-lak", noise_std: float | None = None,
+                estimate: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
+                eta: float = DEFAULT_ETA, p: float = DEFAULT_P, radius: int | None = None,
+                sigma: float | None = None) -> Reconstruction:
     """Reconstruct ``y`` with one of ``METHODS``.
 
     Args:
         A: the CT operator.
         y: sinogram ``(B, *A.out_shape)``.
-        method: ``"fbp"``, ``"sirt"``, ``"cgls"`` or ``"tv"`` (Chambolle-Pock, started from FBP).
-        lam: TV weight; None uses ``default_tv_lambda``.
+        method: ``"fbp"``, ``"sirt"``, ``"cgls"``, ``"tv"`` (Chambolle-Pock, started from FBP),
+            ``"svtv"`` (space-variant TV with weights from ``estimate``), ``"graphla-fbp"`` or
+            ``"graphla-tv"`` (graph-Laplacian prior built from FBP or TV).
+        lam: the weight: a number, None for the default rule (``default_lambda``), or ``"auto"``
+            for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)`` (one weight per batch
+            item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate).
         iterations: iteration cap for iterative methods (defaults in ``DEFAULT_ITERATIONS``).
-        nonneg: enforce ``x >= 0`` (SIRT and TV).
+        nonneg: enforce ``x >= 0`` (SIRT and the variational methods).
         progress: show a progress bar for iterative methods.
         filter: FBP filter.
+        noise_std: the sinogram's noise standard deviation, if known (default rule and ``"auto"``).
+        estimate: the pre-estimate ``Psi`` of ``svtv`` and ``graphla-*``: ``"fbp"``, ``"tv"`` (TV at
+            its default weight) or a callable ``y -> x_hat`` (e.g. a trained network) returning
+            ``(B, *A.in_shape)``. Default: ``"tv"`` for svtv, the method's suffix for graphla.
+        eta, p: SV-TV weight parameters (``priors.adaptive_tv_weights``).
+        radius, sigma: graph parameters (``priors.graph_laplacian``; None: their defaults).
 
     Example:
         >>> import numpy as np
@@ -113,6 +158,14 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     if iterations is not None and int(iterations) < 1:
         raise ValueError(f"iterations: expected a positive integer, got {iterations}")
+    if isinstance(lam, str) and lam != "auto":
+        raise ValueError(f"lam: expected a number, None (default rule) or 'auto', got {lam!r}")
+    if lam is not None and not isinstance(lam, str) and not float(lam) >= 0:
+        raise ValueError(f"lam: expected a non-negative weight, got {lam}")
+    if noise_std is not None and not (math.isfinite(noise_std) and noise_std > 0):
+        raise ValueError(f"noise_std: expected a positive noise level, got {noise_std}")
+    if estimate is not None and method not in ("svtv", "graphla-fbp", "graphla-tv"):
+        raise ValueError(f"estimate: only svtv and graphla-* use a pre-estimate, not {method!r}")
     start = time.perf_counter()
     if method == "fbp":
         x = fbp(A, y, filter=filter)
@@ -120,15 +173,86 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
     n_iter = int(iterations or DEFAULT_ITERATIONS[method])
     constraint = NonNegativity() if nonneg and method != "cgls" else None
     params: dict = {"iterations": n_iter, "nonneg": constraint is not None}
-    if method == "tv":
-        rule = "default" if lam is None else "given"
-        lam = default_tv_lambda(A, y) if lam is None else float(lam)
-        params.update(lam=lam, lam_rule=rule)
-        problem = Problem(L2Fidelity(A, y), lam * TV(), constraint=constraint)
-        solver, x0 = ChambollePock(max_iter=n_iter, tol=1e-5, progress=progress), fbp(A, y)
-    else:
+    if method not in VARIATIONAL:
         problem = Problem(L2Fidelity(A, y), constraint=constraint)
         solver = (SIRT if method == "sirt" else CGLS)(max_iter=n_iter, progress=progress)
         x0 = torch.zeros((y.shape[0], *A.in_shape), dtype=y.dtype, device=y.device)
-    result = solver.run(problem, x0)
+        result = solver.run(problem, x0)
+        return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
+
+    x_fbp = fbp(A, y, filter=filter)
+    prior, prior_params = _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p,
+                                          radius, sigma)
+    params.update(prior_params)
+    solver = ChambollePock(max_iter=n_iter, tol=1e-5, progress=progress and lam != "auto")
+
+    def solve(weight: float, x0: torch.Tensor, yy: torch.Tensor, pr: Functional):
+        return solver.run(Problem(L2Fidelity(A, yy), weight * pr, constraint=constraint), x0)
+
+    if lam == "auto":
+        x, lams, iters = _auto(method, A, y, prior, x_fbp, noise_std, solve, progress)
+        params.update(lam=lams[0] if len(lams) == 1 else lams, lam_rule="discrepancy",
+                      discrepancy_tau=DISCREPANCY_TAU, noise_std=noise_std if noise_std is not None else "estimated")
+        return Reconstruction(x, method, iters, time.perf_counter() - start, params)
+    rule = "default" if lam is None else "given"
+    lam = default_lambda(method, A, y, noise_std, prior) if lam is None else float(lam)
+    params.update(lam=lam, lam_rule=rule)
+    result = solve(lam, x_fbp, y, prior)
     return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
+
+
+def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, radius, sigma):
+    """The prior of a variational method and the parameters to record; builds ``Psi(y)`` if needed."""
+    if method == "tv":
+        return TV(), {}
+    if estimate is None:
+        estimate = "tv" if method == "svtv" else method.split("-")[1]
+    if callable(estimate):
+        name, x_hat = getattr(estimate, "__name__", type(estimate).__name__), estimate(y)
+        expected = (y.shape[0], *A.in_shape)
+        if not isinstance(x_hat, torch.Tensor) or tuple(x_hat.shape) != expected:
+            found = tuple(x_hat.shape) if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
+            raise ValueError(f"estimate: the pre-estimate Psi(y) must be a tensor of shape {expected}, got {found}")
+        x_hat = x_hat.detach()
+    elif estimate == "fbp":
+        name, x_hat = "fbp", x_fbp
+    elif estimate == "tv":
+        name, x_hat = "tv", reconstruct(A, y, "tv", iterations=n_iter, nonneg=nonneg, noise_std=noise_std).x
+    else:
+        raise ValueError(f"estimate: expected one of {', '.join(ESTIMATES)} or a callable y -> x_hat, got {estimate!r}")
+    if method == "svtv":
+        return SpaceVariantTV.from_estimate(x_hat, eta=eta, p=p), {"estimate": name, "eta": eta, "p": p}
+    graph = {k: v for k, v in (("radius", radius), ("sigma", sigma)) if v is not None}
+    prior = GraphLaplacianPrior.from_estimate(x_hat, **graph)
+    return prior, {"estimate": name, "radius": prior.laplacian.radius, "sigma": prior.laplacian.sigma}
+
+
+def _auto(method, A, y, prior, x_fbp, noise_std, solve, progress):
+    """Discrepancy-principle weight per batch item: ``(x, [lam per item], total iterations)``."""
+    from tqdm.auto import tqdm
+
+    sigmas = estimate_noise_std(y) if noise_std is None else torch.full((y.shape[0],), float(noise_std))
+    m = y[0].numel()
+    xs, lams, iters = [], [], 0
+    items = tqdm(range(y.shape[0]), desc=f"{method}: lam by discrepancy", disable=not progress)
+    for i in items:
+        yi, pi = y[i:i + 1], _item(prior, i)
+        s = float(sigmas[i])
+        count = [0]
+
+        def solve_i(weight, x0):
+            r = solve(weight, x_fbp[i:i + 1] if x0 is None else x0, yi, pi)
+            count[0] += r.n_iter
+            return r.x
+
+        lam0 = default_lambda(method, A, yi, s, pi)
+        found = discrepancy_search(solve_i, lambda x: float((A(x) - yi).norm()), s * math.sqrt(m), lam0)
+        xs.append(found.x)
+        lams.append(found.lam)
+        iters += count[0]
+    return torch.cat(xs), lams, iters
+
+
+def _item(prior: Functional, i: int) -> Functional:
+    """The prior of batch item ``i`` (priors built from a batched estimate hold one map per item)."""
+    return prior.item(i) if hasattr(prior, "item") else prior

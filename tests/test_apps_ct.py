@@ -83,3 +83,34 @@ def test_cuda_requested_without_gpu(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert run("--phantom", "shepp-logan", "--size", 32, "--device", "cuda", "--output", tmp_path) == 2
     assert "--device cuda: no CUDA device" in capsys.readouterr().err
+
+
+def test_adaptive_methods_and_auto_lambda(tmp_path):
+    """svtv and graphla-* run from the CLI; --lam auto uses the simulated noise (recorded) per method."""
+    out = tmp_path / "out"
+    code = run("--phantom", "shepp-logan", "--size", 48, "--views", 30, "--method", "tv", "--method", "svtv",
+               "--method", "graphla-fbp", "--method", "graphla-tv", "--estimate", "fbp", "--lam", "auto",
+               "--iterations", 60, "--output", out, "--no-progress")
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["tv", "svtv", "graphla-fbp", "graphla-tv"]
+    with h5py.File(out / "reconstructions.h5") as f:
+        assert f["svtv"].attrs["estimate"] == "fbp" and f["graphla-tv"].attrs["estimate"] == "tv"
+        assert all(f[m].attrs["lam_rule"] == "discrepancy" for m in metrics)
+        assert f["tv"].attrs["noise_std"] == pytest.approx(simulate("shepp-logan", 48, 30, "parallel", 0.01, 0).noise_std)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--lam", "often"], "--lam: expected a number or 'auto'"),
+    (["--lam", "-1"], "--lam: expected a non-negative"),
+])
+def test_bad_lambda_is_rejected(tmp_path, capsys, argv, match):
+    with pytest.raises(SystemExit):
+        run("--phantom", "shepp-logan", "--size", 32, *argv, "--output", tmp_path)
+    assert match.replace("--lam: ", "") in capsys.readouterr().err
+
+
+def test_estimate_without_svtv_is_rejected(tmp_path, capsys):
+    assert run("--phantom", "shepp-logan", "--size", 32, "--method", "tv", "--estimate", "fbp",
+               "--output", tmp_path, "--no-progress") == 2
+    assert "--estimate: only the svtv method" in capsys.readouterr().err

@@ -71,3 +71,36 @@ def test_bad_method_and_iterations(setup):
         reconstruct(A, y, "art")
     with pytest.raises(ValueError, match="iterations"):
         reconstruct(A, y, "tv", iterations=0)
+
+
+@pytest.mark.parametrize("method", ["svtv", "graphla-fbp", "graphla-tv"])
+def test_adaptive_methods_beat_fbp_and_record_their_estimate(setup, method):
+    A, x, y, sigma = setup
+    r = reconstruct(A, y, method, iterations=100)
+    f = reconstruct(A, y, "fbp")
+    assert float(psnr(r.x, x)) > float(psnr(f.x, x)) + 3
+    assert r.parameters["estimate"] == ("tv" if method != "graphla-fbp" else "fbp")
+    assert r.parameters["lam_rule"] == "default" and r.parameters["lam"] > 0
+
+
+def test_callable_estimate_is_used_and_checked(setup):
+    """Psi can be any callable y -> x_hat (here the true image: an oracle pre-estimate)."""
+    A, x, y, _ = setup
+    seen = []
+
+    def oracle(yy):
+        seen.append(yy.shape)
+        return x
+
+    r = reconstruct(A, y, "svtv", estimate=oracle, iterations=100)
+    assert seen == [y.shape] and r.parameters["estimate"] == "oracle"
+    plain = reconstruct(A, y, "svtv", estimate="fbp", iterations=100)
+    assert float(psnr(r.x, x)) > float(psnr(plain.x, x))  # better weights, better image
+    with pytest.raises(ValueError, match=r"estimate: the pre-estimate Psi\(y\) must be a tensor of shape \(1, 1, 64, 64\)"):
+        reconstruct(A, y, "svtv", estimate=lambda yy: x[..., :32, :])
+    with pytest.raises(ValueError, match="estimate: the pre-estimate"):
+        reconstruct(A, y, "graphla-tv", estimate=lambda yy: x.numpy())
+    with pytest.raises(ValueError, match="estimate: expected one of fbp, tv or a callable"):
+        reconstruct(A, y, "svtv", estimate="unet")
+    with pytest.raises(ValueError, match="estimate: only svtv and graphla"):
+        reconstruct(A, y, "tv", estimate="fbp")

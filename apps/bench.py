@@ -1,0 +1,211 @@
+"""``recon bench``: measured comparisons, reproducible from one command.
+
+``recon bench quality`` reconstructs simulated phantoms (Shepp-Logan and seeded random
+ellipses, parallel beam over 180 deg with Gaussian noise relative to the sinogram's RMS)
+and, with ``--htc``, the measured HTC2022 fan-beam sinograms reduced to ``--views`` of
+their 721 views over 360 deg, against a reference FBP from all 721 views. Every method
+runs at its own weight (the default rule, or ``--lam auto``); SV-TV and graphLa+TV reuse
+the TV reconstruction as their pre-estimate, and their time includes it.
+
+Writes ``<output>/quality.json`` (settings, per-case metrics, mean and std per dataset),
+``quality.md`` (the table), ``quality.png`` (Shepp-Logan and the first HTC2022 case), and
+one ``cases/<case>.json`` + ``.npz`` per finished case: a rerun skips finished cases, so an
+interrupted run loses nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from apps.ct import _device, _metrics, simulate
+from data.hdf5 import CTData, atomic_path
+from operators.ct import ct_operator
+from recon.reconstruct import reconstruct
+
+QUALITY_METHODS = ("fbp", "tv", "svtv", "graphla-fbp", "graphla-tv")
+HTC_VIEWS_FULL = 721
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measured comparisons (quality)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench = p.add_subparsers(dest="bench", metavar="BENCH")
+    bench.required = True
+    q = bench.add_parser("quality", help="PSNR/SSIM/time of the CT methods on phantoms and HTC2022",
+                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("--phantoms", type=int, default=20, help="random-ellipse phantoms (seeds 0..N-1), besides "
+                                                            "Shepp-Logan (default 20)")
+    q.add_argument("--size", type=int, default=256, help="phantom size in pixels (default 256)")
+    q.add_argument("--views", type=int, default=60, help="views kept (phantoms and HTC2022; default 60)")
+    q.add_argument("--noise", type=float, default=0.01, help="phantom noise std relative to the sinogram RMS")
+    q.add_argument("--htc", type=Path, default=None, metavar="DIR",
+                   help="folder with HTC2022 *_full.mat files (searched recursively); omitted: phantoms only")
+    q.add_argument("--htc-size", type=int, default=256,
+                   help="HTC2022 grid over the organisers' 75.9 mm field of view (default 256)")
+    q.add_argument("--datasets", nargs="+", choices=("phantoms", "htc2022"), default=["phantoms", "htc2022"],
+                   help="run only these datasets (e.g. one per process; the summary covers what is finished)")
+    q.add_argument("--method", action="append", choices=QUALITY_METHODS, help="repeatable (default: all)")
+    q.add_argument("--lam", choices=("default", "auto"), default="default",
+                   help="weights: each method's default rule, or the discrepancy principle")
+    q.add_argument("--iterations", type=int, default=None, help="iterations of the variational methods")
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    q.add_argument("--output", type=Path, default=Path("bench_quality"), help="output folder")
+    q.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    q.set_defaults(run=run_quality)
+
+
+def _cases(args) -> list[tuple[str, str, object]]:
+    """``(dataset, case name, loader)`` for every case, phantoms first."""
+    if args.phantoms < 0:
+        raise ValueError(f"--phantoms: expected a non-negative number, got {args.phantoms}")
+    sim = lambda phantom, seed: lambda: simulate(phantom, args.size, args.views, "parallel", args.noise, seed)  # noqa: E731
+    cases = []
+    if "phantoms" in args.datasets:
+        cases += [("phantoms", "shepp-logan", sim("shepp-logan", 0))]
+        cases += [("phantoms", f"ellipses-{s}", sim("ellipses", s)) for s in range(args.phantoms)]
+    if args.htc is not None and "htc2022" in args.datasets:
+        if not args.htc.is_dir():
+            raise FileNotFoundError(f"--htc: no such folder {args.htc}")
+        files = sorted(args.htc.rglob("*_full.mat"))
+        if not files:
+            raise FileNotFoundError(f"--htc: no HTC2022 *_full.mat files under {args.htc}")
+        cases += [("htc2022", f.name.removesuffix("_full.mat"), _htc_loader(f, args)) for f in files]
+    return cases
+
+
+def _htc_loader(path: Path, args):
+    def load() -> CTData:
+        from data.htc2022 import read_htc2022
+        from recon.fbp import fbp
+
+        full = read_htc2022(path, image_size=args.htc_size)
+        if full.sinogram.shape[0] != HTC_VIEWS_FULL:
+            raise ValueError(f"--htc: {path} has {full.sinogram.shape[0]} views, expected the full {HTC_VIEWS_FULL}")
+        A = ct_operator(full.geometry, full.angles, full.sinogram.shape[1])
+        ref = fbp(A, torch.as_tensor(full.sinogram)[None, None])[0, 0].numpy()
+        keep = np.floor(np.arange(args.views) * (HTC_VIEWS_FULL - 1) / args.views).astype(int)  # over 360 deg
+        return CTData(full.sinogram[keep], full.angles[keep], full.geometry, ref,
+                      f"HTC2022 {path.name}, {args.views} of {HTC_VIEWS_FULL} views")
+    return load
+
+
+def _run_case(data: CTData, methods, args, device) -> tuple[dict, dict]:
+    A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1]).to(device)
+    y = torch.as_tensor(data.sinogram, device=device)[None, None]
+    ref = torch.as_tensor(data.reference, device=device)[None, None]
+    lam = "auto" if args.lam == "auto" else None
+    noise_std = data.noise_std if lam == "auto" else None
+    common = {"iterations": args.iterations, "progress": not args.no_progress, "noise_std": noise_std}
+    results, metrics, tv = {}, {}, None
+    need_tv = any(m in methods for m in ("tv", "svtv", "graphla-tv"))
+    for method in (["tv"] if need_tv else []) + [m for m in methods if m != "tv"]:
+        extra: dict = {}
+        if method in ("svtv", "graphla-tv"):
+            def tv_estimate(_y, x=tv.x):
+                return x
+            tv_estimate.__name__ = "tv"
+            extra["estimate"] = tv_estimate
+        r = reconstruct(A, y, method, lam=lam if method != "fbp" else None,
+                        **({} if method == "fbp" else {**common, **extra}))
+        if method == "tv":
+            tv = r
+        elif "estimate" in extra:
+            r.seconds += tv.seconds  # the pre-estimate is part of the method's cost
+        results[method], metrics[method] = r, _metrics(r, ref)
+    images = {m: results[m].x[0, 0].detach().cpu().numpy() for m in methods}
+    return {m: metrics[m] for m in methods}, {"reference": data.reference, **images}
+
+
+def run_quality(args) -> int:
+    device = _device(args.device)
+    methods = list(dict.fromkeys(args.method or QUALITY_METHODS))
+    cases = _cases(args)
+    out = args.output
+    (out / "cases").mkdir(parents=True, exist_ok=True)
+    # what a case's result depends on; a finished case with the same settings is not recomputed
+    settings = {"size": args.size, "views": args.views, "noise": args.noise, "htc_size": args.htc_size,
+                "lam": args.lam, "iterations": args.iterations}
+    per_case: dict = {}
+    for i, (dataset, name, load) in enumerate(cases):
+        path = out / "cases" / f"{name}.json"
+        done = json.loads(path.read_text()) if path.is_file() else None
+        if done is not None and done.get("settings") == settings and all(m in done["metrics"] for m in methods):
+            per_case[name] = done
+            print(f"[{i + 1}/{len(cases)}] {name}: done earlier, skipped")
+            continue
+        metrics, images = _run_case(load(), methods, args, device)
+        per_case[name] = {"dataset": dataset, "settings": settings, "metrics": metrics}
+        with atomic_path(out / "cases" / f"{name}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **images)
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            json.dump(per_case[name], f, indent=1)
+        print(f"[{i + 1}/{len(cases)}] {name}: " + ", ".join(
+            f"{m} {v['psnr']:.2f} dB" for m, v in metrics.items()), flush=True)
+    summary = summarise(per_case, methods)
+    with atomic_path(out / "quality.json") as tmp, open(tmp, "w") as f:
+        json.dump({"settings": {**settings, "device": str(device)}, "summary": summary,
+                   "cases": {k: v["metrics"] for k, v in per_case.items()}}, f, indent=1)
+    table = format_quality(summary)
+    with atomic_path(out / "quality.md") as tmp, open(tmp, "w") as f:
+        f.write(table + "\n")
+    _figure(out, per_case, methods)
+    print(table)
+    print(f"outputs in {out}/")
+    return 0
+
+
+def summarise(per_case: dict, methods) -> dict:
+    """``{dataset: {method: {psnr_mean, psnr_std, ssim_mean, ssim_std, seconds_mean, cases}}}``."""
+    summary: dict = {}
+    for dataset in dict.fromkeys(v["dataset"] for v in per_case.values()):
+        rows = [v["metrics"] for v in per_case.values() if v["dataset"] == dataset]
+        summary[dataset] = {}
+        for m in methods:
+            entry = {"cases": len(rows)}
+            for key in ("psnr", "ssim", "seconds"):
+                vals = np.array([r[m][key] for r in rows], dtype=float)
+                entry[f"{key}_mean"] = round(float(vals.mean()), 4)
+                entry[f"{key}_std"] = round(float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, 4)
+            summary[dataset][m] = entry
+    return summary
+
+
+def format_quality(summary: dict) -> str:
+    """A Markdown table: mean +- std PSNR and SSIM and mean seconds per dataset and method."""
+    lines = ["| dataset | method | PSNR (dB) | SSIM | seconds |", "|---|---|---|---|---|"]
+    for dataset, rows in summary.items():
+        for m, e in rows.items():
+            lines.append(f"| {dataset} ({e['cases']}) | {m} | {e['psnr_mean']:.2f} ± {e['psnr_std']:.2f} | "
+                         f"{e['ssim_mean']:.3f} ± {e['ssim_std']:.3f} | {e['seconds_mean']:.1f} |")
+    return "\n".join(lines)
+
+
+def _figure(out: Path, per_case: dict, methods) -> None:
+    from apps.figures import plt  # sets the Agg backend first
+
+    firsts = [name for dataset in dict.fromkeys(v["dataset"] for v in per_case.values())
+              for name in [next(k for k, v in per_case.items() if v["dataset"] == dataset)]]
+    rows = [(name, np.load(out / "cases" / f"{name}.npz")) for name in firsts if (out / "cases" / f"{name}.npz").is_file()]
+    if not rows:
+        return
+    cols = ["reference", *methods]
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.7 * len(cols), 2.9 * len(rows)), squeeze=False)
+    for r, (name, images) in enumerate(rows):
+        ref = images["reference"]
+        vmax = float(np.percentile(ref, 99.9))
+        for c, col in enumerate(cols):
+            ax = axes[r, c]
+            ax.imshow(images[col], cmap="gray", vmin=0.0, vmax=vmax)
+            m = per_case[name]["metrics"].get(col)
+            ax.set_title(f"{name}\n{col}" if col == "reference" else f"{col}\n{m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}",
+                         fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(out / "quality.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

@@ -1,0 +1,65 @@
+"""Reader for the Helsinki Tomography Challenge 2022 sinograms (measured fan-beam CT).
+
+The challenge files (``htc2022_<name>_full.mat`` / ``_limited.mat``, CC BY 4.0, Zenodo
+10.5281/zenodo.6984868) hold one struct with the sinogram ``(angles, 560 detectors)``
+of -log-transformed measurements and the scanner geometry. ``read_htc2022`` turns one
+into ``CTData`` with the geometry in millimetres, on a square grid covering the
+organisers' field of view (512 pixels of 0.1483 mm = 75.9 mm; another ``image_size``
+keeps the field of view and changes the pixel size).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from data.hdf5 import CTData
+
+__all__ = ["read_htc2022", "HTC_FOV_PIXELS"]
+
+HTC_FOV_PIXELS = 512  # the organisers' grid: 512 pixels of effectivePixelSizePost
+
+
+def read_htc2022(path: str | os.PathLike, image_size: int = HTC_FOV_PIXELS) -> CTData:
+    """Read an HTC2022 ``.mat`` sinogram with its fan-beam geometry.
+
+    Args:
+        path: a ``*_full.mat`` or ``*_limited.mat`` file.
+        image_size: reconstruction grid (pixels per side) over the organisers' 75.9 mm field of view.
+
+    Returns:
+        ``CTData`` with ``sinogram (views, 560)`` float32, ``angles`` in radians, and a ``"fan"``
+        geometry (flat detector, distances and spacings in mm).
+
+    Example (needs the challenge data)::
+
+        data = read_htc2022("htc2022_ta_full.mat", image_size=256)
+        A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1])
+    """
+    from scipy import io as scipy_io
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path: no such file {path}")
+    if not (isinstance(image_size, (int, np.integer)) and image_size >= 16):
+        raise ValueError(f"image_size: expected an integer of at least 16 pixels, got {image_size}")
+    try:
+        mat = scipy_io.loadmat(path, squeeze_me=True, struct_as_record=False)
+    except Exception as err:  # scipy raises several types for non-MAT input
+        raise ValueError(f"{path}: not a readable MATLAB file ({err})") from err
+    key = next((k for k in ("CtDataFull", "CtDataLimited") if k in mat), None)
+    if key is None:
+        raise ValueError(f"{path}: expected a struct 'CtDataFull' or 'CtDataLimited' (an HTC2022 sinogram file)")
+    ct = mat[key]
+    par = ct.parameters
+    sino = np.asarray(ct.sinogram, dtype=np.float32)
+    angles = np.deg2rad(np.atleast_1d(par.angles).astype(np.float64))
+    if sino.ndim != 2 or sino.shape[0] != angles.shape[0]:
+        raise ValueError(f"{path}: sinogram of shape {sino.shape} does not match {angles.shape[0]} angles")
+    dso, dsd = float(par.distanceSourceOrigin), float(par.distanceSourceDetector)
+    pixel = float(par.effectivePixelSizePost) * HTC_FOV_PIXELS / image_size
+    geometry = {"geometry": "fan", "detector_spacing": float(par.pixelSizePost), "pixel_size": pixel,
+                "image_shape": (int(image_size), int(image_size)), "source_origin": dso, "origin_detector": dsd - dso}
+    return CTData(sino, angles, geometry, None, str(path))

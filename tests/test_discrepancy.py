@@ -1,0 +1,89 @@
+"""The discrepancy principle: the root search, and lam="auto" in reconstruct()."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from data.phantoms import shepp_logan
+from operators import ParallelBeam2D
+from recon.discrepancy import DISCREPANCY_TAU, discrepancy_search
+from recon.reconstruct import reconstruct
+
+
+@pytest.mark.parametrize("target, lam0", [(1.0, 1.0), (0.2, 50.0), (3.0, 1e-4)])
+def test_search_finds_the_analytic_weight(target, lam0):
+    """Ridge denoising x = y / (1 + lam): residual lam / (1 + lam) ||y||, so lam* = t / (||y|| - t)."""
+    y = torch.tensor([3.0, -2.0, 0.5, 1.0], dtype=torch.float64)
+    calls = []
+
+    def solve(lam, x0):
+        calls.append(lam)
+        return y / (1 + lam)
+
+    res = discrepancy_search(solve, lambda x: float((x - y).norm()), target, lam0, tau=1.0, rtol=1e-3,
+                             max_evaluations=20)
+    exact = target / (float(y.norm()) - target)
+    assert res.lam == pytest.approx(exact, rel=5e-3)
+    assert abs(res.ratio - 1) < 1e-3 and len(res.evaluations) == len(calls) <= 12
+
+
+def test_search_returns_the_best_evaluation_when_it_runs_out():
+    y = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    res = discrepancy_search(lambda lam, x0: y / (1 + lam), lambda x: float((x - y).norm()), 0.5, 1e-6,
+                             rtol=1e-9, max_evaluations=2)
+    assert len(res.evaluations) == 2
+    assert abs(math.log(res.ratio)) == min(abs(math.log(r)) for _, r in res.evaluations)
+
+
+def test_search_bad_input():
+    with pytest.raises(ValueError, match="noise_std"):
+        discrepancy_search(lambda lam, x0: None, lambda x: 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="lam0"):
+        discrepancy_search(lambda lam, x0: None, lambda x: 0.0, 1.0, 0.0)
+
+
+@pytest.fixture(scope="module")
+def ct():
+    x = shepp_logan(64).double()
+    A = ParallelBeam2D((64, 64), np.linspace(0, np.pi, 30, endpoint=False), 92)
+    y0 = A(x)
+    sigmas = [0.01, 0.03]
+    noise = torch.randn((2, *y0.shape[1:]), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = torch.cat([y0 + s * float(y0.pow(2).mean().sqrt()) * noise[i:i + 1] for i, s in enumerate(sigmas)])
+    return A, x, y, [s * float(y0.pow(2).mean().sqrt()) for s in sigmas]
+
+
+@pytest.mark.parametrize("method", ["tv", "svtv"])
+def test_auto_lambda_meets_the_discrepancy_per_item(ct, method):
+    """Each item's residual lands on tau * sigma * sqrt(m), and the noisier item gets the larger weight."""
+    A, x, y, sigmas = ct
+    m = y[0].numel()
+    runs = [reconstruct(A, y[i:i + 1], method, lam="auto", noise_std=s, iterations=150) for i, s in enumerate(sigmas)]
+    lams = [r.parameters["lam"] for r in runs]
+    assert lams[1] > 2 * lams[0]
+    for r, yi, s in zip(runs, y, sigmas):
+        ratio = float((A(r.x) - yi[None]).norm()) / (DISCREPANCY_TAU * s * math.sqrt(m))
+        assert abs(ratio - 1) < 0.011, ratio
+        assert r.parameters["lam_rule"] == "discrepancy"
+
+
+def test_auto_lambda_batched_equals_looped(ct):
+    A, x, y, sigmas = ct
+    one = [reconstruct(A, y[i:i + 1], "tv", lam="auto", iterations=100) for i in range(2)]
+    both = reconstruct(A, y, "tv", lam="auto", iterations=100)
+    assert both.parameters["lam"] == pytest.approx([r.parameters["lam"] for r in one], rel=1e-6)
+    assert torch.allclose(both.x, torch.cat([r.x for r in one]), rtol=0, atol=1e-6 * float(x.max()))
+
+
+def test_auto_lambda_bad_input(ct):
+    A, x, y, _ = ct
+    with pytest.raises(ValueError, match="lam: expected a number, None .* or 'auto'"):
+        reconstruct(A, y, "tv", lam="discrepancy")
+    with pytest.raises(ValueError, match="noise_std: expected a positive"):
+        reconstruct(A, y, "tv", lam="auto", noise_std=0.0)
+    with pytest.raises(ValueError, match="lam: expected a non-negative"):
+        reconstruct(A, y, "tv", lam=-1.0)
