@@ -19,9 +19,9 @@ from priors.base import Functional
 __all__ = ["L1Norm", "L21Norm", "TV", "SpaceVariantTV", "WeightedNorm", "adaptive_tv_weights", "dual_prox",
            "DEFAULT_ETA", "DEFAULT_P"]
 
-DEFAULT_ETA = 0.1  # eta relative to the pre-estimate's intensity scale (see adaptive_tv_weights)
+DEFAULT_ETA = 0.05  # eta relative to the pre-estimate's intensity scale (see adaptive_tv_weights)
 SCALE_QUANTILE = 0.99  # the intensity scale of an estimate (intensity_scale)
-DEFAULT_P = 0.0  # weights (eta / sqrt(eta^2 + |grad|^2))^(1 - p)
+DEFAULT_P = 0.5  # weights (eta / sqrt(eta^2 + |grad|^2))^(1 - p)
 
 
 def dual_prox(x: torch.Tensor, tau, K, g: Functional, iterations: int) -> torch.Tensor:
@@ -242,7 +242,7 @@ def adaptive_tv_weights(x_hat: torch.Tensor, eta: float = DEFAULT_ETA, p: float 
     Example:
         >>> import torch
         >>> x = torch.zeros(1, 1, 8, 8); x[..., 4:] = 1.0          # one vertical edge
-        >>> w = adaptive_tv_weights(x, eta=0.1)
+        >>> w = adaptive_tv_weights(x, eta=0.1, p=0.0)
         >>> round(float(w[0, 0, 0, 0]), 3), round(float(w[0, 0, 0, 3]), 3)   # flat, on the edge
         (1.0, 0.1)
     """

@@ -40,7 +40,7 @@ ESTIMATES = ("fbp", "tv")
 DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tv": 300, "svtv": 300, "graphla-fbp": 300, "graphla-tv": 300}
 TV_LAMBDA_FACTOR = 0.9  # c in lam = c * sigma_hat * rms(A^T eps); fitted once on phantoms (see default_tv_lambda)
 #: the same rule's constant for the adaptive priors, relative to TV's (docs/svtv_study.py, docs/graphla_study.py)
-LAMBDA_FACTORS = {"tv": TV_LAMBDA_FACTOR, "svtv": 2.0 * TV_LAMBDA_FACTOR, "graphla": 1.0 * TV_LAMBDA_FACTOR}
+LAMBDA_FACTORS = {"tv": TV_LAMBDA_FACTOR, "svtv": 1.4 * TV_LAMBDA_FACTOR, "graphla": 10.0 * TV_LAMBDA_FACTOR}
 
 
 @dataclass
