@@ -9,8 +9,9 @@ the TV reconstruction as their pre-estimate, and their time includes it.
 
 Writes ``<output>/quality.json`` (settings, per-case metrics, mean and std per dataset),
 ``quality.md`` (the table), ``quality.png`` (Shepp-Logan and the first HTC2022 case), and
-one ``cases/<case>.json`` + ``.npz`` per finished case: a rerun skips finished cases, so an
-interrupted run loses nothing.
+one ``cases/<case>.json`` + ``.npz`` per finished case: a rerun skips finished cases and
+computes only the methods a case lacks, so an interrupted run loses nothing and a method
+added later (or removed from the case files to redo it) runs alone.
 """
 
 from __future__ import annotations
@@ -94,31 +95,43 @@ def _htc_loader(path: Path, args):
     return load
 
 
-def _run_case(data: CTData, methods, args, device) -> tuple[dict, dict]:
+def _run_case(data: CTData, methods, args, device, earlier: dict | None = None) -> tuple[dict, dict]:
+    """Metrics and images of ``methods`` on one case; ``earlier = {"metrics", "images"}`` of a previous
+    run with the same settings supplies the methods it has (TV's image then serves as the pre-estimate)."""
+    earlier = earlier or {"metrics": {}, "images": {}}
     A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1]).to(device)
     y = torch.as_tensor(data.sinogram, device=device)[None, None]
     ref = torch.as_tensor(data.reference, device=device)[None, None]
     lam = "auto" if args.lam == "auto" else None
     noise_std = data.noise_std if lam == "auto" else None
     common = {"iterations": args.iterations, "progress": not args.no_progress, "noise_std": noise_std}
-    results, metrics, tv = {}, {}, None
-    need_tv = any(m in methods for m in ("tv", "svtv", "graphla-tv"))
-    for method in (["tv"] if need_tv else []) + [m for m in methods if m != "tv"]:
+    metrics = {m: earlier["metrics"][m] for m in methods if m in earlier["metrics"]}
+    images = {m: earlier["images"][m] for m in metrics if m in earlier["images"]}
+    todo = [m for m in methods if m not in metrics]
+    need_tv = any(m in todo for m in ("tv", "svtv", "graphla-tv"))
+    tv_x, tv_seconds = None, 0.0
+    if need_tv and "tv" in earlier["metrics"] and "tv" in earlier["images"]:
+        tv_x = torch.as_tensor(earlier["images"]["tv"], device=device)[None, None]
+        tv_seconds = earlier["metrics"]["tv"]["seconds"]
+    elif need_tv:
+        todo = ["tv"] + [m for m in todo if m != "tv"]
+    for method in todo:
         extra: dict = {}
         if method in ("svtv", "graphla-tv"):
-            def tv_estimate(_y, x=tv.x):
+            def tv_estimate(_y, x=tv_x):
                 return x
             tv_estimate.__name__ = "tv"
             extra["estimate"] = tv_estimate
         r = reconstruct(A, y, method, lam=lam if method != "fbp" else None,
                         **({} if method == "fbp" else {**common, **extra}))
         if method == "tv":
-            tv = r
+            tv_x, tv_seconds = r.x, r.seconds
         elif "estimate" in extra:
-            r.seconds += tv.seconds  # the pre-estimate is part of the method's cost
-        results[method], metrics[method] = r, _metrics(r, ref)
-    images = {m: results[m].x[0, 0].detach().cpu().numpy() for m in methods}
-    return {m: metrics[m] for m in methods}, {"reference": data.reference, **images}
+            r.seconds += tv_seconds  # the pre-estimate is part of the method's cost
+        metrics[method] = _metrics(r, ref)
+        images[method] = r.x[0, 0].detach().cpu().numpy()
+    return ({m: metrics[m] for m in methods},
+            {"reference": data.reference, **{m: images[m] for m in methods if m in images}})
 
 
 def run_quality(args) -> int:
@@ -134,11 +147,20 @@ def run_quality(args) -> int:
     for i, (dataset, name, load) in enumerate(cases):
         path = out / "cases" / f"{name}.json"
         done = json.loads(path.read_text()) if path.is_file() else None
-        if done is not None and done.get("settings") == settings and all(m in done["metrics"] for m in methods):
+        if done is not None and done.get("settings") != settings:
+            done = None  # computed with other settings: start over
+        if done is not None and all(m in done["metrics"] for m in methods):
             per_case[name] = done
             print(f"[{i + 1}/{len(cases)}] {name}: done earlier, skipped")
             continue
-        metrics, images = _run_case(load(), methods, args, device)
+        earlier = None
+        if done is not None:  # finished methods are kept; only the missing ones run
+            npz = out / "cases" / f"{name}.npz"
+            images = dict(np.load(npz)) if npz.is_file() else {}
+            earlier = {"metrics": done["metrics"], "images": images}
+        metrics, images = _run_case(load(), methods, args, device, earlier)
+        if earlier is not None:
+            metrics, images = {**earlier["metrics"], **metrics}, {**earlier["images"], **images}
         per_case[name] = {"dataset": dataset, "settings": settings, "metrics": metrics}
         with atomic_path(out / "cases" / f"{name}.npz") as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **images)
@@ -194,7 +216,7 @@ def _figure(out: Path, per_case: dict, methods) -> None:
     if not rows:
         return
     cols = ["reference", *methods]
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.7 * len(cols), 2.9 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.7 * len(cols), 3.2 * len(rows)), squeeze=False)
     for r, (name, images) in enumerate(rows):
         ref = images["reference"]
         vmax = float(np.percentile(ref, 99.9))
@@ -207,5 +229,5 @@ def _figure(out: Path, per_case: dict, methods) -> None:
             ax.axis("off")
     fig.tight_layout()
     with atomic_path(out / "quality.png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)

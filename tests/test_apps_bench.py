@@ -35,6 +35,18 @@ def test_quality_writes_table_json_figure_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert bench(*argv) == 0  # everything finished: nothing recomputed
     assert capsys.readouterr().out.count("done earlier, skipped") == 2
+    # a method missing from a finished case runs alone; the others (and TV's time) are kept
+    case = out / "cases" / "ellipses-0.json"
+    done = json.loads(case.read_text())
+    del done["metrics"]["graphla-tv"]
+    case.write_text(json.dumps(done))
+    assert bench(*argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done earlier, skipped") == 1 and "ellipses-0: fbp" in printed
+    again = json.loads((out / "quality.json").read_text())["cases"]["ellipses-0"]
+    assert again["tv"] == report["cases"]["ellipses-0"]["tv"] and again["svtv"] == report["cases"]["ellipses-0"]["svtv"]
+    assert again["graphla-tv"]["psnr"] == pytest.approx(report["cases"]["ellipses-0"]["graphla-tv"]["psnr"], abs=1e-3)
+    assert set(np.load(out / "cases" / "ellipses-0.npz")) >= {"reference", "tv", "graphla-tv"}
 
 
 def test_summary_statistics_by_hand():
