@@ -67,7 +67,7 @@ def discrepancy_search(solve: Callable[[float, torch.Tensor | None], torch.Tenso
         >>> import torch
         >>> y = torch.tensor([3.0, -2.0, 0.5])            # denoising y with ridge: x = y / (1 + lam)
         >>> res = discrepancy_search(lambda lam, x0: y / (1 + lam), lambda x: float((x - y).norm()),
-        ...                          noise_norm=1.0, lam0=1.0)
+        ...                          noise_norm=1.0, lam0=1.0, tau=1.0)
         >>> round(float((res.x - y).norm()), 2)
         1.0
     """
