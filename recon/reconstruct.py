@@ -35,7 +35,8 @@ __all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_no
            "default_lambda"]
 
 METHODS = ("fbp", "sirt", "cgls", "tv", "svtv", "graphla-fbp", "graphla-tv")
-VARIATIONAL = ("tv", "svtv", "graphla-fbp", "graphla-tv")
+ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tv")  # priors built from a pre-estimate Psi(y)
+VARIATIONAL = ("tv", *ADAPTIVE)
 ESTIMATES = ("fbp", "tv")
 DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tv": 300, "svtv": 300, "graphla-fbp": 300, "graphla-tv": 300}
 TV_LAMBDA_FACTOR = 0.9  # c in lam = c * sigma_hat * rms(A^T eps); fitted once on phantoms (see default_tv_lambda)
@@ -117,6 +118,9 @@ def default_lambda(method: str, A: LinearOperator, y: torch.Tensor, noise_std: f
         raise ValueError(f"method: expected one of {', '.join(LAMBDA_FACTORS)}, got {method!r}")
     lam = default_tv_lambda(A, y, noise_std) * LAMBDA_FACTORS[method] / TV_LAMBDA_FACTOR
     if method.startswith("graphla"):
+        if not isinstance(prior, GraphLaplacianPrior):
+            raise TypeError(f"prior: {method} scales its weight by the graph's degree; pass the GraphLaplacianPrior, "
+                            f"got {type(prior).__name__}")
         lam /= float(prior.laplacian.degree.mean())
     return lam
 
@@ -168,7 +172,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         raise ValueError(f"lam: expected a non-negative weight, got {lam}")
     if noise_std is not None and not (math.isfinite(noise_std) and noise_std > 0):
         raise ValueError(f"noise_std: expected a positive noise level, got {noise_std}")
-    if estimate is not None and method not in ("svtv", "graphla-fbp", "graphla-tv"):
+    if estimate is not None and method not in ADAPTIVE:
         raise ValueError(f"estimate: only svtv and graphla-* use a pre-estimate, not {method!r}")
     start = time.perf_counter()
     if method == "fbp":

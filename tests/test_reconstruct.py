@@ -104,3 +104,13 @@ def test_callable_estimate_is_used_and_checked(setup):
         reconstruct(A, y, "svtv", estimate="unet")
     with pytest.raises(ValueError, match="estimate: only svtv and graphla"):
         reconstruct(A, y, "tv", estimate="fbp")
+
+
+def test_default_lambda_of_graphla_needs_its_graph(setup):
+    from recon.reconstruct import default_lambda
+
+    A, x, y, _ = setup
+    with pytest.raises(TypeError, match="prior: graphla-tv scales its weight by the graph's degree"):
+        default_lambda("graphla-tv", A, y)
+    with pytest.raises(ValueError, match="method: expected one of"):
+        default_lambda("fbp", A, y)
