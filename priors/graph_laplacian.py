@@ -24,6 +24,7 @@ import torch
 
 from operators.base import LinearOperator, conjugate_gradient, per_item
 from priors.base import Functional
+from priors.data import SquaredL2Distance
 from priors.tv import L1Norm, dual_prox, intensity_scale
 
 __all__ = ["GraphLaplacian", "GraphLaplacianPrior", "DEFAULT_RADIUS", "DEFAULT_SIGMA"]
@@ -194,7 +195,7 @@ class GraphLaplacianPrior(Functional):
             raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
         self.laplacian, self.norm = laplacian, norm
         self.prox_iterations, self.cg_iterations = int(prox_iterations), int(cg_iterations)
-        self.g = L1Norm() if norm == "l1" else _HalfSquaredL2Norm()
+        self.g = L1Norm() if norm == "l1" else SquaredL2Distance(torch.zeros(()))  # 1/2 ||z - 0||^2
         self.has_value = self.has_prox = True
         self.has_grad = norm == "l2"
 
@@ -235,33 +236,6 @@ class GraphLaplacianPrior(Functional):
 
     def extra_repr(self) -> str:
         return f"norm={self.norm!r}"
-
-
-class _HalfSquaredL2Norm(Functional):
-    r"""``1/2 ||z||_2^2`` per batch item, with closed-form prox and conjugate prox.
-
-    .. math:: \operatorname{prox}_{\tau f}(z) = z / (1 + \tau),\quad
-              \operatorname{prox}_{\sigma f^*}(z) = z / (1 + \sigma)
-
-    Example:
-        >>> import torch
-        >>> _HalfSquaredL2Norm().value(torch.tensor([[3.0, 4.0]]))
-        tensor([12.5000])
-    """
-
-    has_value = has_prox = has_grad = True
-
-    def value(self, z):
-        return 0.5 * (z * z).flatten(1).sum(1)
-
-    def grad(self, z):
-        return z.clone()
-
-    def prox(self, z, tau):
-        return z / (1 + tau)
-
-    def conj_prox(self, z, sigma):
-        return z / (1 + sigma)
 
 
 # -- construction ----------------------------------------------------------------------

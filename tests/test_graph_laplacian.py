@@ -16,8 +16,8 @@ from scipy.optimize import minimize
 from operators import Identity
 from priors import L1Norm, L2Fidelity, NonNegativity
 from priors.base import ScaledFunctional
-from priors.graph_laplacian import (DEFAULT_RADIUS, DEFAULT_SIGMA, GraphLaplacian, GraphLaplacianPrior,
-                                    _HalfSquaredL2Norm)
+from priors.data import SquaredL2Distance
+from priors.graph_laplacian import DEFAULT_RADIUS, DEFAULT_SIGMA, GraphLaplacian, GraphLaplacianPrior
 from recon.chambolle_pock import ChambollePock
 from recon.problem import Problem
 from tests.contracts import DEVICES, FunctionalContract, LinearOperatorContract, randn, rel_diff
@@ -244,9 +244,11 @@ class TestPriorL2(FunctionalContract):
 
 
 class TestHalfSquaredL2Norm(FunctionalContract):
+    """The l2 prior's 1/2 ||z||^2: SquaredL2Distance centred at a scalar zero."""
+
     @pytest.fixture
     def make(self):
-        return _HalfSquaredL2Norm()
+        return GraphLaplacianPrior(small_laplacian(), "l2").g
 
 
 @pytest.mark.parametrize("norm", ["l1", "l2"])
@@ -254,7 +256,7 @@ def test_split_matches_value(norm):
     prior = 0.4 * GraphLaplacianPrior(small_laplacian(), norm)
     K, g = prior.split((1, 8, 8))
     assert K is prior.f.laplacian and isinstance(g, ScaledFunctional)
-    assert isinstance(g.f, L1Norm if norm == "l1" else _HalfSquaredL2Norm)
+    assert isinstance(g.f, L1Norm if norm == "l1" else SquaredL2Distance)
     x = randn((1, 8, 8), torch.float64, batch=3)
     Lx = torch.from_numpy((K.to_scipy() @ x.reshape(3, -1).numpy().T).T)
     expected = Lx.abs().sum(1) if norm == "l1" else 0.5 * (Lx ** 2).sum(1)
