@@ -45,6 +45,9 @@ class LinearOperatorContract:
 
     internal_float32 = False
     device = "cpu"  # "cuda" for operators that only run there (ConeBeam3D); skipped without CUDA
+    #: normalised dot-test tolerance on CUDA, for operators whose GPU pair is not an exact adjoint (ASTRA's
+    #: ray-driven projector with its pixel-driven back-projector); None: the same tolerance as on CPU
+    cuda_adjoint_tol: float | None = None
     #: input dtypes in single and double precision; complex operators (MRI) use complex64/complex128
     dtypes = {"single": torch.float32, "double": torch.float64}
 
@@ -70,7 +73,8 @@ class LinearOperatorContract:
         scale = A.norm(device=device) * flat_norm(x) * flat_norm(y)
         err = float(((lhs - rhs).abs() / scale).max())
         fit = float((rhs / lhs).mean())  # scale fit: reports a mis-scaled adjoint
-        assert err < self.tol(dtype), f"adjoint mismatch {err:.2e} (adjoint/forward scale fit {fit:.6f})"
+        tol = self.cuda_adjoint_tol if device == "cuda" and self.cuda_adjoint_tol is not None else self.tol(dtype)
+        assert err < tol, f"adjoint mismatch {err:.2e} (adjoint/forward scale fit {fit:.6f})"
 
     def test_linearity(self, make):
         A = make

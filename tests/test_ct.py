@@ -19,6 +19,10 @@ def nonuniform_angles(n, span, seed=0):
     return np.sort(np.random.default_rng(seed).uniform(0, span, n))
 
 
+# ASTRA's 2D GPU pair on an H100: normalised dot-test mismatch 7e-4 to 4.2e-3 on random data (the CPU pair: ~1e-9)
+ASTRA_CUDA_ADJOINT_TOL = 1e-2
+
+
 def dense(op) -> np.ndarray:
     n = int(np.prod(op.in_shape))
     eye = torch.eye(n, dtype=torch.float32).reshape(n, *op.in_shape)
@@ -27,6 +31,7 @@ def dense(op) -> np.ndarray:
 
 class TestParallelBeam2D(LinearOperatorContract):
     internal_float32 = True
+    cuda_adjoint_tol = ASTRA_CUDA_ADJOINT_TOL
 
     @pytest.fixture
     def make(self):
@@ -48,6 +53,7 @@ class TestParallelBeam2D(LinearOperatorContract):
 
 class TestFanBeam2D(LinearOperatorContract):
     internal_float32 = True
+    cuda_adjoint_tol = ASTRA_CUDA_ADJOINT_TOL
 
     @pytest.fixture
     def make(self):
@@ -57,6 +63,7 @@ class TestFanBeam2D(LinearOperatorContract):
 
 class TestParallelChannels(LinearOperatorContract):
     internal_float32 = True
+    cuda_adjoint_tol = ASTRA_CUDA_ADJOINT_TOL
 
     @pytest.fixture
     def make(self):
@@ -253,9 +260,13 @@ def test_cuda_glue_matches_cpu_path(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("kind", ["parallel", "fan"])
 def test_cuda_matches_cpu(kind):
-    """ASTRA's GPU projectors against the CPU ones (different discretisations: 5% on smooth data)."""
+    """ASTRA's GPU projectors against the CPU ones (different discretisations: 5% on smooth data).
+
+    Detector cells as wide as pixels: with coarser cells the CPU back-projection (the exact transpose of
+    one ray per cell) aliases while the GPU one interpolates: 9% apart at 2 pixels per cell (H100).
+    """
     angles = np.linspace(0, np.pi if kind == "parallel" else 2 * np.pi, 60, endpoint=False)
-    A = (ParallelBeam2D((64, 64), angles, 96, pixel_size=0.5) if kind == "parallel"
+    A = (ParallelBeam2D((64, 64), angles, 96, pixel_size=0.5, detector_spacing=0.5) if kind == "parallel"
          else FanBeam2D((64, 64), angles, 128, 200.0, 100.0, pixel_size=0.5, detector_spacing=0.5))
     x = disc(64, 10.0, 0.02, pixel_size=0.5).repeat(2, 1, 1, 1)
     y = A(x)
