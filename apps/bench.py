@@ -28,7 +28,8 @@ from data.hdf5 import CTData, atomic_path
 from operators.ct import ct_operator
 from recon.reconstruct import reconstruct
 
-QUALITY_METHODS = ("fbp", "tv", "svtv", "graphla-fbp", "graphla-tv")
+QUALITY_METHODS = ("fbp", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
+DIRECT = ("fbp", "tikhonov")  # no weight, no iteration option
 HTC_VIEWS_FULL = 721
 
 
@@ -122,8 +123,8 @@ def _run_case(data: CTData, methods, args, device, earlier: dict | None = None) 
                 return x
             tv_estimate.__name__ = "tv"
             extra["estimate"] = tv_estimate
-        r = reconstruct(A, y, method, lam=lam if method != "fbp" else None,
-                        **({} if method == "fbp" else {**common, **extra}))
+        r = reconstruct(A, y, method, lam=lam if method not in DIRECT else None,
+                        **({} if method in DIRECT else {**common, **extra}))
         if method == "tv":
             tv_x, tv_seconds = r.x, r.seconds
         elif "estimate" in extra:

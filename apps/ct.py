@@ -19,7 +19,7 @@ from data.hdf5 import CTData, atomic_path, read_ct, write_reconstructions
 from data.phantoms import random_ellipses, shepp_logan
 from operators.ct import FanBeam2D, ParallelBeam2D, ct_operator
 from recon.metrics import psnr, ssim
-from recon.reconstruct import METHODS, reconstruct
+from recon.reconstruct import ESTIMATES, METHODS, reconstruct
 
 PHANTOMS = ("shepp-logan", "ellipses")
 
@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
     p.add_argument("--noise-std", type=float, default=None,
                    help="the sinogram's noise std, if known (for --lam auto and the default rule); default: "
                         "the simulated noise for phantoms with --lam auto, else estimated from the sinogram")
-    p.add_argument("--estimate", choices=("tv", "fbp"), default=None,
+    p.add_argument("--estimate", choices=ESTIMATES, default=None,
                    help="svtv: the pre-estimate its weights come from (default tv)")
     add_run_options(p, METHODS, "fbp and tv", "recon.reconstruct", "the iterative methods", auto_lam=True)
     p.set_defaults(run=run)

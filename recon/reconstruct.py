@@ -3,10 +3,11 @@
 ``reconstruct(A, y, "tv")`` picks the solver, a starting point, a default
 regularisation weight and the iteration count; everything can be overridden.
 
-The adaptive priors take a fast first reconstruction ``x_hat = Psi(y)`` (FBP, TV, or any
-callable such as a trained network) and build the prior from it once: ``"svtv"`` weights
-TV per pixel (``priors.SpaceVariantTV``), ``"graphla-fbp"`` / ``"graphla-tv"`` penalise
-``||L x||_1`` with the graph Laplacian of ``x_hat`` (``priors.graph_laplacian``).
+The adaptive priors take a fast first reconstruction ``x_hat = Psi(y)`` (FBP, Krylov
+Tikhonov, TV, or any callable such as a trained network) and build the prior from it once:
+``"svtv"`` weights TV per pixel (``priors.SpaceVariantTV``), ``"graphla-fbp"`` /
+``"graphla-tik"`` / ``"graphla-tv"`` penalise ``||L x||_1`` with the graph Laplacian of
+``x_hat`` (``priors.graph_laplacian``).
 ``lam="auto"`` chooses the weight by the discrepancy principle (``recon.discrepancy``).
 """
 
@@ -28,23 +29,26 @@ from priors.tv import DEFAULT_ETA, DEFAULT_P
 from recon.chambolle_pock import ChambollePock
 from recon.discrepancy import DISCREPANCY_TAU, discrepancy_search
 from recon.fbp import fbp
-from recon.linear import CGLS, SIRT
+from recon.linear import CGLS, SIRT, TIKHONOV_ITERATIONS, tikhonov
 from recon.problem import Problem
 
 __all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_noise_std", "default_tv_lambda",
            "default_lambda"]
 
-METHODS = ("fbp", "sirt", "cgls", "tv", "svtv", "graphla-fbp", "graphla-tv")
-ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tv")  # priors built from a pre-estimate Psi(y)
+METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
+ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tik", "graphla-tv")  # priors built from a pre-estimate Psi(y)
 VARIATIONAL = ("tv", *ADAPTIVE)
-ESTIMATES = ("fbp", "tv")
-DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tv": 300, "svtv": 300, "graphla-fbp": 300, "graphla-tv": 300}
+ESTIMATES = ("fbp", "tikhonov", "tv")
+DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tikhonov": TIKHONOV_ITERATIONS, "tv": 300, "svtv": 300,
+                      "graphla-fbp": 300, "graphla-tik": 300, "graphla-tv": 300}
 TV_LAMBDA_FACTOR = 0.9  # c in lam = c * sigma_hat * rms(A^T eps); fitted once on phantoms (see default_tv_lambda)
 #: the same rule's constant for the adaptive priors, relative to TV's: SV-TV from docs/svtv_study.py (128^2),
 #: graphLa from docs/adaptive_256_study.py (256^2, tuning phantom ellipses-100: graphLa+TV best at >= 4x and
 #: graphLa+FBP at >= 8x the 128^2 constant of docs/graphla_study.py, which was 10)
 LAMBDA_FACTORS = {"tv": TV_LAMBDA_FACTOR, "svtv": 1.4 * TV_LAMBDA_FACTOR, "graphla-tv": 40.0 * TV_LAMBDA_FACTOR,
-                  "graphla-fbp": 80.0 * TV_LAMBDA_FACTOR}
+                  "graphla-fbp": 80.0 * TV_LAMBDA_FACTOR, "graphla-tik": 80.0 * TV_LAMBDA_FACTOR}
+#: each graphLa method's default pre-estimate
+GRAPHLA_ESTIMATES = {"graphla-fbp": "fbp", "graphla-tik": "tikhonov", "graphla-tv": "tv"}
 
 
 @dataclass
@@ -136,9 +140,10 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
     Args:
         A: the CT operator.
         y: sinogram ``(B, *A.out_shape)``.
-        method: ``"fbp"``, ``"sirt"``, ``"cgls"``, ``"tv"`` (Chambolle-Pock, started from FBP),
-            ``"svtv"`` (space-variant TV with weights from ``estimate``), ``"graphla-fbp"`` or
-            ``"graphla-tv"`` (graph-Laplacian prior built from FBP or TV).
+        method: ``"fbp"``, ``"sirt"``, ``"cgls"``, ``"tikhonov"`` (``recon.linear.tikhonov``),
+            ``"tv"`` (Chambolle-Pock, started from FBP), ``"svtv"`` (space-variant TV with weights
+            from ``estimate``), ``"graphla-fbp"``, ``"graphla-tik"`` or ``"graphla-tv"``
+            (graph-Laplacian prior built from FBP, Tikhonov or TV).
         lam: the weight: a number, None for the default rule (``default_lambda``), or ``"auto"``
             for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)`` (one weight per batch
             item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate).
@@ -147,9 +152,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         progress: show a progress bar for iterative methods.
         filter: FBP filter.
         noise_std: the sinogram's noise standard deviation, if known (default rule and ``"auto"``).
-        estimate: the pre-estimate ``Psi`` of ``svtv`` and ``graphla-*``: ``"fbp"``, ``"tv"`` (TV at
-            its default weight) or a callable ``y -> x_hat`` (e.g. a trained network) returning
-            ``(B, *A.in_shape)``. Default: ``"tv"`` for svtv, the method's suffix for graphla.
+        estimate: the pre-estimate ``Psi`` of ``svtv`` and ``graphla-*``: ``"fbp"``, ``"tikhonov"``,
+            ``"tv"`` (TV at its default weight) or a callable ``y -> x_hat`` (e.g. a trained network)
+            returning ``(B, *A.in_shape)``. Default: ``"tv"`` for svtv, the one its name says for graphla.
         eta, p: SV-TV weight parameters (``priors.adaptive_tv_weights``).
         radius, sigma: graph parameters (``priors.graph_laplacian``; None: their defaults).
 
@@ -181,6 +186,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
     n_iter = int(iterations or DEFAULT_ITERATIONS[method])
     constraint = NonNegativity() if nonneg and method != "cgls" else None
     params: dict = {"iterations": n_iter, "nonneg": constraint is not None}
+    if method == "tikhonov":
+        x = tikhonov(A, y, iterations=n_iter)
+        return Reconstruction(x, method, n_iter, time.perf_counter() - start, {"iterations": n_iter, "alpha": "default"})
     if method not in VARIATIONAL:
         problem = Problem(L2Fidelity(A, y), constraint=constraint)
         solver = (SIRT if method == "sirt" else CGLS)(max_iter=n_iter, progress=progress)
@@ -214,7 +222,7 @@ def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, et
     if method == "tv":
         return TV(), {}
     if estimate is None:
-        estimate = "tv" if method == "svtv" else method.split("-")[1]
+        estimate = "tv" if method == "svtv" else GRAPHLA_ESTIMATES[method]
     if callable(estimate):
         name, x_hat = getattr(estimate, "__name__", type(estimate).__name__), estimate(y)
         expected = (y.shape[0], *A.in_shape)
@@ -224,6 +232,8 @@ def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, et
         x_hat = x_hat.detach()
     elif estimate == "fbp":
         name, x_hat = "fbp", x_fbp
+    elif estimate == "tikhonov":
+        name, x_hat = "tikhonov", tikhonov(A, y)
     elif estimate == "tv":
         name, x_hat = "tv", reconstruct(A, y, "tv", iterations=n_iter, nonneg=nonneg, noise_std=noise_std).x
     else:

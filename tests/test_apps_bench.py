@@ -24,7 +24,8 @@ def test_quality_writes_table_json_figure_and_resumes(tmp_path, capsys):
     assert bench(*argv) == 0
     report = json.loads((out / "quality.json").read_text())
     assert set(report["cases"]) == {"shepp-logan", "ellipses-0"}
-    assert set(report["summary"]["phantoms"]) == {"fbp", "tv", "svtv", "graphla-fbp", "graphla-tv"}
+    assert set(report["summary"]["phantoms"]) == {"fbp", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik",
+                                                  "graphla-tv"}
     for name in ("quality.md", "quality.png", "cases/shepp-logan.npz", "cases/ellipses-0.json"):
         assert (out / name).is_file(), name
     psnrs = [report["cases"][c]["tv"]["psnr"] for c in ("shepp-logan", "ellipses-0")]

@@ -100,6 +100,18 @@ def test_adaptive_methods_and_auto_lambda(tmp_path):
         assert f["tv"].attrs["noise_std"] == pytest.approx(simulate("shepp-logan", 48, 30, "parallel", 0.01, 0).noise_std)
 
 
+def test_tikhonov_and_graphla_tik(tmp_path):
+    """The Tikhonov pre-estimate from the CLI: alone, as graphLa's graph and as SV-TV's weights."""
+    out = tmp_path / "out"
+    assert run("--phantom", "ellipses", "--size", 48, "--views", 30, "--method", "fbp", "--method", "tikhonov",
+               "--method", "graphla-tik", "--method", "svtv", "--estimate", "tikhonov", "--iterations", 60,
+               "--output", out, "--no-progress") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tikhonov"]["psnr"] > metrics["fbp"]["psnr"] and metrics["graphla-tik"]["psnr"] > metrics["fbp"]["psnr"]
+    with h5py.File(out / "reconstructions.h5") as f:
+        assert f["graphla-tik"].attrs["estimate"] == "tikhonov" and f["svtv"].attrs["estimate"] == "tikhonov"
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--lam", "often"], "--lam: expected a number or 'auto'"),
     (["--lam", "-1"], "--lam: expected a non-negative"),

@@ -67,19 +67,29 @@ def test_tv_beats_fbp_on_fan_beam():
 
 def test_bad_method_and_iterations(setup):
     A, x, y, _ = setup
-    with pytest.raises(ValueError, match="method: expected one of fbp, sirt, cgls, tv"):
+    with pytest.raises(ValueError, match="method: expected one of fbp, sirt, cgls, tikhonov, tv"):
         reconstruct(A, y, "art")
     with pytest.raises(ValueError, match="iterations"):
         reconstruct(A, y, "tv", iterations=0)
 
 
-@pytest.mark.parametrize("method", ["svtv", "graphla-fbp", "graphla-tv"])
+@pytest.mark.parametrize("method", ["svtv", "graphla-fbp", "graphla-tik", "graphla-tv"])
 def test_adaptive_methods_beat_fbp_and_record_their_estimate(setup, method):
     A, x, y, sigma = setup
     r = reconstruct(A, y, method, iterations=100)
     f = reconstruct(A, y, "fbp")
     assert float(psnr(r.x, x)) > float(psnr(f.x, x)) + 3
-    assert r.parameters["estimate"] == ("tv" if method != "graphla-fbp" else "fbp")
+    assert r.parameters["estimate"] == {"graphla-fbp": "fbp", "graphla-tik": "tikhonov"}.get(method, "tv")
+
+
+def test_tikhonov_method_and_estimate(setup):
+    """Tikhonov alone beats FBP on sparse views; as SV-TV's pre-estimate it is recorded and used."""
+    A, x, y, _ = setup
+    tik, f = reconstruct(A, y, "tikhonov"), reconstruct(A, y, "fbp")
+    assert float(psnr(tik.x, x)) > float(psnr(f.x, x)) + 1
+    assert tik.iterations == 20 and tik.parameters["iterations"] == 20
+    r = reconstruct(A, y, "svtv", estimate="tikhonov", iterations=50)
+    assert r.parameters["estimate"] == "tikhonov" and float(psnr(r.x, x)) > float(psnr(tik.x, x))
     assert r.parameters["lam_rule"] == "default" and r.parameters["lam"] > 0
 
 
@@ -100,7 +110,7 @@ def test_callable_estimate_is_used_and_checked(setup):
         reconstruct(A, y, "svtv", estimate=lambda yy: x[..., :32, :])
     with pytest.raises(ValueError, match="estimate: the pre-estimate"):
         reconstruct(A, y, "graphla-tv", estimate=lambda yy: x.numpy())
-    with pytest.raises(ValueError, match="estimate: expected one of fbp, tv or a callable"):
+    with pytest.raises(ValueError, match="estimate: expected one of fbp, tikhonov, tv or a callable"):
         reconstruct(A, y, "svtv", estimate="unet")
     with pytest.raises(ValueError, match="estimate: only svtv and graphla"):
         reconstruct(A, y, "tv", estimate="fbp")

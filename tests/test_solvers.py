@@ -10,7 +10,7 @@ from data.phantoms import shepp_logan
 from operators import FiniteDifference, Identity, ParallelBeam2D
 from priors import TV, L2Fidelity, L21Norm, NonNegativity
 from recon import ChambollePock, Problem
-from recon.linear import CGLS, SIRT
+from recon.linear import CGLS, SIRT, tikhonov
 from recon.metrics import psnr
 from recon.reconstruct import default_tv_lambda
 from tests.contracts import randn, rel_diff
@@ -77,6 +77,41 @@ def test_cgls_matches_dense_least_squares():
     assert res.converged and res.n_iter < 500
     # ASTRA projects in float32 and cond(A) ~ 70: agreement to ~1e-4 relative is the attainable precision
     assert rel_diff(res.x.reshape(2, -1), torch.as_tensor(expected)) < 1e-4
+
+
+def test_tikhonov_matches_a_dense_solve_and_loops():
+    """CG to convergence equals (M^T M + alpha D^T D)^-1 M^T y from numpy; batched equals looped."""
+    A = ParallelBeam2D((10, 12), np.linspace(0, np.pi, 16, endpoint=False), 18)
+    D = FiniteDifference(A.in_shape)
+    y = randn(A.out_shape, torch.float64, batch=3, seed=5)
+    n, alpha = 120, 0.7
+    M = A(torch.eye(n, dtype=torch.float64).reshape(n, 1, 10, 12)).reshape(n, -1).T.numpy()
+    G = D(torch.eye(n, dtype=torch.float64).reshape(n, 1, 10, 12)).reshape(n, -1).T.numpy()
+    expected = np.linalg.solve(M.T @ M + alpha * G.T @ G, M.T @ y.reshape(3, -1).numpy().T).T
+    x = tikhonov(A, y, alpha=alpha, iterations=300, tol=1e-9)
+    assert rel_diff(x.reshape(3, -1), torch.as_tensor(expected)) < 1e-4  # float32 projector
+    looped = torch.cat([tikhonov(A, y[i:i + 1], alpha=alpha, iterations=7) for i in range(3)])
+    assert rel_diff(tikhonov(A, y, alpha=alpha, iterations=7), looped) < 1e-5
+
+
+def test_tikhonov_default_weight_is_unit_free(ct_problem):
+    """The default alpha follows ||A||^2: a pixel size that rescales A (and y) gives the same image."""
+    A, x, y = ct_problem
+    B = ParallelBeam2D((48, 48), np.linspace(0, np.pi, 30, endpoint=False), 70, pixel_size=0.25,
+                       detector_spacing=0.25)
+    x1, x2 = tikhonov(A, y), tikhonov(B, 0.25 * y)
+    assert rel_diff(x2, x1) < 1e-4
+    assert float(psnr(x1, x)) > float(psnr(torch.zeros_like(x), x)) + 10
+
+
+def test_tikhonov_bad_arguments(ct_problem):
+    A, _, y = ct_problem
+    with pytest.raises(ValueError, match="iterations: expected a positive integer, got 0"):
+        tikhonov(A, y, iterations=0)
+    with pytest.raises(ValueError, match="alpha: expected a non-negative weight, got -1"):
+        tikhonov(A, y, alpha=-1.0)
+    with pytest.raises(TypeError, match="A: expected a LinearOperator, got ndarray"):
+        tikhonov(np.eye(3), y)
 
 
 def test_sirt_reduces_the_weighted_residual(ct_problem):
