@@ -22,6 +22,7 @@ __all__ = ["L1Norm", "L21Norm", "TV", "SpaceVariantTV", "WeightedNorm", "adaptiv
 DEFAULT_ETA = 0.05  # eta relative to the pre-estimate's intensity scale (see adaptive_tv_weights)
 SCALE_QUANTILE = 0.99  # the intensity scale of an estimate (intensity_scale)
 DEFAULT_P = 0.5  # weights (eta / sqrt(eta^2 + |grad|^2))^(1 - p)
+DEFAULT_SPREAD = 1  # 3x3 minimum of the weights: +0.3 to +0.8 dB over pointwise (docs/svtv_grid_study.py)
 
 
 def dual_prox(x: torch.Tensor, tau, K, g: Functional, iterations: int) -> torch.Tensor:
@@ -217,7 +218,7 @@ def intensity_scale(x: torch.Tensor) -> torch.Tensor:
 
 
 def adaptive_tv_weights(x_hat: torch.Tensor, eta: float = DEFAULT_ETA, p: float = DEFAULT_P,
-                        scale: float | None = None, ndim: int = 2) -> torch.Tensor:
+                        scale: float | None = None, ndim: int = 2, spread: int = DEFAULT_SPREAD) -> torch.Tensor:
     r"""Space-variant TV weights from a pre-estimate ``x_hat = Psi(y)``, computed once.
 
     .. math:: w_i = \Big(\frac{\eta}{\sqrt{\eta^2 + |\nabla \hat x|_i^2}}\Big)^{1-p},\qquad \eta = \texttt{eta}\cdot s
@@ -235,6 +236,9 @@ def adaptive_tv_weights(x_hat: torch.Tensor, eta: float = DEFAULT_ETA, p: float 
             treated as edges. Default ``DEFAULT_ETA``.
         p: TpV exponent in ``[0, 1)``; ``p -> 1`` flattens the weights towards 1 (plain TV).
         scale: intensity scale ``s`` (None: from ``x_hat``).
+        spread: replace each weight by the smallest within ``spread`` pixels (a
+            ``(2 spread + 1)``-wide window), so an edge the pre-estimate places a pixel or two
+            off is still left unpenalised; 0 keeps the pointwise weights.
 
     Returns:
         weights in ``(0, 1]`` with the shape of ``x_hat``.
@@ -253,12 +257,20 @@ def adaptive_tv_weights(x_hat: torch.Tensor, eta: float = DEFAULT_ETA, p: float 
         raise ValueError(f"p: expected an exponent in [0, 1), got {p}")
     if scale is not None and not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale: expected a positive intensity scale or None, got {scale}")
+    if not (isinstance(spread, int) and spread >= 0):
+        raise ValueError(f"spread: expected a non-negative number of pixels, got {spread}")
     x_hat = x_hat.detach()
     s = intensity_scale(x_hat) if scale is None else torch.full((x_hat.shape[0],), float(scale), dtype=x_hat.dtype)
     e = (eta * s.to(x_hat.device)).reshape(-1, *([1] * (x_hat.ndim - 1)))
     grad = FiniteDifference(x_hat.shape[1:], ndim=ndim)(x_hat)
     mag = torch.linalg.vector_norm(grad, dim=1)
-    return (e / torch.sqrt(e * e + mag * mag)) ** (1.0 - p)
+    w = (e / torch.sqrt(e * e + mag * mag)) ** (1.0 - p)
+    if spread:
+        pool = torch.nn.functional.max_pool3d if ndim == 3 else torch.nn.functional.max_pool2d
+        lead = w.shape[:-ndim]
+        flat = w.reshape(-1, 1, *w.shape[-ndim:])
+        w = -pool(-flat, 2 * spread + 1, stride=1, padding=spread).reshape(*lead, *w.shape[-ndim:])
+    return w
 
 
 class SpaceVariantTV(TV):
@@ -299,9 +311,9 @@ class SpaceVariantTV(TV):
 
     @classmethod
     def from_estimate(cls, x_hat: torch.Tensor, eta: float = DEFAULT_ETA, p: float = DEFAULT_P,
-                      scale: float | None = None, **kwargs) -> "SpaceVariantTV":
-        """SV-TV with ``adaptive_tv_weights(x_hat, eta, p, scale)``."""
-        return cls(adaptive_tv_weights(x_hat, eta, p, scale, ndim=kwargs.get("ndim", 2)), **kwargs)
+                      scale: float | None = None, spread: int = DEFAULT_SPREAD, **kwargs) -> "SpaceVariantTV":
+        """SV-TV with ``adaptive_tv_weights(x_hat, eta, p, scale, spread=spread)``."""
+        return cls(adaptive_tv_weights(x_hat, eta, p, scale, ndim=kwargs.get("ndim", 2), spread=spread), **kwargs)
 
     @property
     def weights(self) -> torch.Tensor:

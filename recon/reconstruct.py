@@ -25,7 +25,7 @@ from operators.base import LinearOperator
 from priors import TV, L2Fidelity, NonNegativity, SpaceVariantTV
 from priors.base import Functional
 from priors.graph_laplacian import GraphLaplacianPrior
-from priors.tv import DEFAULT_ETA, DEFAULT_P
+from priors.tv import DEFAULT_ETA, DEFAULT_P, DEFAULT_SPREAD
 from recon.chambolle_pock import ChambollePock
 from recon.discrepancy import DISCREPANCY_TAU, discrepancy_search
 from recon.fbp import fbp
@@ -42,10 +42,12 @@ ESTIMATES = ("fbp", "tikhonov", "tv")
 DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tikhonov": TIKHONOV_ITERATIONS, "tv": 300, "svtv": 300,
                       "graphla-fbp": 300, "graphla-tik": 300, "graphla-tv": 300}
 TV_LAMBDA_FACTOR = 0.9  # c in lam = c * sigma_hat * rms(A^T eps); fitted once on phantoms (see default_tv_lambda)
-#: the same rule's constant for the adaptive priors, relative to TV's: SV-TV from docs/svtv_study.py (128^2),
+#: the same rule's constant for the adaptive priors, relative to TV's: SV-TV from docs/svtv_grid_study.py
+#: (256^2, tuning set, weights spread over 3x3: best at 1.4-2x TV's weight on Shepp-Logan, >= 4x on ellipses),
 #: graphLa from docs/adaptive_256_study.py (256^2, tuning phantom ellipses-100: graphLa+TV best at >= 4x and
-#: graphLa+FBP at >= 8x the 128^2 constant of docs/graphla_study.py, which was 10)
-LAMBDA_FACTORS = {"tv": TV_LAMBDA_FACTOR, "svtv": 1.4 * TV_LAMBDA_FACTOR, "graphla-tv": 40.0 * TV_LAMBDA_FACTOR,
+#: graphLa+FBP at >= 8x the 128^2 constant of docs/graphla_study.py, which was 10), graphLa+Tik from
+#: docs/graphla_tik_study.py
+LAMBDA_FACTORS = {"tv": TV_LAMBDA_FACTOR, "svtv": 2.8 * TV_LAMBDA_FACTOR, "graphla-tv": 40.0 * TV_LAMBDA_FACTOR,
                   "graphla-fbp": 80.0 * TV_LAMBDA_FACTOR, "graphla-tik": 80.0 * TV_LAMBDA_FACTOR}
 #: each graphLa method's default pre-estimate
 GRAPHLA_ESTIMATES = {"graphla-fbp": "fbp", "graphla-tik": "tikhonov", "graphla-tv": "tv"}
@@ -133,7 +135,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
                 iterations: int | None = None, nonneg: bool = True, progress: bool = False,
                 filter: str = "ram-lak", noise_std: float | None = None,
                 estimate: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
-                eta: float = DEFAULT_ETA, p: float = DEFAULT_P, radius: int | None = None,
+                eta: float = DEFAULT_ETA, p: float = DEFAULT_P, spread: int = DEFAULT_SPREAD, radius: int | None = None,
                 sigma: float | None = None) -> Reconstruction:
     """Reconstruct ``y`` with one of ``METHODS``.
 
@@ -155,7 +157,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         estimate: the pre-estimate ``Psi`` of ``svtv`` and ``graphla-*``: ``"fbp"``, ``"tikhonov"``,
             ``"tv"`` (TV at its default weight) or a callable ``y -> x_hat`` (e.g. a trained network)
             returning ``(B, *A.in_shape)``. Default: ``"tv"`` for svtv, the one its name says for graphla.
-        eta, p: SV-TV weight parameters (``priors.adaptive_tv_weights``).
+        eta, p, spread: SV-TV weight parameters (``priors.adaptive_tv_weights``).
         radius, sigma: graph parameters (``priors.graph_laplacian``; None: their defaults).
 
     Example:
@@ -197,7 +199,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
 
     x_fbp = fbp(A, y, filter=filter)
-    prior, prior_params = _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p,
+    prior, prior_params = _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, spread,
                                           radius, sigma)
     params.update(prior_params)
     solver = ChambollePock(max_iter=n_iter, tol=1e-5, progress=progress and lam != "auto")
@@ -217,7 +219,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
     return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
 
 
-def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, radius, sigma):
+def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, spread, radius, sigma):
     """The prior of a variational method and the parameters to record; builds ``Psi(y)`` if needed."""
     if method == "tv":
         return TV(), {}
@@ -239,7 +241,8 @@ def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, et
     else:
         raise ValueError(f"estimate: expected one of {', '.join(ESTIMATES)} or a callable y -> x_hat, got {estimate!r}")
     if method == "svtv":
-        return SpaceVariantTV.from_estimate(x_hat, eta=eta, p=p), {"estimate": name, "eta": eta, "p": p}
+        return (SpaceVariantTV.from_estimate(x_hat, eta=eta, p=p, spread=spread),
+                {"estimate": name, "eta": eta, "p": p, "spread": spread})
     graph = {k: v for k, v in (("radius", radius), ("sigma", sigma)) if v is not None}
     prior = GraphLaplacianPrior.from_estimate(x_hat, **graph)
     return prior, {"estimate": name, "radius": prior.laplacian.radius, "sigma": prior.laplacian.sigma}

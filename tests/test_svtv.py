@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import minimum_filter
 
 from operators import Identity, ParallelBeam2D
 from priors import TV, L2Fidelity, NonNegativity
@@ -123,7 +124,7 @@ def test_small_weights_keep_edges_that_tv_smooths():
 # ----------------------------------------------------------------------------- weight map
 def test_adaptive_weights_formula_and_range():
     x = randn((1, 16, 16), torch.float64, batch=2, seed=15)
-    w = adaptive_tv_weights(x, eta=0.2, p=0.3, scale=1.0)
+    w = adaptive_tv_weights(x, eta=0.2, p=0.3, scale=1.0, spread=0)
     g = torch.zeros(2, 1, 16, 16, dtype=torch.float64)  # forward differences by hand
     dv = torch.zeros_like(g)
     dv[..., :-1, :] = x[..., 1:, :] - x[..., :-1, :]
@@ -133,6 +134,16 @@ def test_adaptive_weights_formula_and_range():
     expected = (0.2 / torch.sqrt(0.04 + g ** 2)) ** 0.7
     assert rel_diff(w, expected) < 1e-14
     assert bool((w > 0).all()) and bool((w <= 1).all())
+
+
+@pytest.mark.parametrize("spread, ndim", [(1, 2), (2, 2), (1, 3)])
+def test_spread_weights_are_the_windowed_minimum(spread, ndim):
+    """spread=r is the minimum of the pointwise weights over a (2r+1)-wide window (scipy, borders clipped)."""
+    shape = (2, 6, 9, 11) if ndim == 3 else (2, 9, 11)
+    x = randn(shape, torch.float64, batch=2, seed=17)
+    pointwise = adaptive_tv_weights(x, spread=0, ndim=ndim).numpy()
+    expected = np.stack([[minimum_filter(c, size=2 * spread + 1, mode="nearest") for c in item] for item in pointwise])
+    np.testing.assert_allclose(adaptive_tv_weights(x, spread=spread, ndim=ndim).numpy(), expected, rtol=1e-14)
 
 
 def test_adaptive_weights_are_unit_free():
@@ -174,6 +185,7 @@ def test_bad_weights_type_and_batch():
     ({"eta": 0.0}, "eta: expected a positive"), ({"eta": float("nan")}, "eta"),
     ({"p": 1.0}, r"p: expected an exponent in \[0, 1\)"), ({"p": -0.1}, "p: expected"),
     ({"scale": 0.0}, "scale: expected a positive"),
+    ({"spread": -1}, "spread: expected a non-negative number of pixels, got -1"), ({"spread": 1.5}, "spread"),
 ])
 def test_bad_weight_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
