@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", type=Path, metavar="FILE.h5", help="sinogram in the raw-data layout (data/hdf5.py)")
     src.add_argument("--phantom", choices=PHANTOMS, help="simulate data from a built-in phantom")
+    p.add_argument("--slice", type=int, default=None, metavar="K",
+                   help="input holding a stack of slices: reconstruct slice K (0-based)")
     p.add_argument("--size", type=int, default=256, help="phantom size in pixels (default 256)")
     p.add_argument("--views", type=int, default=None,
                    help="phantom: number of views (default 60); input: keep this many evenly spaced views")
@@ -119,7 +121,11 @@ def _subsample(data: CTData, views: int | None) -> CTData:
 
 def load(args) -> CTData:
     if args.input is not None:
-        return _subsample(read_ct(args.input), args.views)
+        data = read_ct(args.input, slices=args.slice)
+        if data.sinogram.ndim == 3:
+            raise ValueError(f"--input: {args.input} holds a stack of {data.sinogram.shape[0]} slices; recon ct "
+                             "reconstructs one, chosen with --slice K")
+        return _subsample(data, args.views)
     views = 60 if args.views is None else args.views
     return simulate(args.phantom, args.size, views, args.geometry, args.noise, args.seed)
 

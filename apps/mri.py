@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("mri", help="reconstruct a 2D MRI slice from Cartesian k-space",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", type=Path, required=True, metavar="FILE", help="k-space: .h5 (data/mri.py layout) or .npy")
+    p.add_argument("--slice", type=int, default=None, metavar="K",
+                   help="input holding a stack of slices: reconstruct slice K (0-based)")
     p.add_argument("--acceleration", type=float, default=None,
                    help="retrospective undersampling factor R for fully sampled input (default 4)")
     p.add_argument("--center-fraction", type=float, default=0.08,
@@ -84,7 +86,10 @@ def operator(kspace: torch.Tensor, mask: torch.Tensor) -> tuple[CartesianMRI | M
 
 def run(args) -> int:
     device = _device(args.device)
-    data = read_kspace(args.input)
+    data = read_kspace(args.input, slices=args.slice)
+    if data.kspace.ndim == 4:
+        raise ValueError(f"--input: {args.input} holds a stack of {data.kspace.shape[0]} slices; recon mri "
+                         "reconstructs one, chosen with --slice K")
     kspace, mask, reference, how = prepare(data, args)
     methods = list(dict.fromkeys(args.method or list(MRI_METHODS)))
     y = torch.as_tensor(kspace, device=device)[None]

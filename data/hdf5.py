@@ -1,11 +1,12 @@
 """HDF5 input and output for CT: the raw-data layout ``recon ct --input`` reads.
 
-Raw-data layout (one 2D slice)::
+Raw-data layout (one 2D slice, or a stack of 2D slices sharing one geometry)::
 
-    /sinogram    float (views, detectors)  line integrals, -log(I / I0)
-    /angles      float (views,)            radians
-    /reference   float (H, W), optional    an image in the same units as the
-                                           reconstruction (1/mm), enables metrics
+    /sinogram    float (views, detectors)           line integrals, -log(I / I0)
+                 or (slices, views, detectors)      a stack: one sinogram per slice
+    /angles      float (views,)                     radians, shared by every slice
+    /reference   float (H, W), optional             an image in the same units as the
+                 or (slices, H, W) for a stack      reconstruction (1/mm), enables metrics
     attributes on the root group:
         geometry          "parallel" or "fan"
         detector_spacing  mm (on the detector)
@@ -15,20 +16,25 @@ Raw-data layout (one 2D slice)::
         origin_detector   mm (fan only)
         noise_std         optional: the sinogram's noise std (for lam = "auto")
 
-Files are opened, read completely and closed before returning; writes go to a
-temporary file renamed into place, so a crash never leaves a half-written file.
+Readers open the file, read only the requested slices and close it before
+returning, also when they raise; writes go to a temporary file renamed into
+place, so a crash never leaves a half-written file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import h5py
 import numpy as np
+
+from data.provenance import json_safe
 
 __all__ = ["CTData", "read_ct", "write_ct", "write_reconstructions", "atomic_path"]
 
@@ -36,17 +42,21 @@ GEOMETRIES = ("parallel", "fan")
 _REQUIRED = {"parallel": ("detector_spacing", "pixel_size", "image_size"),
              "fan": ("detector_spacing", "pixel_size", "image_size", "source_origin", "origin_detector")}
 
+#: What ``slices=`` accepts: None (all), an int (one slice, its axis dropped), a slice or a list of ints.
+Slices = Union[None, int, slice, Sequence[int]]
+
 
 @dataclass
 class CTData:
     """A sinogram with its geometry, as read from the raw-data layout.
 
     Attributes:
-        sinogram: ``(views, detectors)`` float32.
-        angles: ``(views,)`` float64, radians.
+        sinogram: ``(views, detectors)`` float32 for one slice, ``(slices, views, detectors)``
+            for a stack.
+        angles: ``(views,)`` float64, radians (shared by every slice).
         geometry: ``{"geometry": "parallel"|"fan", "detector_spacing": ..., "pixel_size": ...,
             "image_shape": (H, W), ["source_origin", "origin_detector"]}``.
-        reference: optional ``(H, W)`` image.
+        reference: optional ``(H, W)`` image, ``(slices, H, W)`` for a stack.
         source: where the data came from (a path or a description).
         noise_std: the sinogram's noise standard deviation when known (simulations; the
             optional root attribute ``noise_std`` of the file).
@@ -64,15 +74,63 @@ def _fail(path, what: str) -> ValueError:
     return ValueError(f"{path}: {what}")
 
 
-def _dataset(f: h5py.File, name: str, path, ndim: int) -> np.ndarray:
+def _open_h5(path: Path, kind: str = "HDF5 file") -> h5py.File:
+    """Open ``path`` read-only (use as ``with _open_h5(p) as f``); errors name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"input: no such file {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise _fail(path, f"not a readable {kind} ({err})") from err
+
+
+def _selection(slices: Slices, n: int, path) -> int | list[int] | None:
+    """``slices`` as None (all), one index, or a list of indices into ``n`` slices; errors name ``slices``."""
+    if slices is None:
+        return None
+    if isinstance(slices, (int, np.integer)) and not isinstance(slices, (bool, np.bool_)):
+        if not -n <= slices < n:
+            raise _fail(path, f"slices: index {slices} is out of range for the file's {n} slices")
+        return int(slices) % n
+    index = np.arange(n)[slices] if isinstance(slices, slice) else np.asarray(slices)
+    if index.ndim != 1 or (index.size and not np.issubdtype(index.dtype, np.integer)):
+        raise _fail(path, f"slices: expected None, an int, a slice or a list of ints, got {slices!r}")
+    if np.any((index < -n) | (index >= n)):
+        raise _fail(path, f"slices: {slices!r} has indices out of range for the file's {n} slices")
+    if index.size == 0:
+        raise _fail(path, f"slices: {slices!r} selects none of the file's {n} slices")
+    return (index % n).tolist()
+
+
+def _take(array, index: int | list[int] | None) -> np.ndarray:
+    """``array[index]`` along the first axis, reading only those slices of an h5py dataset
+    (which wants increasing indices: read them sorted, then restore the requested order)."""
+    if index is None:
+        return np.asarray(array[()])
+    if isinstance(index, int):
+        return np.asarray(array[index])
+    unique, inverse = np.unique(index, return_inverse=True)
+    first, last = int(unique[0]), int(unique[-1])
+    block = array[first:last + 1] if last - first + 1 == unique.size else array[unique.tolist()]
+    return np.asarray(block)[inverse]
+
+
+def _dataset(f: h5py.File, name: str, path, ndims: tuple[int, ...]) -> h5py.Dataset:
+    """The real-valued dataset ``name``, checked from its metadata (nothing is read yet)."""
+    dims = " or ".join(f"{n}-D" for n in ndims)
     if name not in f:
-        raise _fail(path, f"missing dataset '{name}' (expected a {ndim}-D float array; see data/hdf5.py for the layout)")
-    obj = f[name]
-    if not isinstance(obj, h5py.Dataset):
+        raise _fail(path, f"missing dataset '{name}' (expected a {dims} float array; see data/hdf5.py for the layout)")
+    ds = f[name]
+    if not isinstance(ds, h5py.Dataset):
         raise _fail(path, f"'{name}' is a group, expected a dataset")
-    arr = np.asarray(obj[()])
-    if arr.ndim != ndim or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise _fail(path, f"dataset '{name}': expected a real {ndim}-D array, got shape {arr.shape} dtype {arr.dtype}")
+    if ds.ndim not in ndims or not np.issubdtype(ds.dtype, np.number) or ds.dtype.kind == "c":
+        raise _fail(path, f"dataset '{name}': expected a real {dims} array, got shape {ds.shape} dtype {ds.dtype}")
+    if 0 in ds.shape:
+        raise _fail(path, f"dataset '{name}' is empty (shape {ds.shape})")
+    return ds
+
+
+def _finite(arr: np.ndarray, name: str, path) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise _fail(path, f"dataset '{name}' contains NaN or Inf values")
     return arr
@@ -102,34 +160,55 @@ def _geometry(attrs: Mapping, path) -> dict:
     return geom
 
 
-def read_ct(path: str | os.PathLike) -> CTData:
+def _reference(f: h5py.File, path, sinogram_shape: tuple, image_shape: tuple, index) -> np.ndarray | None:
+    """The optional reference: ``(H, W)``, or ``(slices, H, W)`` beside a stack of sinograms."""
+    if "reference" not in f:
+        return None
+    stack = len(sinogram_shape) == 3
+    ds = _dataset(f, "reference", path, (3,) if stack else (2,))
+    expected = (sinogram_shape[0], *image_shape) if stack else tuple(image_shape)
+    if ds.shape != expected:
+        what = f"(slices, H, W) = {expected}: one image_size image per sinogram slice" if stack else \
+            f"image_size {expected}"
+        raise _fail(path, f"dataset 'reference' has shape {ds.shape}, expected {what}")
+    return _finite(_take(ds, index), "reference", path).astype(np.float32)
+
+
+def read_ct(path: str | os.PathLike, slices: Slices = None) -> CTData:
     """Read the raw-data layout; every missing or malformed piece is named in the error.
+
+    Args:
+        path: an HDF5 file in the layout above.
+        slices: for a stack, which slices to read (only those are read from disk): None for all,
+            an int for one (its axis dropped, so the result looks like a 2D file), a slice or a
+            list of ints (the axis kept, in the order given). Must be None for a 2D file.
+
+    Returns:
+        ``CTData``; a 2D file gives ``sinogram (views, detectors)`` and ``reference (H, W)`` exactly
+        as before stacks existed, a stack ``(slices, views, detectors)`` and ``(slices, H, W)``.
 
     Example:
         >>> import numpy as np, tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "scan.h5")
-        >>> _ = write_ct(p, np.zeros((10, 20)), np.linspace(0, np.pi, 10, endpoint=False),
-        ...              {"geometry": "parallel", "detector_spacing": 1.0, "pixel_size": 1.0, "image_shape": (16, 16)})
-        >>> read_ct(p).geometry["image_shape"]
-        (16, 16)
+        >>> geom = {"geometry": "parallel", "detector_spacing": 1.0, "pixel_size": 1.0, "image_shape": (16, 16)}
+        >>> _ = write_ct(p, np.zeros((3, 10, 20)), np.linspace(0, np.pi, 10, endpoint=False), geom)
+        >>> read_ct(p).sinogram.shape, read_ct(p, slices=1).sinogram.shape, read_ct(p).geometry["image_shape"]
+        ((3, 10, 20), (10, 20), (16, 16))
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input: no such file {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise _fail(path, f"not a readable HDF5 file ({err})") from err
-    with f:
-        sino = _dataset(f, "sinogram", path, 2).astype(np.float32)
-        angles = _dataset(f, "angles", path, 1).astype(np.float64)
+    with _open_h5(path) as f:
+        sino_ds = _dataset(f, "sinogram", path, (2, 3))
+        if slices is not None and sino_ds.ndim == 2:
+            raise _fail(path, f"slices: the file holds one 2-D sinogram {sino_ds.shape} (views, detectors), "
+                              f"not a stack of slices; leave slices=None")
+        index = _selection(slices, sino_ds.shape[0], path)
+        sino = _finite(_take(sino_ds, index), "sinogram", path).astype(np.float32)
+        angles = _finite(_take(_dataset(f, "angles", path, (1,)), None), "angles", path).astype(np.float64)
         geom = _geometry(f.attrs, path)
-        ref = _dataset(f, "reference", path, 2).astype(np.float32) if "reference" in f else None
+        ref = _reference(f, path, sino_ds.shape, geom["image_shape"], index)
         noise_std = float(f.attrs["noise_std"]) if "noise_std" in f.attrs else None
-    if angles.shape[0] != sino.shape[0]:
-        raise _fail(path, f"dataset 'angles' has {angles.shape[0]} entries but 'sinogram' has {sino.shape[0]} views")
-    if ref is not None and ref.shape != geom["image_shape"]:
-        raise _fail(path, f"dataset 'reference' has shape {ref.shape}, expected image_size {geom['image_shape']}")
+    if angles.shape[0] != sino.shape[-2]:
+        raise _fail(path, f"dataset 'angles' has {angles.shape[0]} entries but 'sinogram' has {sino.shape[-2]} views")
     if noise_std is not None and not (np.isfinite(noise_std) and noise_std > 0):
         raise _fail(path, f"attribute 'noise_std' must be a positive number, got {noise_std}")
     return CTData(sino, angles, geom, ref, str(path), noise_std)
@@ -137,7 +216,16 @@ def read_ct(path: str | os.PathLike) -> CTData:
 
 def write_ct(path, sinogram: np.ndarray, angles: np.ndarray, geometry: Mapping,
              reference: np.ndarray | None = None, noise_std: float | None = None) -> Path:
-    """Write the raw-data layout (atomically). ``geometry`` as in ``CTData.geometry``."""
+    """Write the raw-data layout (atomically). ``geometry`` as in ``CTData.geometry``; ``sinogram``
+    ``(views, detectors)`` or a stack ``(slices, views, detectors)``, ``reference`` to match.
+
+    Example:
+        >>> import numpy as np, tempfile, os, h5py
+        >>> p = write_ct(os.path.join(tempfile.mkdtemp(), "scan.h5"), np.ones((4, 6)), np.arange(4.0),
+        ...              {"geometry": "parallel", "detector_spacing": 1.0, "pixel_size": 1.0, "image_shape": (8, 8)})
+        >>> with h5py.File(p) as f: f["sinogram"].shape, f.attrs["geometry"]
+        ((4, 6), 'parallel')
+    """
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         if noise_std is not None:
             f.attrs["noise_std"] = float(noise_std)
@@ -152,12 +240,33 @@ def write_ct(path, sinogram: np.ndarray, angles: np.ndarray, geometry: Mapping,
 
 def write_reconstructions(path, images: Mapping[str, np.ndarray], geometry: Mapping,
                           parameters: Mapping[str, Mapping], units: str = "1/mm",
-                          extra: Mapping[str, np.ndarray] | None = None) -> Path:
+                          extra: Mapping[str, np.ndarray] | None = None,
+                          provenance: Mapping | None = None) -> Path:
     """One dataset per method with the geometry (or acquisition) and that method's parameters
-    as attributes; ``extra`` arrays (e.g. the sampling mask) are stored as datasets of their own."""
+    as attributes; ``extra`` arrays (e.g. the sampling mask) are stored as datasets of their own.
+
+    ``provenance`` (a record from ``data.provenance.provenance``, made JSON-safe here) is stored
+    as the JSON string attribute ``provenance`` of the root group, and of each method's dataset
+    with ``"method"`` and ``"parameters"`` replaced by that method's name and parameters.
+
+    Example:
+        >>> import json, numpy as np, tempfile, os, h5py
+        >>> from data.provenance import provenance
+        >>> p = os.path.join(tempfile.mkdtemp(), "out.h5")
+        >>> _ = write_reconstructions(p, {"fbp": np.zeros((4, 4))}, {"geometry": "parallel"},
+        ...                           {"fbp": {"filter": "ramp"}}, provenance=provenance("recon ct", {"views": 60}))
+        >>> with h5py.File(p) as f: json.loads(f["fbp"].attrs["provenance"])["parameters"]
+        {'filter': 'ramp'}
+    """
+    if provenance is not None and not isinstance(provenance, Mapping):
+        raise TypeError(f"provenance: expected a mapping (see data.provenance.provenance), "
+                        f"got {type(provenance).__name__}")
+    record = None if provenance is None else json_safe(provenance)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for key, value in geometry.items():
             f.attrs[key] = value
+        if record is not None:
+            f.attrs["provenance"] = json.dumps(record, allow_nan=False)
         for name, array in (extra or {}).items():
             f.create_dataset(name, data=np.asarray(array), compression="gzip")
         for name, image in images.items():
@@ -165,11 +274,22 @@ def write_reconstructions(path, images: Mapping[str, np.ndarray], geometry: Mapp
             ds.attrs["units"] = units
             for key, value in parameters.get(name, {}).items():
                 ds.attrs[key] = "none" if value is None else value
+            if record is not None:
+                own = {**record, "method": name, "parameters": json_safe(parameters.get(name, {}))}
+                ds.attrs["provenance"] = json.dumps(own, allow_nan=False)
     return Path(path)
 
 
 class atomic_path:
-    """Context manager yielding a temporary path in the target's folder, renamed on success."""
+    """Context manager yielding a temporary path in the target's folder, renamed on success.
+
+    Example:
+        >>> import tempfile, os
+        >>> target = os.path.join(tempfile.mkdtemp(), "out.txt")
+        >>> with atomic_path(target) as tmp, open(tmp, "w") as f: _ = f.write("done")
+        >>> open(target).read()
+        'done'
+    """
 
     def __init__(self, path) -> None:
         self.path = Path(path)

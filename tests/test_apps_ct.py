@@ -56,6 +56,20 @@ def test_input_without_reference_has_no_metrics(tmp_path):
     assert "psnr" not in metrics["fbp"] and "seconds" in metrics["fbp"]
 
 
+def test_stack_input_needs_a_slice(tmp_path, capsys):
+    """A stack file: --slice K reconstructs slice K (the same image as a one-slice file); without it, an error."""
+    a, b = (simulate("ellipses", 32, 20, "parallel", 0.0, seed=s) for s in (1, 2))
+    stack, single = tmp_path / "stack.h5", tmp_path / "single.h5"
+    write_ct(stack, np.stack([a.sinogram, b.sinogram]), a.angles, a.geometry, np.stack([a.reference, b.reference]))
+    write_ct(single, b.sinogram, b.angles, b.geometry, b.reference)
+    assert run("--input", stack, "--output", tmp_path / "none") == 2
+    assert "holds a stack of 2 slices; recon ct reconstructs one, chosen with --slice K" in capsys.readouterr().err
+    for path, extra, out in ((stack, ("--slice", 1), "o1"), (single, (), "o2")):
+        assert run("--input", path, *extra, "--method", "fbp", "--output", tmp_path / out, "--no-progress") == 0
+    with h5py.File(tmp_path / "o1" / "reconstructions.h5") as f1, h5py.File(tmp_path / "o2" / "reconstructions.h5") as f2:
+        np.testing.assert_array_equal(f1["fbp"][()], f2["fbp"][()])
+
+
 def test_unknown_method_is_rejected(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run("--phantom", "shepp-logan", "--method", "magic", "--output", tmp_path)

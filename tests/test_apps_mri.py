@@ -54,6 +54,22 @@ def test_simulated_run_writes_every_output(tmp_path, capsys):
     assert "retrospective random mask, R = 3.05" in printed and f"{metrics['tv']['psnr']}" in printed
 
 
+def test_stack_input_needs_a_slice(tmp_path, capsys):
+    one = simulated_scan(tmp_path / "one.h5", size=32, coils=2)
+    with h5py.File(one) as f:
+        k = f["kspace"][()]
+    stack = tmp_path / "stack.h5"
+    with h5py.File(stack, "w") as f:
+        f.create_dataset("kspace", data=np.stack([0.5 * k, k]))
+    assert run("--input", stack, "--output", tmp_path / "none") == 2
+    assert "holds a stack of 2 slices; recon mri reconstructs one, chosen with --slice K" in capsys.readouterr().err
+    for path, extra, out in ((stack, ("--slice", 1), "o1"), (one, (), "o2")):
+        assert run("--input", path, *extra, "--acceleration", 2, "--center-fraction", 0.2, "--method", "zero-filled",
+                   "--output", tmp_path / out, "--no-progress") == 0
+    with h5py.File(tmp_path / "o1" / "reconstructions.h5") as f1, h5py.File(tmp_path / "o2" / "reconstructions.h5") as f2:
+        np.testing.assert_allclose(f1["zero-filled"][()], f2["zero-filled"][()], rtol=1e-6)
+
+
 @pytest.mark.real_data
 def test_brain_npy_as_acquired(real_data, tmp_path):
     out = tmp_path / "out"
