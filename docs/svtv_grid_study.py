@@ -51,7 +51,8 @@ SETS = {"pointwise": [("tv", 0.02, 0.0, 0), ("tv", 0.05, 0.0, 0), ("tv", 0.1, 0.
                       ("oracle", 0.05, 0.5, 0)],
         "spread": [("tv", 0.05, 0.5, 1), ("tv", 0.02, 0.5, 1), ("tv", 0.1, 0.5, 1), ("tv", 0.05, 0.5, 2),
                    ("tv", 0.05, 0.0, 1)],
-        "tuning": [("tv", 0.05, 0.5, 0), ("tv", 0.05, 0.5, 1)]}
+        "tuning": [("tv", 0.05, 0.5, 0), ("tv", 0.05, 0.5, 1)],
+        "default": [("tv", 0.05, 0.5, 1)]}
 #: the tuning set uses other ellipse seeds than the quality table
 SEEDS = (100, 101) if len(sys.argv) > 5 and sys.argv[5] == "tuning" else (0, 1)
 WEIGHTS = SETS[sys.argv[5] if len(sys.argv) > 5 else "pointwise"]
