@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from apps import bench, ct, mri
+from apps import batch, bench, ct, mri
 
-SUBCOMMANDS = {"ct": ct, "mri": mri, "bench": bench}
+SUBCOMMANDS = {"ct": ct, "mri": mri, "batch": batch, "bench": bench}
 
 
 def build_parser() -> argparse.ArgumentParser:

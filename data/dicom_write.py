@@ -40,9 +40,12 @@ def _rescale(hu: np.ndarray) -> tuple[float, float]:
 
 
 def _set(ds: Dataset, keyword: str, value) -> None:
-    """Set a tag, cutting text to its VR's maximum length (64 characters for names)."""
+    """Set a tag, cutting text to its VR's maximum length in bytes of the UTF-8 encoding written
+    (64 for names), never inside a character."""
     limit = MAX_VALUE_LEN.get(dictionary_VR(keyword), 64)
-    setattr(ds, keyword, value[:limit] if isinstance(value, str) else value)
+    if isinstance(value, str):
+        value = value.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+    setattr(ds, keyword, value)
 
 
 def _slice_dataset(tags: Mapping, common: Mapping, sop_uid: str) -> Dataset:

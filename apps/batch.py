@@ -1,0 +1,340 @@
+"""``recon batch``: reconstruct many studies on a Dask cluster, resumably.
+
+Usage::
+
+    recon batch INPUT... --output DIR [--config FILE.toml] [--workers N] [--scheduler ADDRESS] [--no-progress]
+
+**Studies.** INPUT is any number of files and folders (searched recursively; hidden files and
+the output folder are skipped). Each DICOM image series is a study (a folder may hold several; a
+series split over folders is one study), and so is each ``*.h5``/``*.hdf5`` file in the raw CT
+layout of data/hdf5.py (one sinogram, or a stack ``(slices, views, detectors)``). The mode
+follows the input:
+
+- *simulate* (DICOM): the images in HU become attenuation ``mu = hu_to_mu(HU)`` in 1/mm
+  (clipped at 0), are forward-projected by the configured operator, get Gaussian noise of std
+  ``noise * RMS(sinogram)`` (as ``recon ct``), and are reconstructed; PSNR/SSIM against ``mu``.
+- *measured* (HDF5): the sinograms are reconstructed with the file's geometry and all its views;
+  PSNR/SSIM when the file holds a reference.
+
+k-space HDF5 files (data/mri.py layout) are listed as ``unsupported`` and not run. Each method
+sees all slices of a study in one ``reconstruct()`` call (``y`` of shape ``(slices, 1, views,
+det)``), or ``chunk_slices`` at a time.
+
+**Configuration** (TOML; every key optional; the defaults, which also run without ``--config``)::
+
+    naming = "key"          # folder names: "key" (carries no patient data) or "patient":
+                            # PatientID_SeriesDescription (HDF5: the file's path stem), sanitised
+                            # to [A-Za-z0-9._-], at most 48 characters, "_KEY" added on a clash
+    device = "auto"         # "auto", "cpu" or "cuda" (on each worker)
+    chunk_slices = 0        # slices per reconstruct() call; 0: the whole study at once
+    seed = 0                # noise seed (mixed with each study's key)
+    mu_water = 0.0193       # 1/mm, for HU <-> mu
+
+    [operator]              # simulate mode only
+    geometry = "parallel"   # "parallel" (views over 180 deg) or "fan" (360 deg, flat detector)
+    views = 60
+    noise = 0.01            # Gaussian noise std relative to the sinogram's RMS
+    # detectors = 100       # default: the image diagonal plus 10%
+    # detector_spacing = 1  # mm; default the pixel size (times the magnification for fan beam)
+    # source_origin = 200   # fan only, mm; default 2x the field of view
+    # origin_detector = 100 # fan only, mm; default 1x the field of view
+
+    [methods.fbp]           # run in this order (or a list: methods = ["fbp", "tv"])
+    [methods.tv]            # parameters of recon.reconstruct.reconstruct; unset: its defaults
+    # lam = 0.002           # a number or "auto" (discrepancy principle); default rule otherwise
+    # iterations = 300
+
+Method parameters: ``fbp``: filter; ``sirt``: iterations, nonneg; ``cgls``, ``tikhonov``:
+iterations; ``tv``: lam, iterations, nonneg, filter; ``svtv``: those and estimate, eta, p,
+spread; ``graphla-fbp``/``-tik``/``-tv``: those of tv and estimate, radius, sigma. An unknown
+key, method or value is an error naming it and what is allowed.
+
+**Output layout**::
+
+    DIR/manifest.json                every study's state (below)
+    DIR/studies/NAME/                one folder per finished study
+        reconstructions.h5           per method a dataset (slices, H, W) in 1/mm with its parameters;
+                                     geometry, angles, the reference if any, provenance
+        dicom/METHOD/slice_0001.dcm  DICOM input only: each reconstruction as a derived series in HU
+        metrics.json                 {"study", "mode", "slices", "methods": {METHOD: {"psnr", "ssim",
+                                     "psnr_slices", "ssim_slices", "seconds", "iterations", "lam"}}}
+        preview.png                  the middle slice: reference (if any) and each method
+        provenance.json              data.provenance record (software, config, input hash, times)
+        study.json                   the study's record; written last
+    DIR/.partial/                    studies being written (cleared when a run starts)
+    DIR/.lock                        locked while a run writes to DIR
+
+**Manifest** (rewritten atomically after every change)::
+
+    {"format": "recon-batch-manifest/1", "updated": ISO-8601, "config_hash": SHA-256 of the canonical
+     resolved config, "config": {...},
+     "studies": {KEY: {"name", "kind": "dicom" | "hdf5" | "kspace", "mode": "simulate" | "measured",
+                       "state": "pending" | "running" | "done" | "failed" | "unsupported", "config_hash",
+                       "input_hash", "slices", "seconds", "started", "finished", "error",
+                       "metrics": {METHOD: {"psnr", "ssim", "seconds"}}}}}
+
+**Resume rules.** A study is skipped when ``studies/NAME/study.json`` records its key, the
+current config hash and its input hash (SHA-256 of its files' names, sizes and modification
+times); otherwise it runs (failed studies are retried on every run), and its folder is replaced
+only once the new one is complete. A killed run leaves finished folders intact and nothing
+half-written under ``studies/``; the studies it left ``pending`` or ``running`` run again (one
+it finished but had not yet recorded is found by its study.json and kept). Studies of earlier
+runs that are not among the inputs, and folders named under another ``naming``, stay on disk.
+Studies are named in the outputs, the printed lines and the manifest by their key, or by the
+sanitised name with ``naming = "patient"``.
+
+**Engine.** One Dask task per study; results are gathered as they complete. Default: a
+LocalCluster of ``--workers`` processes (default: CPU cores, at most the studies to run) with
+one thread each (Dask sets OMP_NUM_THREADS=1 in them); ``--scheduler tcp://HOST:PORT`` uses a
+running cluster, whose workers must import this package and see INPUT and DIR at the same paths.
+
+Exit status: 0 when every study is done (or unsupported), 1 when any failed, 2 for bad
+arguments, configuration or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from apps.batch_config import config_hash, load_config
+from apps.batch_studies import Study, assign_names, discover
+from apps.batch_worker import PARTIAL, RECORD, STUDIES, run_study
+from data.hdf5 import atomic_path
+
+MANIFEST = "manifest.json"
+FORMAT = "recon-batch-manifest/1"
+ENTRY_KEYS = ("name", "kind", "mode", "state", "config_hash", "input_hash", "slices", "seconds", "started",
+              "finished", "error", "metrics")
+POLL_S = 0.25  # how often the client looks for studies that workers have started
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("batch", help="reconstruct many studies (DICOM series, HDF5) on a Dask cluster",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="DICOM/HDF5 files or folders")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE.toml", help="pipeline configuration")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local worker processes (default: CPU cores, at most the studies to run)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask cluster, e.g. tcp://host:8786 (instead of a local one)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=run)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def load_manifest(out: Path) -> dict:
+    path = out / MANIFEST
+    if not path.is_file():
+        return {"format": FORMAT, "studies": {}}
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"--output: {path} is not valid JSON ({err}); move it away to rebuild it") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("studies"), dict):
+        raise ValueError(f"--output: {path} is not a recon batch manifest (expected format {FORMAT!r})")
+    return manifest
+
+
+def save_manifest(out: Path, manifest: dict) -> None:
+    manifest["updated"] = _now()
+    with atomic_path(out / MANIFEST) as tmp, open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1, allow_nan=False)
+
+
+def _entry(record: dict) -> dict:
+    return {k: record.get(k) for k in ENTRY_KEYS}
+
+
+def finished_record(out: Path, study: Study, chash: str) -> dict | None:
+    """The study's study.json when it is done with this config and input, else None."""
+    try:
+        record = json.loads((out / STUDIES / study.name / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    same = (record.get("state"), record.get("key"), record.get("config_hash"), record.get("input_hash"))
+    return record if same == ("done", study.key, chash, study.input_hash) else None
+
+
+@contextmanager
+def _locked(out: Path):
+    """Hold ``out/.lock`` (released by the OS if the process dies); a second run on ``out`` is refused."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    with open(out / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"--output: another recon batch run is writing to {out}") from None
+        yield
+
+
+@contextmanager
+def dask_client(scheduler: str | None, workers: int | None, n_tasks: int):
+    """A Dask client: on ``scheduler``, or on a LocalCluster (processes, one thread each) closed on exit."""
+    from dask.distributed import Client, LocalCluster
+
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="15s")
+        except (OSError, TimeoutError) as err:
+            raise RuntimeError(f"--scheduler: cannot connect to {scheduler} ({err})") from err
+    else:
+        n = workers or max(1, min(os.cpu_count() or 1, n_tasks))
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, silence_logs=logging.ERROR,
+                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})  # no fixed port 8787
+        client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _plan(out: Path, studies: list[Study], manifest: dict, chash: str) -> list[Study]:
+    """Record every study's starting state in the manifest; return those to run."""
+    todo = []
+    for s in studies:
+        record = finished_record(out, s, chash)
+        entries = manifest["studies"]
+        if record is not None:
+            if entries.get(s.key) != _entry(record):
+                entries[s.key] = _entry(record)
+        elif s.kind == "kspace":
+            entries[s.key] = _entry({"name": s.name, "kind": s.kind, "mode": s.mode, "state": "unsupported",
+                                     "input_hash": s.input_hash, "error": "k-space HDF5 (data/mri.py layout): recon "
+                                     "batch reconstructs CT only; use recon mri for this file"})
+        else:
+            todo.append(s)
+            entries[s.key] = _entry({"name": s.name, "kind": s.kind, "mode": s.mode, "state": "pending",
+                                     "config_hash": chash, "input_hash": s.input_hash})
+    return todo
+
+
+def _mark_running(out: Path, manifest: dict, waiting: set[str]) -> None:
+    """Studies whose temporary folder exists have started: pending -> running."""
+    try:
+        started = {p.name.split("-")[0] for p in (out / PARTIAL).iterdir()} & waiting
+    except OSError:
+        return
+    for key in started:
+        manifest["studies"][key].update(state="running", started=_now())
+    waiting -= started
+    if started:
+        save_manifest(out, manifest)
+
+
+def _outcome(future, study: Study, chash: str) -> dict:
+    """The task's record; an error of the engine itself (a worker that died) fails the study."""
+    try:
+        return future.result()
+    except BaseException as err:  # KilledWorker, cancelled futures, lost connections
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        return {"name": study.name, "kind": study.kind, "mode": study.mode, "state": "failed", "config_hash": chash,
+                "input_hash": study.input_hash, "error": f"{type(err).__name__}: {err}"}
+
+
+def execute(args, out: Path, todo: list[Study], config: dict, chash: str, manifest: dict, bar) -> None:
+    """Run ``todo`` on the cluster, updating the manifest per study as results arrive."""
+    from dask.distributed import as_completed
+
+    with dask_client(args.scheduler, args.workers, len(todo)) as client:
+        futures = {client.submit(run_study, s, config, chash, str(out), key=f"recon-batch-{s.key}-{uuid.uuid4().hex}",
+                                 pure=False): s for s in todo}
+        ac, left, waiting = as_completed(futures), len(futures), {s.key for s in todo}
+        while left:
+            if not ac.has_ready():
+                _mark_running(out, manifest, waiting)
+                time.sleep(POLL_S)
+                continue
+            for future in ac.next_batch(block=False):
+                study = futures[future]
+                record = _outcome(future, study, chash)
+                waiting.discard(study.key)
+                manifest["studies"][study.key] = _entry(record)
+                save_manifest(out, manifest)
+                bar.write(_line(study, record))
+                bar.update()
+                left -= 1
+
+
+def _line(study: Study, record: dict) -> str:
+    if record.get("state") != "done":
+        return f"{study.name}: {record.get('state')}: {record.get('error')}"
+    psnr = ", ".join(f"{m} {v['psnr']:.2f} dB" for m, v in record["metrics"].items() if "psnr" in v)
+    return f"{study.name}: done, {record['slices']} slices, {record['seconds']:.1f} s" + (f", PSNR {psnr}" if psnr else "")
+
+
+def format_summary(studies: list[Study], manifest: dict, methods, kept: set[str]) -> str:
+    """The table printed at the end: study, state, slices, seconds and PSNR per method."""
+    head = ["study", "state", "slices", "seconds", *(f"PSNR {m}" for m in methods)]
+    rows = []
+    for s in studies:
+        e = manifest["studies"][s.key]
+        metrics = e.get("metrics") or {}
+        state = f"{e['state']} (earlier)" if s.key in kept else e["state"]
+        cells = [s.name, state, e.get("slices"), e.get("seconds"), *(metrics.get(m, {}).get("psnr") for m in methods)]
+        rows.append(["-" if c is None else f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [head, *rows]]
+    failed = [f"failed: {s.name}: {manifest['studies'][s.key]['error']}" for s in studies
+              if manifest["studies"][s.key]["state"] == "failed"]
+    return "\n".join(lines + failed)
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers: expected a positive number of processes, got {args.workers}")
+    if args.workers is not None and args.scheduler:
+        raise ValueError("--workers: sets local processes; with --scheduler the cluster's own workers run the studies")
+    config = load_config(args.config)
+    chash = config_hash(config)
+    out = args.output.resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output: expected a folder, found a file {out}")
+    studies, notes = discover(args.inputs, exclude=out, patient_labels=config["naming"] == "patient")
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        manifest = load_manifest(out)
+        previous = {k: e["name"] for k, e in manifest["studies"].items() if e.get("config_hash") == chash and e.get("name")}
+        studies = assign_names(studies, config["naming"], previous)
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
+        for note in notes:
+            print(f"recon batch: {note}", file=sys.stderr)
+        manifest.update(config_hash=chash, config=config)
+        todo = _plan(out, studies, manifest, chash)
+        kept = {s.key for s in studies if manifest["studies"][s.key]["state"] == "done"}
+        save_manifest(out, manifest)
+        unsupported = len(studies) - len(kept) - len(todo)
+        print(f"recon batch: {len(studies)} studies: {len(kept)} done earlier, {len(todo)} to run"
+              + (f", {unsupported} unsupported" if unsupported else "") + f" -> {out}", flush=True)
+        with tqdm(total=len(studies), initial=len(studies) - len(todo), unit="study", desc="recon batch",
+                  disable=args.no_progress) as bar:
+            if todo:
+                execute(args, out, todo, config, chash, manifest, bar)
+    print(format_summary(studies, manifest, list(config["methods"]), kept))
+    print(f"manifest: {out / MANIFEST}")
+    return 1 if any(manifest["studies"][s.key]["state"] == "failed" for s in studies) else 0
