@@ -6,19 +6,27 @@ Usage::
 
 **Studies.** INPUT is any number of files and folders (searched recursively; hidden files and
 the output folder are skipped). Each DICOM image series is a study (a folder may hold several; a
-series split over folders is one study), and so is each ``*.h5``/``*.hdf5`` file in the raw CT
-layout of data/hdf5.py (one sinogram, or a stack ``(slices, views, detectors)``). The mode
-follows the input:
+series split over folders is one study), and so is each ``*.h5``/``*.hdf5`` file: in the raw CT
+layout of data/hdf5.py (one sinogram, or a stack ``(slices, views, detectors)``), or holding
+k-space (``/kspace`` and no ``/sinogram``: the layout of data/mri.py, ``(coils, H, W)`` or a stack
+``(slices, coils, H, W)``, or a fastMRI file, which has ``/ismrmrd_header``). The mode follows
+the input:
 
 - *simulate* (DICOM): the images in HU become attenuation ``mu = hu_to_mu(HU)`` in 1/mm
   (clipped at 0), are forward-projected by the configured operator, get Gaussian noise of std
   ``noise * RMS(sinogram)`` (as ``recon ct``), and are reconstructed; PSNR/SSIM against ``mu``.
 - *measured* (HDF5): the sinograms are reconstructed with the file's geometry and all its views;
   PSNR/SSIM when the file holds a reference.
+- *measured* (k-space, MRI; apps/batch_mri.py): as ``recon mri``, whose functions it calls.
+  Undersampled k-space is reconstructed with its mask as acquired; fully sampled k-space gets a
+  retrospective mask (``[mri]``; one ``(H, W)`` mask for all slices, seeded by ``seed``) and its
+  root-sum-of-squares is the reference unless the file holds one. Coil maps: ESPIRiT per slice
+  from the calibration region. The ``mri_methods`` are run; outputs are magnitude images
+  (fastMRI: cropped to the reference's size); PSNR/SSIM with data range the reference's maximum.
 
-k-space HDF5 files (data/mri.py layout) are listed as ``unsupported`` and not run. Each method
-sees all slices of a study in one ``reconstruct()`` call (``y`` of shape ``(slices, 1, views,
-det)``), or ``chunk_slices`` at a time.
+Each method sees all slices of a study in one call (CT: ``reconstruct()`` with ``y`` of shape
+``(slices, 1, views, det)``; MRI: ``reconstruct_mri()`` with ``(slices, coils, H, W)``), or
+``chunk_slices`` at a time.
 
 **Configuration** (TOML; every key optional; the defaults, which also run without ``--config``)::
 
@@ -27,7 +35,7 @@ det)``), or ``chunk_slices`` at a time.
                             # to [A-Za-z0-9._-], at most 48 characters, "_KEY" added on a clash
     device = "auto"         # "auto", "cpu" or "cuda" (on each worker)
     chunk_slices = 0        # slices per reconstruct() call; 0: the whole study at once
-    seed = 0                # noise seed (mixed with each study's key)
+    seed = 0                # noise seed (mixed with each study's key); k-space: the mask seed
     mu_water = 0.0193       # 1/mm, for HU <-> mu
 
     [operator]              # simulate mode only
@@ -39,22 +47,37 @@ det)``), or ``chunk_slices`` at a time.
     # source_origin = 200   # fan only, mm; default 2x the field of view
     # origin_detector = 100 # fan only, mm; default 1x the field of view
 
-    [methods.fbp]           # run in this order (or a list: methods = ["fbp", "tv"])
+    [methods.fbp]           # CT studies, in this order (or a list: methods = ["fbp", "tv"])
     [methods.tv]            # parameters of recon.reconstruct.reconstruct; unset: its defaults
     # lam = 0.002           # a number or "auto" (discrepancy principle); default rule otherwise
     # iterations = 300
 
+    [mri]                   # k-space studies only
+    # acceleration = 4      # retrospective R for fully sampled k-space (> 1); unset: the mask as
+                            # acquired if undersampled (then it must stay unset), else 4
+    center_fraction = 0.08  # fully sampled centre (ESPIRiT needs at least 5 lines of it)
+    mask_type = "random"    # "random", "equispaced" or "poisson"
+    phase_encode = "columns"  # the axis 1-D masks skip lines of: "columns" or "rows"
+
+    [mri_methods.zero-filled]  # k-space studies, in this order (or mri_methods = ["zero-filled", "tv"])
+    [mri_methods.cg-sense]  # parameters of recon.mri.reconstruct_mri; unset: its defaults
+    # iterations = 10
+
 Method parameters: ``fbp``: filter; ``sirt``: iterations, nonneg; ``cgls``, ``tikhonov``:
 iterations; ``tv``: lam, iterations, nonneg, filter; ``svtv``: those and estimate, eta, p,
-spread; ``graphla-fbp``/``-tik``/``-tv``: those of tv and estimate, radius, sigma. An unknown
-key, method or value is an error naming it and what is allowed.
+spread; ``graphla-fbp``/``-tik``/``-tv``: those of tv and estimate, radius, sigma. MRI methods:
+``zero-filled``: none; ``cg-sense``: iterations; ``tv``: lam (a non-negative number; default
+rule otherwise), iterations. An unknown key, method or value is an error naming it and what is
+allowed.
 
 **Output layout**::
 
     DIR/manifest.json                every study's state (below)
     DIR/studies/NAME/                one folder per finished study
         reconstructions.h5           per method a dataset (slices, H, W) in 1/mm with its parameters;
-                                     geometry, angles, the reference if any, provenance
+                                     geometry, angles, the reference if any, provenance (k-space:
+                                     magnitude images; the mask (H, W) or (slices, H, W), the
+                                     sampling, coils and k-space shape instead of the geometry)
         dicom/METHOD/slice_0001.dcm  DICOM input only: each reconstruction as a derived series in HU
         metrics.json                 {"study", "mode", "slices", "methods": {METHOD: {"psnr", "ssim",
                                      "psnr_slices", "ssim_slices", "seconds", "iterations", "lam"}}}
@@ -69,14 +92,17 @@ key, method or value is an error naming it and what is allowed.
     {"format": "recon-batch-manifest/1", "updated": ISO-8601, "config_hash": SHA-256 of the canonical
      resolved config, "config": {...},
      "studies": {KEY: {"name", "kind": "dicom" | "hdf5" | "kspace", "mode": "simulate" | "measured",
-                       "state": "pending" | "running" | "done" | "failed" | "unsupported", "config_hash",
-                       "input_hash", "slices", "seconds", "started", "finished", "error",
-                       "metrics": {METHOD: {"psnr", "ssim", "seconds"}}}}}
+                       "state": "pending" | "running" | "done" | "failed", "config_hash" (of the keys
+                       its kind uses, below), "input_hash", "slices", "seconds", "started",
+                       "finished", "error", "metrics": {METHOD: {"psnr", "ssim", "seconds"}}}}}
 
 **Resume rules.** A study is skipped when ``studies/NAME/study.json`` records its key, the
-current config hash and its input hash (SHA-256 of its files' names, sizes and modification
-times); otherwise it runs (failed studies are retried on every run), and its folder is replaced
-only once the new one is complete. A killed run leaves finished folders intact and nothing
+current config hash of its kind and its input hash (SHA-256 of its files' names, sizes and
+modification times). The hash of a kind covers only the keys it uses: CT studies (DICOM, raw
+HDF5) all but ``[mri]`` and ``mri_methods``; k-space studies all but ``mu_water``,
+``[operator]`` and ``methods``; so changing ``[mri]`` redoes only k-space studies, and changing
+``[operator]`` only CT ones. Otherwise a study runs (failed studies are retried on every run),
+and its folder is replaced only once the new one is complete. A killed run leaves finished folders intact and nothing
 half-written under ``studies/``; the studies it left ``pending`` or ``running`` run again (one
 it finished but had not yet recorded is found by its study.json and kept). Studies of earlier
 runs that are not among the inputs, and folders named under another ``naming``, stay on disk.
@@ -88,8 +114,11 @@ LocalCluster of ``--workers`` processes (default: CPU cores, at most the studies
 one thread each (Dask sets OMP_NUM_THREADS=1 in them); ``--scheduler tcp://HOST:PORT`` uses a
 running cluster, whose workers must import this package and see INPUT and DIR at the same paths.
 
-Exit status: 0 when every study is done (or unsupported), 1 when any failed, 2 for bad
-arguments, configuration or input.
+The summary table printed at the end has a PSNR column per method of the kinds present
+(``methods``, then ``mri_methods``; a name in both shares its column).
+
+Exit status: 0 when every study is done, 1 when any failed, 2 for bad arguments,
+configuration or input.
 """
 
 from __future__ import annotations
@@ -115,13 +144,14 @@ MANIFEST = "manifest.json"
 FORMAT = "recon-batch-manifest/1"
 ENTRY_KEYS = ("name", "kind", "mode", "state", "config_hash", "input_hash", "slices", "seconds", "started",
               "finished", "error", "metrics")
+KINDS = ("dicom", "hdf5", "kspace")
 POLL_S = 0.25  # how often the client looks for studies that workers have started
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("batch", help="reconstruct many studies (DICOM series, HDF5) on a Dask cluster",
+    p = sub.add_parser("batch", help="reconstruct many studies (DICOM series, CT HDF5, k-space) on a Dask cluster",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="DICOM/HDF5 files or folders")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="DICOM/HDF5 (CT or k-space) files or folders")
     p.add_argument("--output", type=Path, required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--config", type=Path, default=None, metavar="FILE.toml", help="pipeline configuration")
     p.add_argument("--workers", type=int, default=None, metavar="N",
@@ -210,23 +240,24 @@ def dask_client(scheduler: str | None, workers: int | None, n_tasks: int):
             cluster.close()
 
 
-def _plan(out: Path, studies: list[Study], manifest: dict, chash: str) -> list[Study]:
+def kind_hashes(config: dict) -> dict[str, str]:
+    """The config hash each kind of study is recorded with (only the keys that kind uses)."""
+    return {kind: config_hash(config, kind) for kind in KINDS}
+
+
+def _plan(out: Path, studies: list[Study], manifest: dict, hashes: dict[str, str]) -> list[Study]:
     """Record every study's starting state in the manifest; return those to run."""
     todo = []
     for s in studies:
-        record = finished_record(out, s, chash)
+        record = finished_record(out, s, hashes[s.kind])
         entries = manifest["studies"]
         if record is not None:
             if entries.get(s.key) != _entry(record):
                 entries[s.key] = _entry(record)
-        elif s.kind == "kspace":
-            entries[s.key] = _entry({"name": s.name, "kind": s.kind, "mode": s.mode, "state": "unsupported",
-                                     "input_hash": s.input_hash, "error": "k-space HDF5 (data/mri.py layout): recon "
-                                     "batch reconstructs CT only; use recon mri for this file"})
         else:
             todo.append(s)
             entries[s.key] = _entry({"name": s.name, "kind": s.kind, "mode": s.mode, "state": "pending",
-                                     "config_hash": chash, "input_hash": s.input_hash})
+                                     "config_hash": hashes[s.kind], "input_hash": s.input_hash})
     return todo
 
 
@@ -254,13 +285,13 @@ def _outcome(future, study: Study, chash: str) -> dict:
                 "input_hash": study.input_hash, "error": f"{type(err).__name__}: {err}"}
 
 
-def execute(args, out: Path, todo: list[Study], config: dict, chash: str, manifest: dict, bar) -> None:
+def execute(args, out: Path, todo: list[Study], config: dict, hashes: dict[str, str], manifest: dict, bar) -> None:
     """Run ``todo`` on the cluster, updating the manifest per study as results arrive."""
     from dask.distributed import as_completed
 
     with dask_client(args.scheduler, args.workers, len(todo)) as client:
-        futures = {client.submit(run_study, s, config, chash, str(out), key=f"recon-batch-{s.key}-{uuid.uuid4().hex}",
-                                 pure=False): s for s in todo}
+        futures = {client.submit(run_study, s, config, hashes[s.kind], str(out),
+                                 key=f"recon-batch-{s.key}-{uuid.uuid4().hex}", pure=False): s for s in todo}
         ac, left, waiting = as_completed(futures), len(futures), {s.key for s in todo}
         while left:
             if not ac.has_ready():
@@ -269,7 +300,7 @@ def execute(args, out: Path, todo: list[Study], config: dict, chash: str, manife
                 continue
             for future in ac.next_batch(block=False):
                 study = futures[future]
-                record = _outcome(future, study, chash)
+                record = _outcome(future, study, hashes[study.kind])
                 waiting.discard(study.key)
                 manifest["studies"][study.key] = _entry(record)
                 save_manifest(out, manifest)
@@ -283,6 +314,14 @@ def _line(study: Study, record: dict) -> str:
         return f"{study.name}: {record.get('state')}: {record.get('error')}"
     psnr = ", ".join(f"{m} {v['psnr']:.2f} dB" for m, v in record["metrics"].items() if "psnr" in v)
     return f"{study.name}: done, {record['slices']} slices, {record['seconds']:.1f} s" + (f", PSNR {psnr}" if psnr else "")
+
+
+def summary_methods(studies: list[Study], config: dict) -> list[str]:
+    """The PSNR columns: ``methods`` when there are CT studies, then ``mri_methods`` for k-space ones."""
+    kinds = {s.kind for s in studies}
+    ct = list(config["methods"]) if kinds - {"kspace"} else []
+    mri = list(config["mri_methods"]) if "kspace" in kinds else []
+    return list(dict.fromkeys(ct + mri))
 
 
 def format_summary(studies: list[Study], manifest: dict, methods, kept: set[str]) -> str:
@@ -311,7 +350,7 @@ def run(args) -> int:
     if args.workers is not None and args.scheduler:
         raise ValueError("--workers: sets local processes; with --scheduler the cluster's own workers run the studies")
     config = load_config(args.config)
-    chash = config_hash(config)
+    chash, hashes = config_hash(config), kind_hashes(config)
     out = args.output.resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output: expected a folder, found a file {out}")
@@ -319,22 +358,21 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         manifest = load_manifest(out)
-        previous = {k: e["name"] for k, e in manifest["studies"].items() if e.get("config_hash") == chash and e.get("name")}
+        previous = {k: e["name"] for k, e in manifest["studies"].items()
+                    if e.get("config_hash") == hashes.get(e.get("kind")) and e.get("name")}
         studies = assign_names(studies, config["naming"], previous)
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
         for note in notes:
             print(f"recon batch: {note}", file=sys.stderr)
         manifest.update(config_hash=chash, config=config)
-        todo = _plan(out, studies, manifest, chash)
+        todo = _plan(out, studies, manifest, hashes)
         kept = {s.key for s in studies if manifest["studies"][s.key]["state"] == "done"}
         save_manifest(out, manifest)
-        unsupported = len(studies) - len(kept) - len(todo)
-        print(f"recon batch: {len(studies)} studies: {len(kept)} done earlier, {len(todo)} to run"
-              + (f", {unsupported} unsupported" if unsupported else "") + f" -> {out}", flush=True)
+        print(f"recon batch: {len(studies)} studies: {len(kept)} done earlier, {len(todo)} to run -> {out}", flush=True)
         with tqdm(total=len(studies), initial=len(studies) - len(todo), unit="study", desc="recon batch",
                   disable=args.no_progress) as bar:
             if todo:
-                execute(args, out, todo, config, chash, manifest, bar)
-    print(format_summary(studies, manifest, list(config["methods"]), kept))
+                execute(args, out, todo, config, hashes, manifest, bar)
+    print(format_summary(studies, manifest, summary_methods(studies, config), kept))
     print(f"manifest: {out / MANIFEST}")
     return 1 if any(manifest["studies"][s.key]["state"] == "failed" for s in studies) else 0

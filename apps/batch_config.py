@@ -2,8 +2,9 @@
 
 The keys, their defaults and a TOML example are documented in apps/batch.py. ``load_config``
 returns the *resolved* configuration (every key present, defaults filled in); its SHA-256 over
-canonical JSON (``config_hash``) decides whether a finished study is still up to date, so a
-file that spells out the defaults hashes like no file at all.
+canonical JSON (``config_hash``, per kind of study over the keys that kind uses) decides whether
+a finished study is still up to date, so a file that spells out the defaults hashes like no file
+at all.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from data.dicom import MU_WATER
+from operators.masks import MASK_TYPES
 from recon.fbp import FILTERS
+from recon.mri import MRI_METHODS
 from recon.reconstruct import ESTIMATES, METHODS
 
-__all__ = ["DEFAULTS", "METHOD_KEYS", "load_config", "resolve_config", "config_hash"]
+__all__ = ["DEFAULTS", "METHOD_KEYS", "MRI_METHOD_KEYS", "load_config", "resolve_config", "config_hash"]
 
 #: bumped when a change to the pipeline makes earlier results stale
 PIPELINE_VERSION = 1
@@ -34,7 +37,12 @@ DEFAULTS: dict = {
     "operator": {"geometry": "parallel", "views": 60, "noise": 0.01, "detectors": None, "detector_spacing": None,
                  "source_origin": None, "origin_detector": None},
     "methods": {"fbp": {}, "tv": {}},
+    "mri": {"acceleration": None, "center_fraction": 0.08, "mask_type": "random", "phase_encode": "columns"},
+    "mri_methods": {"zero-filled": {}, "cg-sense": {}},
 }
+#: the keys only k-space studies use, and those only CT studies use (see ``config_hash``)
+MRI_KEYS = ("mri", "mri_methods")
+CT_KEYS = ("mu_water", "operator", "methods")
 
 _VARIATIONAL = ("lam", "iterations", "nonneg", "filter")
 #: the parameters each method accepts (passed to ``recon.reconstruct.reconstruct``)
@@ -43,6 +51,9 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "tv": _VARIATIONAL, "svtv": (*_VARIATIONAL, "estimate", "eta", "p", "spread"),
     **{m: (*_VARIATIONAL, "estimate", "radius", "sigma") for m in ("graphla-fbp", "graphla-tik", "graphla-tv")},
 }
+#: the parameters each MRI method accepts (passed to ``recon.mri.reconstruct_mri``)
+MRI_METHOD_KEYS: dict[str, tuple[str, ...]] = {"zero-filled": (), "cg-sense": ("iterations",),
+                                               "tv": ("lam", "iterations")}
 
 
 def _number(v) -> bool:
@@ -84,10 +95,23 @@ _METHOD: dict[str, Check] = {
 }
 
 
+_MRI: dict[str, Check] = {
+    "acceleration": (lambda v: _number(v) and v > 1, "a number > 1 (unset: the mask as acquired, or 4 for "
+                                                       "fully sampled k-space)"),
+    "center_fraction": (lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1)"),
+    "mask_type": (lambda v: v in MASK_TYPES, f"one of {', '.join(MASK_TYPES)}"),
+    "phase_encode": (lambda v: v in ("columns", "rows"), "'columns' or 'rows'"),
+}
+_MRI_METHOD: dict[str, Check] = {
+    "lam": (lambda v: _number(v) and v >= 0, "a non-negative number"),
+    "iterations": (lambda v: _integer(v) and v >= 1, "a positive integer"),
+}
+
+
 def _check_keys(where: str, given: Mapping, allowed) -> None:
     unknown = [k for k in given if k not in allowed]
     if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(allowed)}")
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(allowed) or 'none'}")
 
 
 def _check_value(where: str, key: str, value, checks: Mapping[str, Check]) -> None:
@@ -96,26 +120,38 @@ def _check_value(where: str, key: str, value, checks: Mapping[str, Check]) -> No
         raise ValueError(f"{where}: {key}: expected {expected}, got {value!r}")
 
 
-def _methods(where: str, given) -> dict:
-    """``methods``: a list of names (default parameters) or a table ``{name: {parameter: value}}``."""
+def _methods(where: str, given, key: str = "methods") -> dict:
+    """``methods`` (or ``mri_methods``): a list of names (default parameters) or a table
+    ``{name: {parameter: value}}``."""
+    names, allowed, checks = (METHODS, METHOD_KEYS, _METHOD) if key == "methods" else \
+        (MRI_METHODS, MRI_METHOD_KEYS, _MRI_METHOD)
     if isinstance(given, list):
         if not all(isinstance(m, str) for m in given):
-            raise ValueError(f"{where}: methods: expected a list of method names or a table, got {given!r}")
+            raise ValueError(f"{where}: {key}: expected a list of method names or a table, got {given!r}")
         given = {m: {} for m in given}
     if not isinstance(given, Mapping) or not given:
-        raise ValueError(f"{where}: methods: expected a non-empty list of method names or a table "
-                         f"[methods.NAME], got {given!r}")
+        raise ValueError(f"{where}: {key}: expected a non-empty list of method names or a table "
+                         f"[{key}.NAME], got {given!r}")
     methods = {}
     for name, params in given.items():
-        if name not in METHODS:
-            raise ValueError(f"{where}: methods: unknown method {name!r}; allowed: {', '.join(METHODS)}")
+        if name not in names:
+            raise ValueError(f"{where}: {key}: unknown method {name!r}; allowed: {', '.join(names)}")
         if not isinstance(params, Mapping):
-            raise ValueError(f"{where}: methods.{name}: expected a table of parameters, got {params!r}")
-        _check_keys(f"{where}: [methods.{name}]", params, METHOD_KEYS[name])
-        for key, value in params.items():
-            _check_value(f"{where}: [methods.{name}]", key, value, _METHOD)
+            raise ValueError(f"{where}: {key}.{name}: expected a table of parameters, got {params!r}")
+        _check_keys(f"{where}: [{key}.{name}]", params, allowed[name])
+        for param, value in params.items():
+            _check_value(f"{where}: [{key}.{name}]", param, value, checks)
         methods[name] = dict(params)
     return methods
+
+
+def _mri(where: str, given) -> dict:
+    if not isinstance(given, Mapping):
+        raise ValueError(f"{where}: mri: expected a table [mri], got {given!r}")
+    _check_keys(f"{where}: [mri]", given, _MRI)
+    for key, value in given.items():
+        _check_value(f"{where}: [mri]", key, value, _MRI)
+    return {**DEFAULTS["mri"], **given}
 
 
 def _operator(where: str, given) -> dict:
@@ -143,6 +179,9 @@ def resolve_config(given: Mapping, where: str = "config") -> dict:
     config["operator"] = _operator(where, given.get("operator", {}))
     if "methods" in given:
         config["methods"] = _methods(where, given["methods"])
+    config["mri"] = _mri(where, given.get("mri", {}))
+    if "mri_methods" in given:
+        config["mri_methods"] = _methods(where, given["mri_methods"], "mri_methods")
     return config
 
 
@@ -161,8 +200,17 @@ def load_config(path: str | Path | None) -> dict:
     return resolve_config(given, where=f"--config {path}")
 
 
-def config_hash(config: Mapping) -> str:
-    """SHA-256 (hex) of the resolved configuration as canonical JSON (sorted keys, no spaces)."""
+def config_hash(config: Mapping, kind: str | None = None) -> str:
+    """SHA-256 (hex) of the resolved configuration as canonical JSON (sorted keys, no spaces).
+
+    With a study ``kind``, only the keys that kind uses: k-space studies leave out ``mu_water``,
+    ``[operator]`` and ``methods``; CT studies (``"dicom"``, ``"hdf5"``) leave out ``[mri]`` and
+    ``mri_methods``, so their hash is the one of a configuration without MRI keys, and changing
+    only those never redoes a CT study (nor changing only CT keys a k-space one).
+    """
+    if kind is not None:
+        dropped = CT_KEYS if kind == "kspace" else MRI_KEYS
+        config = {k: v for k, v in config.items() if k not in dropped}
     canonical = json.dumps({"pipeline": PIPELINE_VERSION, **config}, sort_keys=True, separators=(",", ":"),
                            allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

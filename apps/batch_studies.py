@@ -33,7 +33,7 @@ class Study:
     Attributes:
         key: stable key (``data.dicom.stable_key`` for DICOM; for HDF5 16 hex digits of the
             sha256 of the path relative to the input root).
-        kind: ``"dicom"``, ``"hdf5"`` (raw CT layout) or ``"kspace"`` (MRI layout: unsupported).
+        kind: ``"dicom"``, ``"hdf5"`` (raw CT layout) or ``"kspace"`` (MRI: data/mri.py or fastMRI layout).
         files: absolute paths of its files, sorted.
         input_hash: sha256 over the files' names, sizes and modification times.
         series_uid: the DICOM SeriesInstanceUID ("" for HDF5).
@@ -85,8 +85,8 @@ def _candidates(inputs, exclude: Path | None) -> list[tuple[Path, Path]]:
 
 
 def _hdf5_kind(path: Path) -> str:
-    """``"kspace"`` for the MRI layout, else ``"hdf5"`` (also when unreadable: the study then fails
-    with read_ct's message)."""
+    """``"kspace"`` for the MRI layouts (data/mri.py, fastMRI), else ``"hdf5"`` (also when unreadable:
+    the study then fails with read_ct's message)."""
     try:
         with h5py.File(path, "r") as f:
             return "kspace" if "kspace" in f and "sinogram" not in f else "hdf5"

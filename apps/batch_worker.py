@@ -39,8 +39,9 @@ RECORD = "study.json"
 
 @dataclass
 class StudyData:
-    """A study ready to reconstruct: ``sinogram (S, views, det)``, ``reference (S, H, W)`` in 1/mm
-    or None, the geometry (``data.hdf5.CTData`` keys), the noise std and the DICOM volume."""
+    """A CT study ready to reconstruct: ``sinogram (S, views, det)``, ``reference (S, H, W)`` in 1/mm
+    or None, the geometry (``data.hdf5.CTData`` keys), the noise std and the DICOM volume.
+    (k-space studies: ``apps.batch_mri.KSpaceStudyData``, with the same properties and methods.)"""
 
     sinogram: np.ndarray
     angles: np.ndarray
@@ -48,6 +49,21 @@ class StudyData:
     reference: np.ndarray | None
     noise_std: float | None
     volume: object = None
+
+    units = "1/mm"
+    data_range = None  # PSNR/SSIM over the reference volume's range
+
+    @property
+    def slices(self) -> int:
+        return len(self.sinogram)
+
+    def attributes(self) -> dict:
+        """The root attributes of reconstructions.h5: geometry and angles."""
+        geometry = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.geometry.items()}
+        return {**geometry, "angles": self.angles}
+
+    def datasets(self) -> dict:
+        return {} if self.reference is None else {"reference": self.reference}
 
 
 def _json(path: Path, record) -> None:
@@ -101,10 +117,14 @@ def _simulate(study: Study, config: dict) -> StudyData:
     return StudyData(y[:, 0].numpy(), angles, geom, mu, noise_std if noise_std > 0 else None, volume)
 
 
-def load_study(study: Study, config: dict) -> StudyData:
-    """Read (and for DICOM simulate) one study."""
+def load_study(study: Study, config: dict):
+    """Read (and for DICOM simulate) one study: ``StudyData``, or for k-space ``KSpaceStudyData``."""
     if study.kind == "dicom":
         return _simulate(study, config)
+    if study.kind == "kspace":
+        from apps.batch_mri import load_kspace
+
+        return load_kspace(study.files, config)
     if study.kind != "hdf5":
         raise ValueError(f"study {study.key}: kind {study.kind!r} is not supported by recon batch")
     data = read_ct(study.files[0])
@@ -123,10 +143,15 @@ def _merge(parameters: list[dict]) -> dict:
     return merged
 
 
-def reconstruct_study(data: StudyData, config: dict) -> dict:
+def reconstruct_study(data, config: dict) -> dict:
     """``{method: (x (S, H, W) numpy, parameters, seconds, iterations)}``: each method runs on the
-    whole stack at once (``y`` of shape ``(S, 1, views, det)``), or in chunks of ``chunk_slices``."""
+    whole stack at once (``y`` of shape ``(S, 1, views, det)``), or in chunks of ``chunk_slices``.
+    k-space studies run ``mri_methods`` instead (``apps.batch_mri.reconstruct_kspace``)."""
     device = _device(config["device"])
+    if not isinstance(data, StudyData):
+        from apps.batch_mri import reconstruct_kspace
+
+        return reconstruct_kspace(data, config, device)
     A = ct_operator(data.geometry, data.angles, data.sinogram.shape[-1]).to(device)
     y = torch.as_tensor(data.sinogram, device=device)[:, None]
     size = config["chunk_slices"] or len(y)
@@ -140,12 +165,12 @@ def reconstruct_study(data: StudyData, config: dict) -> dict:
     return out
 
 
-def study_metrics(results: dict, reference: np.ndarray | None) -> dict:
+def study_metrics(results: dict, reference: np.ndarray | None, data_range: float | None = None) -> dict:
     """Per method: seconds, iterations, weight, and with a reference PSNR/SSIM (mean and per slice;
-    the data range is the reference volume's)."""
+    the data range is ``data_range``, by default the reference volume's range)."""
     metrics = {}
     ref = None if reference is None else torch.as_tensor(reference, dtype=torch.float64)[:, None]
-    rng = None if ref is None else float(ref.max() - ref.min()) or 1.0
+    rng = None if ref is None else data_range or float(ref.max() - ref.min()) or 1.0
     for method, (x, params, seconds, iterations) in results.items():
         m: dict = {"seconds": round(seconds, 3), "iterations": iterations}
         if "lam" in params:
@@ -166,37 +191,36 @@ def _write_dicom(folder: Path, volume, results: dict, mu_water: float) -> None:
         write_series(mu_to_hu(x, mu_water=mu_water), folder / "dicom" / method, volume, description=f"recon {method}")
 
 
-def _preview(path: Path, data: StudyData, results: dict, metrics: dict) -> None:
+def _preview(path: Path, data, results: dict, metrics: dict) -> None:
     from apps.figures import comparison_figure
 
-    mid = len(data.sinogram) // 2
+    mid = data.slices // 2
     images = {m: r[0][mid] for m, r in results.items()}
     ref = None if data.reference is None else data.reference[mid]
     vmax = float(ref.max()) if ref is not None else float(np.percentile(next(iter(images.values())), 99.5))
     comparison_figure(path, images, metrics, ref, vmax or 1.0)
 
 
-def write_outputs(folder: Path, study: Study, data: StudyData, results: dict, config: dict, record: dict,
+def write_outputs(folder: Path, study: Study, data, results: dict, config: dict, record: dict,
                   started: datetime) -> dict:
-    """Every output of one study into ``folder``; ``record`` (the study.json fields so far) is
-    completed and returned."""
-    metrics = study_metrics(results, data.reference)
+    """Every output of one study (``StudyData`` or ``KSpaceStudyData``) into ``folder``; ``record``
+    (the study.json fields so far) is completed and returned."""
+    metrics = study_metrics(results, data.reference, data.data_range)
     prov = provenance("recon batch", {"study": study.key, "mode": study.mode, "config": config,
                                       "input_files": len(study.files), "input_hash": study.input_hash},
-                      input_path=study.files[0] if study.kind == "hdf5" else None, started=started)
-    geometry = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.geometry.items()}
-    extra = None if data.reference is None else {"reference": data.reference}
+                      input_path=study.files[0] if study.kind != "dicom" else None, started=started)
     write_reconstructions(folder / "reconstructions.h5", {m: r[0] for m, r in results.items()},
-                          {**geometry, "angles": data.angles, "study": study.key, "mode": study.mode},
-                          {m: r[1] for m, r in results.items()}, extra=extra, provenance=prov)
+                          {**data.attributes(), "study": study.key, "mode": study.mode},
+                          {m: r[1] for m, r in results.items()}, units=data.units, extra=data.datasets(),
+                          provenance=prov)
     if data.volume is not None:
         _write_dicom(folder, data.volume, results, config["mu_water"])
-    _json(folder / "metrics.json", {"study": study.key, "mode": study.mode, "slices": len(data.sinogram),
+    _json(folder / "metrics.json", {"study": study.key, "mode": study.mode, "slices": data.slices,
                                     "methods": metrics})
     _json(folder / "provenance.json", prov)
     _preview(folder / "preview.png", data, results, metrics)
     summary = {m: {k: v[k] for k in ("psnr", "ssim", "seconds") if k in v} for m, v in metrics.items()}
-    record.update(state="done", slices=len(data.sinogram), metrics=summary, finished=prov["finished"])
+    record.update(state="done", slices=data.slices, metrics=summary, finished=prov["finished"])
     return record
 
 

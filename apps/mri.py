@@ -54,7 +54,10 @@ def add_parser(sub) -> None:
 
 
 def prepare(data: KSpaceData, args) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
-    """k-space to reconstruct, its mask, the reference, and a description of the sampling."""
+    """k-space to reconstruct, its mask, the reference, and a description of the sampling.
+
+    ``data`` holds one slice ``(coils, H, W)`` or a stack ``(slices, coils, H, W)``; a retrospective
+    mask ``(H, W)`` is shared by every slice (``recon batch`` calls this per study)."""
     reference = data.reference
     if not data.fully_sampled:
         acquired = acceleration_of(torch.as_tensor(data.mask))
@@ -62,10 +65,11 @@ def prepare(data: KSpaceData, args) -> tuple[np.ndarray, np.ndarray, np.ndarray 
             raise ValueError(f"--acceleration: the input is already undersampled (R = {acquired:.2f}); "
                              "retrospective undersampling needs fully sampled k-space")
         return data.kspace, data.mask, reference, f"as acquired, R = {acquired:.2f}"
-    if reference is None:
-        reference = zero_filled(torch.as_tensor(data.kspace)[None])[0, 0].numpy()  # RSS of all samples
+    if reference is None:  # RSS of all samples, per slice of a stack (slices, coils, H, W)
+        k = torch.as_tensor(data.kspace)
+        reference = zero_filled(k.reshape(-1, *k.shape[-3:]))[:, 0].reshape(*k.shape[:-3], *k.shape[-2:]).numpy()
     accel = 4.0 if args.acceleration is None else args.acceleration
-    mask = make_mask(args.mask_type, data.kspace.shape[1:], accel, args.center_fraction, seed=args.seed,
+    mask = make_mask(args.mask_type, data.kspace.shape[-2:], accel, args.center_fraction, seed=args.seed,
                      axis=AXES[args.phase_encode]).numpy()
     how = f"retrospective {args.mask_type} mask, R = {acceleration_of(torch.as_tensor(mask)):.2f}"
     return data.kspace * mask, mask, reference, how

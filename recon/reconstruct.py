@@ -84,9 +84,13 @@ def estimate_noise_std(y: torch.Tensor) -> torch.Tensor:
 
 
 def _backprojected_noise_rms(A: LinearOperator, like: torch.Tensor) -> float:
-    """RMS over pixels of ``A^T eps`` for unit white noise: ``sqrt(mean_j sum_i a_ij^2)``."""
+    """RMS over pixels of ``A^T eps`` for unit white noise: ``sqrt(mean_j sum_i a_ij^2)``.
+
+    The same noise for every item of ``like``'s batch, so operators with per-item parts (coil maps,
+    masks) are averaged over their items and shared ones give the batch-of-one value exactly."""
     gen = torch.Generator().manual_seed(0)
     eps = torch.randn((1, *A.out_shape), generator=gen, dtype=like.dtype).to(like.device)
+    eps = eps.expand(like.shape[0], *eps.shape[1:])
     bp = A.adjoint(eps)
     return float(bp.abs().pow(2).mean().sqrt())
 

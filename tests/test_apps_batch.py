@@ -1,4 +1,5 @@
-"""`recon batch`: discovery, config, resumable runs on Dask (local and external), failures, naming."""
+"""`recon batch`: discovery, config, resumable runs on Dask (local and external), failures, naming,
+k-space (MRI) studies."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import h5py
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.uid import generate_uid
 
 from apps import batch_worker
@@ -25,7 +27,8 @@ from apps.ct import simulate
 from data.dicom import hu_to_mu, list_series, mu_to_hu, read_series
 from data.dicom_write import write_series
 from data.hdf5 import write_ct
-from data.phantoms import random_ellipses
+from data.phantoms import random_ellipses, shepp_logan
+from operators.fourier import fft2c
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE, SLICES, VIEWS = 32, 3, 24
@@ -36,6 +39,9 @@ noise = 0.01
 [methods.fbp]
 [methods.tv]
 iterations = 20
+[mri]
+acceleration = 2
+center_fraction = 0.2
 """
 SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -54,6 +60,29 @@ def raw_file(path: Path, seeds=(1, 2, 3)) -> Path:
     data = [simulate("ellipses", SIZE, VIEWS, "parallel", 0.01, seed=s) for s in seeds]
     write_ct(path, np.stack([d.sinogram for d in data]), data[0].angles, data[0].geometry,
              np.stack([d.reference for d in data]))
+    return path
+
+
+def kspace_stack(path: Path, slices: int = 2, coils: int = 4, size: int = SIZE, noise: float = 0.01,
+                 extra: dict | None = None) -> Path:
+    """Fully sampled multi-coil k-space (slices, coils, H, W) of shifted, scaled Shepp-Logan slices seen by
+    smooth normalised coils, with complex noise (as tests/test_apps_mri.py's simulated_scan)."""
+    yy, xx = np.mgrid[:size, :size] / size
+    centres = [(0, 0), (0, 1), (1, 0), (1, 1)][:coils]
+    maps = np.stack([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.5) * np.exp(2j * (yy + c * xx))
+                     for c, (cy, cx) in enumerate(centres)])
+    maps /= np.sqrt((np.abs(maps) ** 2).sum(0))
+    phantom = shepp_logan(size)[0, 0].numpy()
+    phantom = phantom + 0.1 * (phantom > 0)  # no exactly-zero regions inside the head (ESPIRiT crops those)
+    images = np.stack([maps * np.roll(phantom, 2 * s, axis=0) * (1 - 0.2 * s) for s in range(slices)])
+    k = fft2c(torch.as_tensor(images)).numpy()
+    rng = np.random.default_rng(0)
+    k = k + noise * (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape)) / np.sqrt(2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=k.astype(np.complex64))
+        for name, value in (extra or {}).items():
+            f.create_dataset(name, data=value)
     return path
 
 
@@ -82,7 +111,7 @@ def done_mtimes(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    """4 DICOM series (two in one folder), one raw HDF5 stack, one broken HDF5, one k-space file."""
+    """4 DICOM series (two in one folder), one raw HDF5 stack, one broken HDF5, one k-space stack."""
     root = tmp_path_factory.mktemp("batch_in")
     for seed in range(2):
         phantom_series(root / f"patient{seed}", seed)
@@ -90,8 +119,7 @@ def dataset(tmp_path_factory) -> Path:
     phantom_series(root / "shared" / "b", 3)
     raw_file(root / "raw" / "scan.h5")
     broken_file(root / "raw" / "broken.hdf5")
-    with h5py.File(root / "raw" / "knee.h5", "w") as f:
-        f.create_dataset("kspace", data=np.ones((2, 8, 8), dtype=np.complex64))
+    kspace_stack(root / "raw" / "knee.h5")
     (root / "config.toml").write_text(CONFIG)
     return root
 
@@ -116,21 +144,41 @@ def check_outputs(out: Path, key: str, dicom: bool, slices: int = SLICES, size: 
     return metrics
 
 
+def check_kspace_outputs(out: Path, key: str, slices: int = 2, size: int = SIZE) -> dict:
+    """Every output of a done k-space study; returns its metrics (cg-sense beats zero-filled)."""
+    folder = out / "studies" / key
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["mode"] == "measured" and metrics["slices"] == slices
+    assert list(metrics["methods"]) == ["zero-filled", "cg-sense"]
+    with h5py.File(folder / "reconstructions.h5") as f:
+        for method in ("zero-filled", "cg-sense", "reference"):
+            assert f[method].shape == (slices, size, size) and np.isfinite(f[method][()]).all()
+        assert f["mask"].shape == (size, size) and f.attrs["modality"] == "mri" and f.attrs["coils"] == 4
+        assert "retrospective random mask, R = 2.00" == f.attrs["sampling"]
+        assert json.loads(f.attrs["provenance"])["parameters"]["study"] == key
+    assert (folder / "preview.png").stat().st_size > 0 and not (folder / "dicom").exists()
+    assert json.loads((folder / "study.json").read_text())["kind"] == "kspace"
+    m = metrics["methods"]
+    assert len(m["cg-sense"]["psnr_slices"]) == slices and m["cg-sense"]["psnr"] > m["zero-filled"]["psnr"] + 1
+    return metrics
+
+
 def test_batch_runs_resumes_and_redoes_on_config_change(dataset, tmp_path, capsys):
     out = tmp_path / "out"
     config = dataset / "config.toml"
     assert batch(dataset, "--output", out, "--config", config, "--workers", 2, "--no-progress") == 1
     printed = capsys.readouterr()
     found = states(out)
-    assert sorted(found.values()) == ["done"] * 5 + ["failed", "unsupported"]
+    assert sorted(found.values()) == ["done"] * 6 + ["failed"]
     m = manifest(out)
     assert m["config_hash"] == config_hash(load_config(config))
     broken = next(e for e in m["studies"].values() if e["state"] == "failed")
     assert "missing dataset 'angles'" in broken["error"] and broken["error"] in printed.out
-    assert "recon batch reconstructs CT only" in next(e for e in m["studies"].values()
-                                                      if e["state"] == "unsupported")["error"]
+    kspace = [k for k, e in m["studies"].items() if e["kind"] == "kspace"]
+    assert len(kspace) == 1 and m["studies"][kspace[0]]["state"] == "done"
+    check_kspace_outputs(out, kspace[0])
     for key, e in m["studies"].items():
-        if e["state"] == "done":
+        if e["state"] == "done" and e["kind"] != "kspace":
             metrics = check_outputs(out, key, dicom=e["kind"] == "dicom")
             assert metrics["methods"]["tv"]["psnr"] > metrics["methods"]["fbp"]["psnr"] > 20
             assert e["metrics"]["tv"]["psnr"] == metrics["methods"]["tv"]["psnr"] and e["name"] == key
@@ -139,14 +187,14 @@ def test_batch_runs_resumes_and_redoes_on_config_change(dataset, tmp_path, capsy
 
     before, entries = done_mtimes(out), {k: e for k, e in m["studies"].items() if e["state"] == "done"}
     assert batch(dataset, "--output", out, "--config", config, "--no-progress") == 1  # the broken one fails again
-    assert "5 done earlier, 1 to run" in capsys.readouterr().out
+    assert "6 done earlier, 1 to run" in capsys.readouterr().out
     assert done_mtimes(out) == before
     assert {k: e for k, e in manifest(out)["studies"].items() if e["state"] == "done"} == entries
 
     touched = next((dataset / "patient0").glob("*.dcm"))  # a changed input is redone, alone
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
     assert batch(dataset, "--output", out, "--config", config, "--no-progress") == 1
-    assert "4 done earlier, 2 to run" in capsys.readouterr().out
+    assert "5 done earlier, 2 to run" in capsys.readouterr().out
     redone = {k for k in before if done_mtimes(out)[k] != before[k]}
     assert redone == {list_series(touched.parent)[0].key}
     before = done_mtimes(out)
@@ -154,12 +202,12 @@ def test_batch_runs_resumes_and_redoes_on_config_change(dataset, tmp_path, capsy
     changed = tmp_path / "changed.toml"
     changed.write_text(CONFIG.replace("iterations = 20", "iterations = 10"))
     assert batch(dataset, "--output", out, "--config", changed, "--workers", 2, "--no-progress") == 1
-    assert "0 done earlier, 6 to run" in capsys.readouterr().out
+    assert "1 done earlier, 6 to run" in capsys.readouterr().out  # the k-space study uses no CT key
     after = done_mtimes(out)
-    assert after.keys() == before.keys() and all(after[k] != before[k] for k in before)
+    assert after.keys() == before.keys() and all((after[k] == before[k]) == (k in kspace) for k in before)
     m2 = manifest(out)
     assert m2["config_hash"] != m["config_hash"]
-    for key in before:
+    for key in set(before) - set(kspace):
         assert json.loads((out / "studies" / key / "metrics.json").read_text())["methods"]["tv"]["iterations"] <= 10
 
 
@@ -228,6 +276,14 @@ def test_run_study_isolates_a_corrupt_series(tmp_path):
     ("methods = []", "methods: expected a non-empty list"),
     ("[methods.tv]\nlam = 'often'", "lam: expected a non-negative number or 'auto'"),
     ("views = [", "not valid TOML"),
+    ("[mri]\naccel = 2", "[mri]: unknown key 'accel'; allowed keys: acceleration, center_fraction, mask_type"),
+    ("[mri]\nmask_type = 'spiral'", "[mri]: mask_type: expected one of random, equispaced, poisson"),
+    ("[mri]\nacceleration = 1", "[mri]: acceleration: expected a number > 1"),
+    ("[mri_methods.cg-sense]\nlam = 0.1", "[mri_methods.cg-sense]: unknown key 'lam'; allowed keys: iterations"),
+    ("[mri_methods.zero-filled]\niterations = 3",
+     "[mri_methods.zero-filled]: unknown key 'iterations'; allowed keys: none"),
+    ("mri_methods = ['fbp']", "mri_methods: unknown method 'fbp'; allowed: zero-filled, cg-sense, tv"),
+    ("[mri_methods.tv]\nlam = 'auto'", "[mri_methods.tv]: lam: expected a non-negative number"),
 ])
 def test_bad_config_is_a_clear_error(dataset, tmp_path, capsys, text, message):
     config = tmp_path / "bad.toml"
@@ -246,6 +302,85 @@ def test_config_defaults_and_hash():
                               "methods": ["fbp", "tv"]})
     assert config_hash(spelled) == config_hash(default)
     assert config_hash(resolve_config({"operator": {"views": 61}})) != config_hash(default)
+    assert default["mri"] == {"acceleration": None, "center_fraction": 0.08, "mask_type": "random",
+                              "phase_encode": "columns"}
+    assert list(default["mri_methods"]) == ["zero-filled", "cg-sense"]
+    assert config_hash(resolve_config({"mri_methods": ["zero-filled", "cg-sense"]})) == config_hash(default)
+    mri, ct = resolve_config({"mri": {"acceleration": 3}}), resolve_config({"methods": ["fbp"]})
+    for kind in ("dicom", "hdf5"):  # CT studies: MRI keys are not part of their hash, CT keys are
+        assert config_hash(mri, kind) == config_hash(default, kind) != config_hash(ct, kind)
+    assert config_hash(mri, "kspace") != config_hash(default, "kspace") == config_hash(ct, "kspace")
+    assert len({config_hash(mri), config_hash(ct), config_hash(default)}) == 3  # the manifest's: everything
+
+
+def test_kspace_stack_with_a_dicom_series(tmp_path, capsys):
+    """A k-space stack beside a DICOM series: both done; changing [mri] redoes only the k-space study."""
+    src = tmp_path / "in"
+    phantom_series(src / "ct", 0, slices=2)
+    kspace_stack(src / "mri" / "scan.h5")
+    config = tmp_path / "c.toml"
+    text = f"[operator]\nviews = {VIEWS}\n[methods.fbp]\n[mri]\nacceleration = 2\ncenter_fraction = 0.2\n"
+    config.write_text(text)
+    out = tmp_path / "out"
+    assert batch(src, "--output", out, "--config", config, "--workers", 2, "--no-progress") == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"study\s+state\s+slices\s+seconds\s+PSNR fbp\s+PSNR zero-filled\s+PSNR cg-sense", printed)
+    entries = manifest(out)["studies"]
+    assert {e["kind"]: e["state"] for e in entries.values()} == {"dicom": "done", "kspace": "done"}
+    key = next(k for k, e in entries.items() if e["kind"] == "kspace")
+    metrics = check_kspace_outputs(out, key)
+    assert entries[key]["metrics"]["cg-sense"]["psnr"] == metrics["methods"]["cg-sense"]["psnr"]
+    assert f"{metrics['methods']['cg-sense']['psnr']:.2f}" in printed
+
+    before = done_mtimes(out)
+    config.write_text(text.replace("center_fraction = 0.2", "center_fraction = 0.25"))
+    assert batch(src, "--output", out, "--config", config, "--workers", 2, "--no-progress") == 0
+    assert "1 done earlier, 1 to run" in capsys.readouterr().out
+    after = done_mtimes(out)
+    assert {k for k in before if after[k] != before[k]} == {key}
+    assert manifest(out)["config"]["mri"]["center_fraction"] == 0.25
+
+
+def test_kspace_study_details(tmp_path):
+    """As acquired (undersampled) input, chunks, tv slice by slice, a fastMRI file cropped to its reference,
+    and ESPIRiT's error named by its [mri] key."""
+    def study(path: Path) -> Study:
+        return Study("k", "kspace", (str(path),), "h")
+
+    full = kspace_stack(tmp_path / "full.h5")
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[:, ::2] = mask[:, SIZE // 2 - 4:SIZE // 2 + 4] = True
+    with h5py.File(full) as f:
+        k = f["kspace"][()]
+    under = kspace_stack(tmp_path / "under.h5", extra={"mask": mask})
+    with h5py.File(under, "r+") as f:
+        f["kspace"][...] = k * mask
+    config = resolve_config({"mri_methods": {"cg-sense": {"iterations": 5}, "tv": {"iterations": 5}}})
+    data = batch_worker.load_study(study(under), config)
+    assert data.sampling == "as acquired, R = 1.60" and data.reference is None and data.mask.shape == (2, SIZE, SIZE)
+    whole = batch_worker.reconstruct_study(data, config)
+    chunked = batch_worker.reconstruct_study(data, {**config, "chunk_slices": 1})
+    np.testing.assert_allclose(chunked["cg-sense"][0], whole["cg-sense"][0], rtol=1e-4, atol=1e-4)
+    assert isinstance(whole["tv"][1]["lam"], list) and len(whole["tv"][1]["lam"]) == 2  # one default per slice
+    with pytest.raises(ValueError, match="acceleration: the input is already undersampled"):
+        batch_worker.load_study(study(under), resolve_config({"mri": {"acceleration": 2}}))
+    with pytest.raises(ValueError, match=r"ESPIRiT needs at least 5 x 5 .*raise \[mri\] center_fraction"):
+        batch_worker.reconstruct_study(batch_worker.load_study(study(full), resolve_config({})), resolve_config({}))
+
+    xml = ('<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding><encodedSpace><matrixSize><x>32</x>'
+           '<y>32</y><z>1</z></matrixSize><fieldOfView_mm><x>1</x><y>1</y><z>1</z></fieldOfView_mm></encodedSpace>'
+           '<reconSpace><matrixSize><x>24</x><y>24</y><z>1</z></matrixSize><fieldOfView_mm><x>1</x><y>1</y><z>1</z>'
+           '</fieldOfView_mm></reconSpace></encoding></ismrmrdHeader>')
+    rss = np.sqrt((np.abs(np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"),
+                                          axes=(-2, -1))) ** 2).sum(1))
+    fast = kspace_stack(tmp_path / "fastmri.h5", extra={"ismrmrd_header": xml,
+                                                        "reconstruction_rss": rss[:, 4:28, 4:28].astype(np.float32)})
+    config = resolve_config({"mri": {"acceleration": 2, "center_fraction": 0.2}})
+    data = batch_worker.load_study(study(fast), config)
+    results = batch_worker.reconstruct_study(data, config)
+    assert data.crop == (24, 24) and results["cg-sense"][0].shape == (2, 24, 24)
+    metrics = batch_worker.study_metrics(results, data.reference, data.data_range)
+    assert metrics["cg-sense"]["psnr"] > metrics["zero-filled"]["psnr"] > 15
 
 
 @pytest.mark.parametrize("files, message", [
@@ -421,4 +556,5 @@ def test_external_cluster_gives_the_local_results(dataset, tmp_path, external_cl
                 assert b[method][metric] == pytest.approx(a[method][metric], abs=1e-6)
         with h5py.File(local / "studies" / key / "reconstructions.h5") as fa, \
                 h5py.File(remote / "studies" / key / "reconstructions.h5") as fb:
-            np.testing.assert_allclose(fb["tv"][()], fa["tv"][()], atol=1e-6)
+            for method in a:
+                np.testing.assert_allclose(fb[method][()], fa[method][()], atol=1e-6)

@@ -11,7 +11,8 @@ from data.phantoms import shepp_logan
 from operators import CartesianMRI, MultiCoilMRI, espirit_maps, make_mask, rss
 from operators.fourier import fft2c, ifft2c
 from recon.metrics import psnr
-from recon.mri import data_consistency, estimate_kspace_noise_std, reconstruct_mri, zero_filled
+from recon.mri import (data_consistency, default_mri_tv_lambda, estimate_kspace_noise_std, reconstruct_mri,
+                       zero_filled)
 
 
 def twix_kspace(real_data) -> torch.Tensor:
@@ -59,6 +60,21 @@ def test_tv_beats_zero_filled_on_simulated_single_coil():
     gain = float(psnr(tv.x.abs(), x.abs(), 1.0) - psnr(zero_filled(y), x.abs(), 1.0))
     assert gain > 3.0, f"TV gains only {gain:.2f} dB over zero-filled"
     assert tv.parameters["lam_rule"] == "default" and tv.parameters["lam"] > 0
+
+
+def test_default_tv_weight_with_per_item_maps_and_masks():
+    """Per-slice coil maps and masks (a stack): the default weight is defined (RMS over the items) and equals
+    the one-item value when every item has the same operator parts."""
+    rng = np.random.default_rng(3)
+    maps = torch.as_tensor(rng.standard_normal((2, 3, 16, 16)) + 1j * rng.standard_normal((2, 3, 16, 16)),
+                           dtype=torch.complex64) / 3
+    masks = torch.as_tensor(rng.random((2, 16, 16)) < 0.5)
+    y = torch.zeros(2, 3, 16, 16, dtype=torch.complex64)
+    lam = default_mri_tv_lambda(MultiCoilMRI(masks, maps), y, noise_std=0.1)
+    one = [default_mri_tv_lambda(MultiCoilMRI(masks[i], maps[i]), y[:1], noise_std=0.1) for i in range(2)]
+    assert lam == pytest.approx(float(np.sqrt(np.mean(np.square(one)))), rel=1e-5)
+    shared = MultiCoilMRI(masks[0], maps[0])
+    assert default_mri_tv_lambda(shared, y, noise_std=0.1) == pytest.approx(one[0], rel=1e-6)
 
 
 class TestBadInput:
