@@ -1,5 +1,8 @@
 """``recon bench``: measured comparisons, reproducible from one command.
 
+``recon bench speed`` times the CT operators against ASTRA, ODL and scikit-image
+(``apps/bench_speed.py``).
+
 ``recon bench quality`` reconstructs simulated phantoms (Shepp-Logan and seeded random
 ellipses, parallel beam over 180 deg with Gaussian noise relative to the sinogram's RMS)
 and, with ``--htc``, the measured HTC2022 fan-beam sinograms reduced to ``--views`` of
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from apps import bench_speed
 from apps.ct import _device, _metrics, simulate
 from data.hdf5 import CTData, atomic_path
 from operators.ct import ct_operator
@@ -34,10 +38,11 @@ HTC_VIEWS_FULL = 721
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measured comparisons (quality)", description=__doc__,
+    p = sub.add_parser("bench", help="measured comparisons (quality, speed)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     bench = p.add_subparsers(dest="bench", metavar="BENCH")
     bench.required = True
+    bench_speed.add_parser(bench)
     q = bench.add_parser("quality", help="PSNR/SSIM/time of the CT methods on phantoms and HTC2022",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--phantoms", type=int, default=20, help="random-ellipse phantoms (seeds 0..N-1), besides "

@@ -80,3 +80,27 @@ def test_htc_case_runs_against_the_full_view_reference(tmp_path):
                  "--output", out, "--no-progress") == 0
     case = json.loads((out / "quality.json").read_text())["cases"]["htc2022_ta"]
     assert all(case[m]["psnr"] > case["fbp"]["psnr"] for m in ("tv", "svtv", "graphla-fbp", "graphla-tv"))
+
+
+def test_speed_quick_writes_json_with_every_implementation_and_passed_checks(tmp_path, capsys):
+    """``recon bench speed --quick`` on a tiny override: runs, compares, writes JSON (times not asserted)."""
+    out = tmp_path / "speed.json"
+    assert main(["bench", "speed", "--quick", "--sizes", "64", "--views", "12", "--batches", "1", "2",
+                 "--repeats", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["all_checks_passed"] is True
+    assert [(c["size"], c["views"], c["batch"]) for c in report["cases"]] == [(64, 12, 1), (64, 12, 2)]
+    for case in report["cases"]:
+        assert set(case["seconds"]) == {"recon", "astra", "odl", "skimage"}
+        assert set(case["checks"]) == {"astra", "odl", "skimage"}
+        assert all(check["passed"] for check in case["checks"].values())
+        assert case["checks"]["astra"]["fp_rel"] < 1e-4 and case["checks"]["odl"]["bp_rel"] < 1e-4
+        assert case["seconds"]["recon"]["backend"] == "sparse"  # the warm-up reaches the auto rule's threshold
+        assert all(r["fp"] > 0 and r["bp"] > 0 and "peak_rss_mib" in r for r in case["seconds"].values())
+    assert "| 64 | 12 | 2 | sparse |" in capsys.readouterr().out
+
+
+def test_speed_bad_arguments(capsys):
+    assert main(["bench", "speed", "--sizes", "0"]) == 2
+    assert "--sizes: expected positive integers" in capsys.readouterr().err
+

@@ -70,6 +70,114 @@ class TestParallelChannels(LinearOperatorContract):
         return ParallelBeam2D((16, 16), np.linspace(0, np.pi, 12, endpoint=False), 24, channels=3)
 
 
+def both_geometries(channels=1):
+    return [ParallelBeam2D((24, 20), nonuniform_angles(17, np.pi), 30, pixel_size=0.7, detector_spacing=0.9,
+                           channels=channels),
+            FanBeam2D((20, 26), nonuniform_angles(19, 2 * np.pi), 40, source_origin=60.0, origin_detector=25.0,
+                      pixel_size=0.8, detector_spacing=1.1, channels=channels)]
+
+
+class TestParallelBeam2DAstra(TestParallelBeam2D):
+    @pytest.fixture
+    def make(self):
+        return both_geometries()[0].set_cpu_backend("astra")
+
+
+class TestParallelBeam2DSparse(TestParallelBeam2D):
+    internal_float32 = False  # float64 inputs are computed in float64 with the exact matrix
+
+    @pytest.fixture
+    def make(self):
+        return both_geometries()[0].set_cpu_backend("sparse")
+
+
+class TestFanBeam2DAstra(TestFanBeam2D):
+    @pytest.fixture
+    def make(self):
+        return both_geometries()[1].set_cpu_backend("astra")
+
+
+class TestFanBeam2DSparse(TestFanBeam2D):
+    internal_float32 = False
+
+    @pytest.fixture
+    def make(self):
+        return both_geometries()[1].set_cpu_backend("sparse")
+
+
+class TestParallelChannelsSparse(TestParallelChannels):
+    internal_float32 = False
+
+    @pytest.fixture
+    def make(self):
+        return ParallelBeam2D((16, 16), np.linspace(0, np.pi, 12, endpoint=False), 24,
+                              channels=3).set_cpu_backend("sparse")
+
+
+# -- the CPU backends: ASTRA per slice and the cached sparse system matrix -------------------
+@pytest.mark.parametrize("geometry", [0, 1], ids=["parallel", "fan"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch, channels", [(1, 1), (4, 1), (3, 2)])
+def test_sparse_backend_equals_astra(geometry, dtype, batch, channels):
+    A = both_geometries(channels)[geometry]
+    x, y = randn(A.in_shape, dtype, batch=batch, seed=1), randn(A.out_shape, dtype, batch=batch, seed=2)
+    fp, bp = A.set_cpu_backend("astra")(x), A.adjoint(y)
+    fp_s, bp_s = A.set_cpu_backend("sparse")(x), A.adjoint(y)
+    assert fp_s.dtype == bp_s.dtype == dtype
+    assert rel_diff(fp_s, fp) < 1e-6 and rel_diff(bp_s, bp) < 1e-6
+
+
+def test_sparse_matrix_is_astra_matrix_in_mm():
+    """The cached matrix equals the projector's dense matrix (pixel size included), and M^T its transpose."""
+    A = both_geometries()[0].set_cpu_backend("astra")
+    M = dense(A)
+    S = A.set_cpu_backend("sparse")._system_matrix()
+    fwd, adj = (t.to_dense().double().numpy() for t in S._matrices(torch.float32))
+    np.testing.assert_allclose(fwd, M, rtol=1e-6, atol=1e-7 * M.max())
+    np.testing.assert_array_equal(adj, fwd.T)
+
+
+def test_auto_rule_picks_what_it_documents(monkeypatch):
+    """auto: sparse when the matrix fits the budget (16 bytes per nonzero, 32 for float64), else ASTRA."""
+    import operators.ct_matrix as ctm
+
+    A = ParallelBeam2D((32, 32), np.linspace(0, np.pi, 10, endpoint=False), 48)
+    assert A.cpu_backend == "auto" and ctm.SPARSE_MEMORY_BUDGET == 2**30
+    assert A.cpu_backend_for() == "sparse" and A.cpu_backend_for(torch.float64) == "sparse"
+    assert A._matrix is None  # deciding builds nothing; the first CPU call does
+    A(torch.zeros(1, 1, 32, 32))
+    nnz = A._matrix.nnz
+    assert A._nnz == nnz and A._matrix.nbytes() == nnz * 16 + 4 * (480 + 1 + 1024 + 1)  # values, indices, rows
+    monkeypatch.setattr(ctm, "SPARSE_MEMORY_BUDGET", 16 * nnz)
+    assert A.cpu_backend_for() == "sparse" and A.cpu_backend_for(torch.float64) == "astra"
+    monkeypatch.setattr(ctm, "SPARSE_MEMORY_BUDGET", 16 * nnz - 1)
+    assert A.cpu_backend_for() == "astra"
+    x = randn(A.in_shape, seed=3)
+    assert rel_diff(A(x), A.set_cpu_backend("sparse")(x)) < 1e-6  # over budget: ASTRA, same values
+    # the estimate from a few views is close to the true count, and builds no matrix
+    B = FanBeam2D((32, 32), nonuniform_angles(24, 2 * np.pi), 48, 100.0, 50.0)
+    assert B.cpu_backend_for() == "astra" and B._matrix is None
+    assert abs(B._nnz / B.set_cpu_backend("sparse")._system_matrix().nnz - 1) < 0.1
+    assert A.set_cpu_backend("astra").cpu_backend_for() == "astra" and B.cpu_backend_for(torch.float64) == "sparse"
+
+
+def test_bad_cpu_backend(op):
+    with pytest.raises(ValueError, match="cpu_backend: expected one of 'auto', 'sparse', 'astra', got 'gpu'"):
+        op.set_cpu_backend("gpu")
+    assert op.cpu_backend == "auto"
+
+
+def test_sparse_pickles_without_the_matrix(op):
+    import pickle
+
+    op.set_cpu_backend("sparse")(torch.zeros(1, 1, 16, 16))
+    assert op._matrix is not None
+    clone = pickle.loads(pickle.dumps(op))
+    assert clone._matrix is None and clone.cpu_backend == "sparse"
+    x = randn(op.in_shape, seed=4)
+    assert rel_diff(clone(x), op(x)) == 0.0
+
+
 # -- physical units ------------------------------------------------------------------------
 MU, RADIUS, PIXEL = 0.02, 10.0, 0.25  # 1/mm, mm, mm
 
