@@ -1,166 +1,28 @@
-"""`recon batch`: discovery, config, resumable runs on Dask (local and external), failures, naming,
-k-space (MRI) studies."""
+"""`recon batch`: discovery, config, resumable runs, failures, naming, k-space (MRI) studies."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pydicom
 import pytest
-import torch
-from pydicom.uid import generate_uid
 
 from apps import batch_worker
 from apps.batch_config import config_hash, load_config, resolve_config
 from apps.batch_studies import Study, assign_names, discover, safe_name
-from apps.cli import main
-from apps.ct import simulate
-from data.dicom import hu_to_mu, list_series, mu_to_hu, read_series
-from data.dicom_write import write_series
-from data.hdf5 import write_ct
-from data.phantoms import random_ellipses, shepp_logan
-from operators.fourier import fft2c
-
-REPO = Path(__file__).resolve().parents[1]
-SIZE, SLICES, VIEWS = 32, 3, 24
-CONFIG = f"""
-[operator]
-views = {VIEWS}
-noise = 0.01
-[methods.fbp]
-[methods.tv]
-iterations = 20
-[mri]
-acceleration = 2
-center_fraction = 0.2
-"""
-SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
-
-
-def phantom_series(folder: Path, seed: int, slices: int = SLICES, size: int = SIZE, **tags) -> Path:
-    """A derived-CT DICOM series of random ellipses (mu up to ~0.02 1/mm) in HU, 1 mm pixels."""
-    mu = 0.02 * np.stack([random_ellipses(size, seed=100 * seed + k)[0, 0].numpy() for k in range(slices)])
-    tags = {"PatientID": f"PAT{seed}", "PatientName": "Doe^Jane", "StudyInstanceUID": generate_uid(), **tags}
-    description = tags.pop("SeriesDescription", "CT")
-    write_series(mu_to_hu(mu), folder, tags, spacing=(2.0, 1.0, 1.0), description=description)
-    return folder
-
-
-def raw_file(path: Path, seeds=(1, 2, 3)) -> Path:
-    """A raw-data stack (slices, views, detectors) with its reference, as recon ct simulates it."""
-    data = [simulate("ellipses", SIZE, VIEWS, "parallel", 0.01, seed=s) for s in seeds]
-    write_ct(path, np.stack([d.sinogram for d in data]), data[0].angles, data[0].geometry,
-             np.stack([d.reference for d in data]))
-    return path
-
-
-def kspace_stack(path: Path, slices: int = 2, coils: int = 4, size: int = SIZE, noise: float = 0.01,
-                 extra: dict | None = None) -> Path:
-    """Fully sampled multi-coil k-space (slices, coils, H, W) of shifted, scaled Shepp-Logan slices seen by
-    smooth normalised coils, with complex noise (as tests/test_apps_mri.py's simulated_scan)."""
-    yy, xx = np.mgrid[:size, :size] / size
-    centres = [(0, 0), (0, 1), (1, 0), (1, 1)][:coils]
-    maps = np.stack([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.5) * np.exp(2j * (yy + c * xx))
-                     for c, (cy, cx) in enumerate(centres)])
-    maps /= np.sqrt((np.abs(maps) ** 2).sum(0))
-    phantom = shepp_logan(size)[0, 0].numpy()
-    phantom = phantom + 0.1 * (phantom > 0)  # no exactly-zero regions inside the head (ESPIRiT crops those)
-    images = np.stack([maps * np.roll(phantom, 2 * s, axis=0) * (1 - 0.2 * s) for s in range(slices)])
-    k = fft2c(torch.as_tensor(images)).numpy()
-    rng = np.random.default_rng(0)
-    k = k + noise * (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape)) / np.sqrt(2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("kspace", data=k.astype(np.complex64))
-        for name, value in (extra or {}).items():
-            f.create_dataset(name, data=value)
-    return path
-
-
-def broken_file(path: Path) -> Path:
-    with h5py.File(path, "w") as f:  # no angles, no geometry
-        f.create_dataset("sinogram", data=np.zeros((4, 8), dtype=np.float32))
-    return path
-
-
-def batch(*argv) -> int:
-    return main(["batch", *map(str, argv)])
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "manifest.json").read_text())
-
-
-def states(out: Path) -> dict:
-    return {k: e["state"] for k, e in manifest(out)["studies"].items()}
-
-
-def done_mtimes(out: Path) -> dict:
-    return {p.parent.name: (p.stat().st_mtime_ns, (p.parent / "reconstructions.h5").stat().st_mtime_ns)
-            for p in (out / "studies").glob("*/study.json")}
+from data.dicom import list_series
+from tests.batch_helpers import (CONFIG, SAFE, SIZE, VIEWS, batch, check_kspace_outputs, check_outputs, done_mtimes,
+                                 kspace_stack, make_dataset, manifest, phantom_series, states)
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """4 DICOM series (two in one folder), one raw HDF5 stack, one broken HDF5, one k-space stack."""
-    root = tmp_path_factory.mktemp("batch_in")
-    for seed in range(2):
-        phantom_series(root / f"patient{seed}", seed)
-    phantom_series(root / "shared" / "a", 2)
-    phantom_series(root / "shared" / "b", 3)
-    raw_file(root / "raw" / "scan.h5")
-    broken_file(root / "raw" / "broken.hdf5")
-    kspace_stack(root / "raw" / "knee.h5")
-    (root / "config.toml").write_text(CONFIG)
-    return root
-
-
-def check_outputs(out: Path, key: str, dicom: bool, slices: int = SLICES, size: int = SIZE,
-                  iterations: int = 20) -> dict:
-    """Every output of a done study is there and readable; returns its metrics."""
-    folder = out / "studies" / key
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["study"] == key and metrics["slices"] == slices and list(metrics["methods"]) == ["fbp", "tv"]
-    with h5py.File(folder / "reconstructions.h5") as f:
-        assert f["tv"].shape == (slices, size, size) and f["reference"].shape == (slices, size, size)
-        assert json.loads(f.attrs["provenance"])["parameters"]["study"] == key
-        assert f["tv"].attrs["iterations"] <= iterations and np.isfinite(f["tv"][()]).all()
-    assert (folder / "preview.png").stat().st_size > 0
-    assert json.loads((folder / "provenance.json").read_text())["method"] == "recon batch"
-    assert (folder / "dicom").is_dir() == dicom
-    if dicom:
-        vol = read_series(folder / "dicom" / "tv")
-        with h5py.File(folder / "reconstructions.h5") as f:
-            np.testing.assert_allclose(hu_to_mu(vol.hu), f["tv"][()], atol=1e-4)
-    return metrics
-
-
-def check_kspace_outputs(out: Path, key: str, slices: int = 2, size: int = SIZE) -> dict:
-    """Every output of a done k-space study; returns its metrics (cg-sense beats zero-filled)."""
-    folder = out / "studies" / key
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["mode"] == "measured" and metrics["slices"] == slices
-    assert list(metrics["methods"]) == ["zero-filled", "cg-sense"]
-    with h5py.File(folder / "reconstructions.h5") as f:
-        for method in ("zero-filled", "cg-sense", "reference"):
-            assert f[method].shape == (slices, size, size) and np.isfinite(f[method][()]).all()
-        assert f["mask"].shape == (size, size) and f.attrs["modality"] == "mri" and f.attrs["coils"] == 4
-        assert "retrospective random mask, R = 2.00" == f.attrs["sampling"]
-        assert json.loads(f.attrs["provenance"])["parameters"]["study"] == key
-    assert (folder / "preview.png").stat().st_size > 0 and not (folder / "dicom").exists()
-    assert json.loads((folder / "study.json").read_text())["kind"] == "kspace"
-    m = metrics["methods"]
-    assert len(m["cg-sense"]["psnr_slices"]) == slices and m["cg-sense"]["psnr"] > m["zero-filled"]["psnr"] + 1
-    return metrics
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("batch_in"))
 
 
 def test_batch_runs_resumes_and_redoes_on_config_change(dataset, tmp_path, capsys):
@@ -455,106 +317,3 @@ def test_hostile_tags_with_patient_naming(tmp_path, capsys):
     assert any(n in keys for n in names)  # '..' / '..' leaves nothing: named by its key
     for e in manifest(out)["studies"].values():
         assert (out / "studies" / e["name"] / "study.json").is_file()
-
-
-def _kill_tree(proc: subprocess.Popen, children) -> None:
-    for p in [proc, *children]:
-        try:
-            os.kill(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=30)
-
-
-@pytest.mark.slow
-def test_sigkill_mid_run_loses_nothing(tmp_path):
-    psutil = pytest.importorskip("psutil")
-    src = tmp_path / "in"
-    for i in range(6):
-        phantom_series(src / f"s{i}", i, slices=4, size=48)
-    config = tmp_path / "c.toml"
-    config.write_text(CONFIG.replace("iterations = 20", "iterations = 150"))
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "apps.cli", "batch", str(src), "--output", str(out), "--config", str(config),
-           "--workers", "1", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    children = []
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if "done" in states(out).values():
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        children = psutil.Process(proc.pid).children(recursive=True)
-        _kill_tree(proc, [])  # the CLI only, as a crash would; its workers must go by themselves
-        assert proc.returncode == -signal.SIGKILL
-        _, alive = psutil.wait_procs(children, timeout=30)
-        assert not alive, f"worker processes outlived the killed client: {alive}"
-    finally:
-        _kill_tree(proc, [c for c in children if c.is_running()])
-    at_kill = states(out)  # the manifest is still valid JSON
-    finished = {k for k, s in at_kill.items() if s == "done"}
-    assert finished and len(finished) < 6
-    assert {s for s in at_kill.values() if s != "done"} <= {"pending", "running"}
-    before = done_mtimes(out)
-    assert batch(src, "--output", out, "--config", config, "--workers", 2, "--no-progress") == 0
-    assert set(states(out).values()) == {"done"} and len(states(out)) == 6
-    after = done_mtimes(out)
-    assert all(after[k] == before[k] for k in before) and finished <= before.keys()
-    for key in states(out):
-        check_outputs(out, key, dicom=True, slices=4, size=48, iterations=150)
-
-
-@pytest.fixture
-def external_cluster(tmp_path):
-    """A Dask scheduler and one worker process started here, torn down afterwards."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    scheduler_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                               "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
-        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1",
-                                       "--nthreads", "1", "--no-dashboard"], env=env, cwd=tmp_path,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        from dask.distributed import Client
-
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(1, timeout=60)
-        yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
-
-
-@pytest.mark.slow
-def test_external_cluster_gives_the_local_results(dataset, tmp_path, external_cluster):
-    config = dataset / "config.toml"
-    local, remote = tmp_path / "local", tmp_path / "remote"
-    assert batch(dataset, "--output", local, "--config", config, "--workers", 2, "--no-progress") == 1
-    assert batch(dataset, "--output", remote, "--config", config, "--scheduler", external_cluster, "--no-progress") == 1
-    assert states(local) == states(remote)
-    for key, state in states(local).items():
-        if state != "done":
-            continue
-        a, b = (json.loads((o / "studies" / key / "metrics.json").read_text())["methods"] for o in (local, remote))
-        for method in a:
-            for metric in ("psnr", "ssim"):
-                assert b[method][metric] == pytest.approx(a[method][metric], abs=1e-6)
-        with h5py.File(local / "studies" / key / "reconstructions.h5") as fa, \
-                h5py.File(remote / "studies" / key / "reconstructions.h5") as fb:
-            for method in a:
-                np.testing.assert_allclose(fb[method][()], fa[method][()], atol=1e-6)
