@@ -137,8 +137,7 @@ from pathlib import Path
 
 from apps.batch_config import config_hash, load_config
 from apps.batch_studies import Study, assign_names, discover
-from apps.batch_worker import PARTIAL, RECORD, STUDIES, run_study
-from data.hdf5 import atomic_path
+from apps.batch_worker import PARTIAL, RECORD, STUDIES, run_study, write_json
 
 MANIFEST = "manifest.json"
 FORMAT = "recon-batch-manifest/1"
@@ -181,8 +180,7 @@ def load_manifest(out: Path) -> dict:
 
 def save_manifest(out: Path, manifest: dict) -> None:
     manifest["updated"] = _now()
-    with atomic_path(out / MANIFEST) as tmp, open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1, allow_nan=False)
+    write_json(out / MANIFEST, manifest)
 
 
 def _entry(record: dict) -> dict:

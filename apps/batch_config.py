@@ -138,29 +138,32 @@ def _methods(where: str, given, key: str = "methods") -> dict:
             raise ValueError(f"{where}: {key}: unknown method {name!r}; allowed: {', '.join(names)}")
         if not isinstance(params, Mapping):
             raise ValueError(f"{where}: {key}.{name}: expected a table of parameters, got {params!r}")
-        _check_keys(f"{where}: [{key}.{name}]", params, allowed[name])
-        for param, value in params.items():
-            _check_value(f"{where}: [{key}.{name}]", param, value, checks)
+        _check_table(f"{where}: [{key}.{name}]", params, allowed[name], checks)
         methods[name] = dict(params)
     return methods
 
 
-def _mri(where: str, given) -> dict:
-    if not isinstance(given, Mapping):
-        raise ValueError(f"{where}: mri: expected a table [mri], got {given!r}")
-    _check_keys(f"{where}: [mri]", given, _MRI)
+def _check_table(label: str, given: Mapping, allowed, checks: dict) -> None:
+    """Every key of ``given`` allowed, every value passing its check."""
+    _check_keys(label, given, allowed)
     for key, value in given.items():
-        _check_value(f"{where}: [mri]", key, value, _MRI)
-    return {**DEFAULTS["mri"], **given}
+        _check_value(label, key, value, checks)
+
+
+def _table(where: str, name: str, given, checks: dict) -> dict:
+    """The checked table ``[name]`` over its defaults."""
+    if not isinstance(given, Mapping):
+        raise ValueError(f"{where}: {name}: expected a table [{name}], got {given!r}")
+    _check_table(f"{where}: [{name}]", given, checks, checks)
+    return {**DEFAULTS[name], **given}
+
+
+def _mri(where: str, given) -> dict:
+    return _table(where, "mri", given, _MRI)
 
 
 def _operator(where: str, given) -> dict:
-    if not isinstance(given, Mapping):
-        raise ValueError(f"{where}: operator: expected a table [operator], got {given!r}")
-    _check_keys(f"{where}: [operator]", given, _OPERATOR)
-    for key, value in given.items():
-        _check_value(f"{where}: [operator]", key, value, _OPERATOR)
-    op = {**DEFAULTS["operator"], **given}
+    op = _table(where, "operator", given, _OPERATOR)
     fan_only = [k for k in ("source_origin", "origin_detector") if op[k] is not None]
     if op["geometry"] != "fan" and fan_only:
         raise ValueError(f"{where}: [operator] {fan_only[0]}: only used with geometry = 'fan', "

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from apps.batch_studies import Study
+from apps.ct import _device
 from data.hdf5 import atomic_path, read_ct, write_reconstructions
 from data.provenance import provenance
 from operators.ct import ct_operator
 from recon.metrics import psnr, ssim
 from recon.reconstruct import reconstruct
 
-__all__ = ["StudyData", "run_study", "load_study", "reconstruct_study", "PARTIAL", "STUDIES", "RECORD"]
+__all__ = ["StudyData", "run_study", "load_study", "reconstruct_study", "write_json", "PARTIAL", "STUDIES", "RECORD"]
 
 PARTIAL = ".partial"  # temporary folders of studies being written (cleared at the start of a run)
 STUDIES = "studies"
@@ -66,15 +67,10 @@ class StudyData:
         return {} if self.reference is None else {"reference": self.reference}
 
 
-def _json(path: Path, record) -> None:
+def write_json(path: Path, record) -> None:
+    """``record`` as JSON at ``path``, written atomically."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(record, f, indent=1, allow_nan=False)
-
-
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device = 'cuda': no CUDA device on this worker")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def _seed(config: dict, key: str) -> int:
@@ -147,7 +143,7 @@ def reconstruct_study(data, config: dict) -> dict:
     """``{method: (x (S, H, W) numpy, parameters, seconds, iterations)}``: each method runs on the
     whole stack at once (``y`` of shape ``(S, 1, views, det)``), or in chunks of ``chunk_slices``.
     k-space studies run ``mri_methods`` instead (``apps.batch_mri.reconstruct_kspace``)."""
-    device = _device(config["device"])
+    device = _device(config["device"], option="device =")
     if not isinstance(data, StudyData):
         from apps.batch_mri import reconstruct_kspace
 
@@ -215,9 +211,9 @@ def write_outputs(folder: Path, study: Study, data, results: dict, config: dict,
                           provenance=prov)
     if data.volume is not None:
         _write_dicom(folder, data.volume, results, config["mu_water"])
-    _json(folder / "metrics.json", {"study": study.key, "mode": study.mode, "slices": data.slices,
+    write_json(folder / "metrics.json", {"study": study.key, "mode": study.mode, "slices": data.slices,
                                     "methods": metrics})
-    _json(folder / "provenance.json", prov)
+    write_json(folder / "provenance.json", prov)
     _preview(folder / "preview.png", data, results, metrics)
     summary = {m: {k: v[k] for k in ("psnr", "ssim", "seconds") if k in v} for m, v in metrics.items()}
     record.update(state="done", slices=data.slices, metrics=summary, finished=prov["finished"])
@@ -252,7 +248,7 @@ def run_study(study: Study, config: dict, config_hash: str, output: str) -> dict
         write_outputs(folder, study, data, results, config, record, started)
         record["warnings"] = sorted({str(w.message) for w in caught})[:20]
         record["seconds"] = round(time.perf_counter() - start, 3)
-        _json(folder / RECORD, record)
+        write_json(folder / RECORD, record)
         publish(folder, out / STUDIES / study.name, out / PARTIAL)
         return record
     except Exception as err:  # isolate the study: any error is its failure, reported by the client

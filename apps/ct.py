@@ -75,9 +75,10 @@ def _lam_arg(text: str) -> float | str:
     return value
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str, option: str = "--device") -> torch.device:
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``; ``option`` names the setting in the error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        raise RuntimeError(f"{option} cuda: no CUDA device is available (use {option} cpu or auto)")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 

@@ -225,11 +225,10 @@ class _AstraCT2D(_AstraCT):
         return self._matrix
 
     def _run_cpu(self, src: torch.Tensor, out_shape, backward: bool) -> torch.Tensor:
-        slices = src.numel() // (src.shape[-1] * src.shape[-2])
         if self.cpu_backend_for(src.dtype) == "astra":
             return self._run_2d(src, out_shape, backward)
         dtype = torch.float64 if src.dtype == torch.float64 else torch.float32
-        flat = src.detach().to(dtype).reshape(slices, -1)
+        flat = src.detach().to(dtype).reshape(src.numel() // (src.shape[-1] * src.shape[-2]), -1)
         out = self._system_matrix().apply(flat, backward)
         return out.reshape(*src.shape[:-2], *out_shape[-2:]).to(src.dtype)
 

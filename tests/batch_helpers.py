@@ -8,7 +8,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 from pydicom.uid import generate_uid
 
 from apps.cli import main
@@ -16,8 +15,8 @@ from apps.ct import simulate
 from data.dicom import hu_to_mu, mu_to_hu, read_series
 from data.dicom_write import write_series
 from data.hdf5 import write_ct
-from data.phantoms import random_ellipses, shepp_logan
-from operators.fourier import fft2c
+from data.phantoms import random_ellipses
+from tests.mri_helpers import coil_head, noisy_kspace
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE, SLICES, VIEWS = 32, 3, 24
@@ -55,18 +54,10 @@ def raw_file(path: Path, seeds=(1, 2, 3)) -> Path:
 def kspace_stack(path: Path, slices: int = 2, coils: int = 4, size: int = SIZE, noise: float = 0.01,
                  extra: dict | None = None) -> Path:
     """Fully sampled multi-coil k-space (slices, coils, H, W) of shifted, scaled Shepp-Logan slices seen by
-    smooth normalised coils, with complex noise (as tests/test_apps_mri.py's simulated_scan)."""
-    yy, xx = np.mgrid[:size, :size] / size
-    centres = [(0, 0), (0, 1), (1, 0), (1, 1)][:coils]
-    maps = np.stack([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.5) * np.exp(2j * (yy + c * xx))
-                     for c, (cy, cx) in enumerate(centres)])
-    maps /= np.sqrt((np.abs(maps) ** 2).sum(0))
-    phantom = shepp_logan(size)[0, 0].numpy()
-    phantom = phantom + 0.1 * (phantom > 0)  # no exactly-zero regions inside the head (ESPIRiT crops those)
+    smooth normalised coils, with complex noise."""
+    maps, phantom = coil_head(size, coils)
     images = np.stack([maps * np.roll(phantom, 2 * s, axis=0) * (1 - 0.2 * s) for s in range(slices)])
-    k = fft2c(torch.as_tensor(images)).numpy()
-    rng = np.random.default_rng(0)
-    k = k + noise * (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape)) / np.sqrt(2)
+    k = noisy_kspace(images, noise, seed=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         f.create_dataset("kspace", data=k.astype(np.complex64))

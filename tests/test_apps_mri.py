@@ -7,12 +7,10 @@ import json
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from apps.cli import main
 from data.mri import write_kspace
-from data.phantoms import shepp_logan
-from operators.fourier import fft2c
+from tests.mri_helpers import coil_head, noisy_kspace
 
 
 def run(*argv):
@@ -21,17 +19,8 @@ def run(*argv):
 
 def simulated_scan(path, size=64, coils=4, noise=0.01, seed=0):
     """Fully sampled k-space of Shepp-Logan seen by smooth, normalised coils, with complex noise."""
-    yy, xx = np.mgrid[:size, :size] / size
-    centres = [(0, 0), (0, 1), (1, 0), (1, 1)][:coils]
-    maps = np.stack([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.5) * np.exp(2j * (yy + c * xx))
-                     for c, (cy, cx) in enumerate(centres)])
-    maps /= np.sqrt((np.abs(maps) ** 2).sum(0))
-    phantom = shepp_logan(size)[0, 0].numpy()
-    phantom = phantom + 0.1 * (phantom > 0)  # no exactly-zero regions inside the head (ESPIRiT crops those)
-    k = fft2c(torch.as_tensor(maps * phantom)).numpy()
-    rng = np.random.default_rng(seed)
-    k = k + noise * (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape)) / np.sqrt(2)
-    write_kspace(path, k)
+    maps, phantom = coil_head(size, coils)
+    write_kspace(path, noisy_kspace(maps * phantom, noise, seed))
     return path
 
 
