@@ -397,3 +397,38 @@ class TestConeBeam3D(LinearOperatorContract):
     def make(self):
         return ConeBeam3D((16, 20, 24), np.linspace(0, 2 * np.pi, 24, endpoint=False), (24, 32), 80.0, 40.0,
                           voxel_size=0.5, detector_spacing=(0.6, 0.7)).cuda()
+
+
+def test_cuda_glue_chunks_large_batches(monkeypatch):
+    """Batches beyond the memory bound go through several 3D calls; the result is the same."""
+    import operators.ct as ct
+
+    fake = FakeAstra3D()
+    A = ParallelBeam2D((16, 16), nonuniform_angles(7, np.pi), 24)
+    x, y = randn(A.in_shape, batch=7, seed=5), randn(A.out_shape, batch=7, seed=6)
+    reference_fp, reference_bp = A._run_2d(x, A.out_shape, False), A._run_2d(y, A.in_shape, True)
+    monkeypatch.setattr(astra, "create_projector", fake.create_projector)
+    monkeypatch.setattr(astra.experimental, "direct_FP3D", fake.direct_FP3D)
+    monkeypatch.setattr(astra.experimental, "direct_BP3D", fake.direct_BP3D)
+    # room for 3 image slices (16 x 16 x 4 bytes) in half the "free" memory
+    monkeypatch.setattr(ct, "_free_device_bytes", lambda device: 2 * 3 * 16 * 16 * 4)
+    assert rel_diff(A._forward_cuda(x), reference_fp) < 1e-5
+    assert [c[1][0] for c in fake.calls] == [2, 3, 2]  # at most 3 images per call, evened out
+    fake.calls.clear()
+    assert rel_diff(A._adjoint_cuda(y), reference_bp) < 1e-5
+    assert [c[2][0] for c in fake.calls] == [4, 3]  # 7 x 24 x 4 bytes per sinogram: at most 4 per call
+
+
+@pytest.mark.parametrize("n, per_slice, free, expected", [
+    (5, 10, None, [(0, 5)]),
+    (5, 10, 1000, [(0, 5)]),
+    (5, 10, 40, [(0, 2), (2, 3), (3, 5)]),
+    (3, 10, 1, [(0, 1), (1, 2), (2, 3)]),  # never fewer than one slice per call
+])
+def test_cuda_chunks(n, per_slice, free, expected):
+    from operators.ct import cuda_chunks
+
+    chunks = cuda_chunks(n, per_slice, free)
+    assert chunks == expected
+    assert chunks[0][0] == 0 and chunks[-1][1] == n and all(b > a for a, b in chunks)
+    assert [b - a for a, b in cuda_chunks(2500, 1, None)] == [833, 834, 833]  # MAX_SLICES_PER_CALL = 1024
