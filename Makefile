@@ -31,10 +31,12 @@ test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow" --doctest-modules tests operators priors recon data apps
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache *.egg-info bench_speed_quick.json
+	rm -rf $(VENV) demo_output .pytest_cache *.egg-info bench_speed_quick.json bench_tv_quick.json
 
-# CT forward/adjoint speed against ASTRA per slice, ODL and scikit-image (about a minute on 2 cores).
-# The full run (256/512 pixels, 60/180 views, batches 1/8/32; ~1 hour) is
-#     $(BIN)/recon bench speed --json bench_speed.json
+# CT forward/adjoint speed against ASTRA per slice, ODL and scikit-image, and TV time-to-quality
+# against ODL's pdhg (under 2 minutes on 2 cores). The full runs (see README, "Speed") are
+#     $(BIN)/recon bench speed --repeats 3 --json bench_speed.json    (256/512, 60/180 views, batches 1/8/32)
+#     $(BIN)/recon bench tv --json bench_tv.json                        (256^2, both ODL set-ups, 3 repeats)
 bench: install
 	$(BIN)/recon bench speed --quick --json bench_speed_quick.json
+	$(BIN)/recon bench tv --quick --json bench_tv_quick.json

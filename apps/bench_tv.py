@@ -30,6 +30,7 @@ warm-up). Memory: peak RSS above the level before the solver's first run (CPU) o
 ``torch.cuda.max_memory_allocated`` (recon on CUDA; ASTRA's own allocations are not counted).
 
     recon bench tv --json bench_tv.json                    # 256 x 256, about 4 minutes on 2 cores
+    recon bench tv --quick                                 # odl-tuned only, one timed run: ~1 minute
     recon bench tv --device cuda --size 512 --impl recon    # recon alone on a GPU: 300 iterations timed
 
 With ``--impl recon`` alone there is no ODL target and recon runs ``--odl-iterations`` iterations.
@@ -69,12 +70,13 @@ OBJECTIVE_RTOL = 1e-4  # ODL's own f + g(Lx) against Problem.objective
 def add_parser(bench) -> None:
     p = bench.add_parser("tv", help="TV reconstruction time-to-quality against ODL's pdhg",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="odl-tuned and recon only, one timed run each")
     p.add_argument("--size", type=int, default=256, help="image size N (default 256)")
     p.add_argument("--views", type=int, default=60, help="views over 180 deg (default 60)")
     p.add_argument("--noise", type=float, default=0.01, help="noise std relative to the sinogram RMS")
     p.add_argument("--odl-iterations", type=int, default=300, help="ODL's iterations (default 300)")
     p.add_argument("--max-iterations", type=int, default=3000, help="recon's cap (default 3000)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per solver (median; default 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per solver (median; default 3, --quick 1)")
     p.add_argument("--impl", action="append", choices=IMPLS, help="repeatable (default: all)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results as JSON")
@@ -265,12 +267,14 @@ def bench_odl(problem, x_true, steps: str, args) -> dict:
 
 
 def run_tv(args) -> int:
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     for name in ("size", "views", "odl_iterations", "max_iterations", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available")
-    impls = list(dict.fromkeys(args.impl or IMPLS))
+    impls = list(dict.fromkeys(args.impl or (("recon", "odl-tuned") if args.quick else IMPLS)))
     problem, x_true = make_problem(args.size, args.views, args.noise, device=args.device)
     print(f"TV, {args.size}^2, {args.views} views, {args.noise:.0%} noise, lam {problem.prior.lam:.4g}, "
           f"device {args.device}; objective of the phantom {_objective(problem, x_true):.4f}", flush=True)

@@ -11,8 +11,10 @@ projector such as ASTRA needs no torch implementation of its own).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Union
 
 import torch
@@ -22,7 +24,34 @@ Shape = tuple[int, ...]
 Tensors = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
 __all__ = ["LinearOperator", "Adjoint", "Composed", "Sum", "Scaled", "Stack", "Identity", "inner",
-           "conjugate_gradient", "per_item"]
+           "conjugate_gradient", "per_item", "trusted_values", "values_trusted"]
+
+_TRUSTED = contextvars.ContextVar("recon_trusted_values", default=False)
+
+
+@contextlib.contextmanager
+def trusted_values() -> Iterator[None]:
+    """Inside this block operators skip the checks that read tensor values (NaN/Inf), which on CUDA
+    cost a device-to-host copy and a synchronisation per call. Solvers use it for the iterates they
+    compute from inputs they checked once; shapes and dtypes are still checked.
+
+    Example:
+        >>> with trusted_values():
+        ...     values_trusted()
+        True
+        >>> values_trusted()
+        False
+    """
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def values_trusted() -> bool:
+    """True inside ``trusted_values()``."""
+    return _TRUSTED.get()
 
 
 def inner(a: Tensors, b: Tensors) -> torch.Tensor:

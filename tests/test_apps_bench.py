@@ -1,4 +1,4 @@
-"""`recon bench quality` on a tiny configuration: outputs, summary statistics, resuming."""
+"""`recon bench quality`, `speed` and `tv` on tiny configurations: outputs, checks, resuming, bad input."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from apps.bench import format_quality, summarise
 from apps.cli import main
@@ -104,3 +105,53 @@ def test_speed_bad_arguments(capsys):
     assert main(["bench", "speed", "--sizes", "0"]) == 2
     assert "--sizes: expected positive integers" in capsys.readouterr().err
 
+
+
+def test_speed_cuda_options(capsys):
+    assert main(["bench", "speed", "--device", "cuda", "--impl", "skimage"]) == 2
+    assert "--impl skimage: scikit-image runs on CPU only" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "speed", "--device", "cuda", "--quick"]) == 2
+        assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
+
+
+def test_tv_time_to_quality_small(tmp_path, capsys):
+    """``recon bench tv`` on a tiny problem: ODL's objective agrees with ours, recon reaches both
+    targets and its objective is at or below each (times are not asserted)."""
+    out = tmp_path / "tv.json"
+    assert main(["bench", "tv", "--size", "48", "--views", "20", "--odl-iterations", "40", "--repeats", "1",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert set(results) == {"odl-guide", "odl-tuned", "recon"}
+    for setup in ("odl-guide", "odl-tuned"):
+        odl_row, ours = results[setup], results["recon"][setup]
+        assert odl_row["objective_agrees"] and odl_row["iterations"] == 40
+        assert ours["reached_target"] and ours["objective"] <= odl_row["objective"]
+        assert ours["seconds"] > 0 and odl_row["seconds"] > 0
+    assert "| odl-tuned | 40 |" in capsys.readouterr().out
+
+
+def test_tv_recon_alone_runs_the_odl_iteration_count(tmp_path):
+    out = tmp_path / "tv.json"
+    assert main(["bench", "tv", "--size", "32", "--views", "12", "--odl-iterations", "25", "--repeats", "1",
+                 "--impl", "recon", "--json", str(out)]) == 0
+    ours = json.loads(out.read_text())["results"]["recon"]["none"]
+    assert ours["iterations"] == 25 and ours["reached_target"]
+
+
+def test_tv_bad_arguments(capsys):
+    assert main(["bench", "tv", "--size", "0"]) == 2
+    assert "--size: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_speed_and_tv_on_cuda(tmp_path):
+    out = tmp_path / "speed.json"
+    assert main(["bench", "speed", "--device", "cuda", "--sizes", "64", "--views", "12", "--batches", "1", "4",
+                 "--repeats", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["all_checks_passed"] and set(report["cases"][0]["seconds"]) == {"recon", "astra", "odl"}
+    assert main(["bench", "tv", "--device", "cuda", "--size", "64", "--views", "20", "--odl-iterations", "30",
+                 "--repeats", "1", "--impl", "recon", "--json", str(tmp_path / "tv.json")]) == 0
