@@ -2,6 +2,7 @@
 
 from recon.base import Result, Solver
 from recon.chambolle_pock import ChambollePock
+from recon.pnp import PnPADMM, PnPProximalGradient
 from recon.problem import Problem
 
-__all__ = ["Problem", "Solver", "Result", "ChambollePock"]
+__all__ = ["Problem", "Solver", "Result", "ChambollePock", "PnPADMM", "PnPProximalGradient"]
