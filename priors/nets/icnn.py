@@ -45,7 +45,22 @@ def _check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name}: expected a positive number, got {value!r}")
 
 
-class ICNN(nn.Module):
+class _ConvexPath(nn.Module):
+    """The constrained weights of an input-convex network: its z-path layers ``core`` and ``out``."""
+
+    core: nn.ModuleList
+    out: nn.Module
+
+    def nonnegative_weights(self) -> list[torch.Tensor]:
+        """The weights constrained to be >= 0: the z-path layers and the output reduction."""
+        return [c.weight for c in self.core] + [self.out.weight]
+
+    def clamp_weights(self) -> None:
+        """Project the constrained weights onto ``>= 0`` (call after each optimiser step)."""
+        _clamp(self.nonnegative_weights())
+
+
+class ICNN(_ConvexPath):
     r"""Convolutional input-convex potential for images, ``(B, C, H, W) -> (B,)``.
 
     .. math:: \psi(x) = \textstyle\sum w_{out} \odot z_L(x) + \sum h_{out} \odot x_L + \alpha \|x\|_2^2
@@ -98,14 +113,6 @@ class ICNN(nn.Module):
         self.act = nn.Softplus(beta=beta)
         init_nonnegative_(self.nonnegative_weights())
 
-    def nonnegative_weights(self) -> list[torch.Tensor]:
-        """The weights constrained to be >= 0: the z-path convolutions and the output reduction."""
-        return [c.weight for c in self.core] + [self.out.weight]
-
-    def clamp_weights(self) -> None:
-        """Project the constrained weights onto ``>= 0`` (call after each optimiser step)."""
-        _clamp(self.nonnegative_weights())
-
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x: expected shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
@@ -131,7 +138,7 @@ def _resample(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-class ICNN1D(nn.Module):
+class ICNN1D(_ConvexPath):
     r"""Fully connected input-convex potential for vectors, ``(B, D) -> (B,)``.
 
     .. math:: \psi(x) = w_{out}^\top z_L(x) + h_{out}^\top x + b + \alpha \|x\|_2^2
@@ -172,14 +179,6 @@ class ICNN1D(nn.Module):
         self.out_skip = nn.Linear(in_dim, 1)
         self.act = nn.Softplus(beta=beta)
         init_nonnegative_(self.nonnegative_weights())
-
-    def nonnegative_weights(self) -> list[torch.Tensor]:
-        """The weights constrained to be >= 0: the z-path layers and the output layer."""
-        return [c.weight for c in self.core] + [self.out.weight]
-
-    def clamp_weights(self) -> None:
-        """Project the constrained weights onto ``>= 0`` (call after each optimiser step)."""
-        _clamp(self.nonnegative_weights())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_dim:
