@@ -330,6 +330,11 @@ class Scaled(LinearOperator):
         super().__init__(op.in_shape, op.out_shape)
         self.op, self.c = op, c
 
+    @property
+    def balanced_steps(self) -> bool:
+        """As the scaled operator (Chambolle-Pock's step rule; scaling does not change it)."""
+        return getattr(self.op, "balanced_steps", False)
+
     def _forward(self, x):
         return self.c * self.op(x)
 

@@ -136,6 +136,9 @@ def _shape(name: str, shape, n: int) -> tuple[int, ...]:
 class _AstraCT(LinearOperator):
     """Shared machinery: validation, ASTRA handles, CPU threads, CUDA dispatch."""
 
+    #: Chambolle-Pock's "auto" steps use its balanced rule for ray transforms (recon/chambolle_pock.py)
+    balanced_steps = True
+
     def __init__(self, in_shape, out_shape, angles: np.ndarray, pixel_size: float) -> None:
         super().__init__(in_shape, out_shape)
         self.register_buffer("angles", torch.as_tensor(angles, dtype=torch.float64))

@@ -8,7 +8,7 @@ dualised with its closed-form conjugate prox.
 Step sizes need no hand balancing (a user of ODL's pdhg must balance ``||A||``
 against ``||grad||`` and the primal against the dual scale by hand). Three rules:
 
-* ``"balanced"`` (the default for a data block and one prior block): scalar steps
+* ``"balanced"`` (the default for a CT data block and one prior block): scalar steps
   ``tau = c / ||A||^2``, ``sigma_A = rho / c``, ``sigma_K = rho ||A||^2 / (c ||K||^2)``. Every block
   gets the whole step budget, ``tau sigma_i ||K_i||^2 = rho``, because the stacked operator
   ``(A / ||A||, K / ||K||)`` has norm close to 1, not sqrt 2: the ray transform is large on smooth
@@ -65,6 +65,7 @@ __all__ = ["ChambollePock", "ChambollePockState"]
 BALANCED_RATIO = 10.0  # c in tau = c / ||A||^2 (see the module docstring)
 BALANCED_MARGIN = 0.95 / 1.1  # rho * nu_estimate: margin for the estimate of nu and its underestimate
 STACK_POWER_ITERATIONS = 10
+BALANCED_MAX_NU = 1.5  # "auto" uses the balanced rule only when the blocks barely overlap (nu near 1)
 DIAGONAL_BALANCE = 10.0  # the "diagonal" and "norm" rules' default primal/dual ratio
 PRIMAL_DATA_BALANCE = 5.0  # c in r = c sqrt(s / (lam ||K||)); tuned once on simulated MRI (see module docstring)
 
@@ -102,8 +103,12 @@ class ChambollePock(Solver):
         max_iter: iteration cap.
         tol: stop when every batch item's relative change ``||x_{k+1}-x_k|| / ||x_k||``
             falls below ``tol`` (0 disables).
-        preconditioning: ``"auto"`` (``"balanced"`` for a data block and one prior block,
-            else diagonal when every operator reports its absolute sums, else norm-based),
+        preconditioning: ``"auto"`` (``"balanced"`` for a data operator that declares
+            ``balanced_steps = True`` -- the CT ray transforms, where it was tuned; their operators
+            have no per-item parameters, so batched solves equal looped ones -- with one prior block
+            whose stacked norm estimate is at most ``BALANCED_MAX_NU`` = 1.5 (TV or a graph
+            Laplacian: about 1); else diagonal when every operator reports its absolute sums, else
+            norm-based),
             ``"balanced"``, ``"diagonal"`` or ``"norm"`` (see the module docstring).
         tau, sigma: explicit scalar steps (both or neither); they override
             ``preconditioning``. Convergence needs ``tau * sigma * ||K||^2 < 1``.
@@ -195,8 +200,11 @@ class ChambollePock(Solver):
         if self.tau is not None:
             return self.tau, tuple(self.sigma for _ in ops)
         rule = self.preconditioning
-        if rule == "balanced" or (rule == "auto" and len(ops) == 2):
-            return _balanced_steps(ops, x0, BALANCED_RATIO if self.balance is None else self.balance)
+        if rule == "balanced" or (rule == "auto" and len(ops) == 2 and getattr(ops[0], "balanced_steps", False)):
+            steps = _balanced_steps(ops, x0, BALANCED_RATIO if self.balance is None else self.balance,
+                                    max_nu=None if rule == "balanced" else BALANCED_MAX_NU)
+            if steps is not None:
+                return steps
         b = DIAGONAL_BALANCE if self.balance is None else self.balance
         tau, sigmas = self._scaled_steps(ops, fns, x0)
         return tau * b, tuple(sig / b for sig in sigmas)
@@ -237,10 +245,13 @@ class ChambollePock(Solver):
         return ChambollePockState(x, x_bar, duals, relative_change(x, state.x), s, state.iteration + 1)
 
 
-def _balanced_steps(ops, x0: torch.Tensor, c: float):
-    """Scalar steps ``tau = c / ||K_0||^2``, ``sigma_i = rho / (tau ||K_i||^2)`` (module docstring)."""
+def _balanced_steps(ops, x0: torch.Tensor, c: float, max_nu: float | None = None):
+    """Scalar steps ``tau = c / ||K_0||^2``, ``sigma_i = rho / (tau ||K_i||^2)`` (module docstring);
+    None when the stacked norm estimate ``nu`` exceeds ``max_nu`` (the blocks overlap in spectrum)."""
     norms = [op.norm(device=x0.device) or 1.0 for op in ops]
     nu = min(max(1.0, _stacked_norm_sq(ops, norms, x0)), float(len(ops)))  # 1 <= nu <= number of blocks
+    if max_nu is not None and nu > max_nu:
+        return None
     rho = BALANCED_MARGIN / nu
     tau = c / norms[0] ** 2
     return tau, tuple(rho / (tau * n * n) for n in norms)

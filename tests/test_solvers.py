@@ -39,7 +39,8 @@ def test_cp_tv_denoising_equals_tv_prox():
 def test_cp_step_rules_reach_the_same_objective(ct_problem):
     """Balanced, diagonal and norm-based steps are different algorithms with one minimiser."""
     A, x, y = ct_problem
-    problem = Problem(L2Fidelity(A, y), default_tv_lambda(A, y) * TV(), constraint=NonNegativity())
+    # half the default weight: Shepp-Logan at 48^2 / 30 views is best below it (31.3 dB, default 27.3)
+    problem = Problem(L2Fidelity(A, y), 0.5 * default_tv_lambda(A, y) * TV(), constraint=NonNegativity())
     runs = {p: ChambollePock(max_iter=8000, tol=1e-8, preconditioning=p).run(problem, torch.zeros_like(x))
             for p in ("balanced", "diagonal", "norm")}
     f = {p: float(problem.objective(r.x)) for p, r in runs.items()}
@@ -68,7 +69,7 @@ def test_cp_balanced_steps_satisfy_the_convergence_condition(ct_problem, prior):
     prior_fn, K = {"tv": (TV(), None), "identity": (L1Norm(), Identity(A.in_shape)),
                    "graph": (GraphLaplacianPrior.from_estimate(x), None)}[prior]
     problem = Problem(L2Fidelity(A, y), 0.5 * prior_fn, constraint=NonNegativity(), K=K)
-    setup = ChambollePock().setup(problem, torch.zeros_like(x))
+    setup = ChambollePock(preconditioning="balanced").setup(problem, torch.zeros_like(x))
     assert len(setup.ops) == 2
     v = randn(A.in_shape, seed=3)
     for _ in range(300):
