@@ -41,8 +41,8 @@ def test_cp_step_rules_reach_the_same_objective(ct_problem):
     A, x, y = ct_problem
     # half the default weight: Shepp-Logan at 48^2 / 30 views is best below it (31.3 dB, default 27.3)
     problem = Problem(L2Fidelity(A, y), 0.5 * default_tv_lambda(A, y) * TV(), constraint=NonNegativity())
-    runs = {p: ChambollePock(max_iter=8000, tol=1e-8, preconditioning=p).run(problem, torch.zeros_like(x))
-            for p in ("balanced", "diagonal", "norm")}
+    runs = {p: ChambollePock(max_iter=n, tol=1e-8, preconditioning=p).run(problem, torch.zeros_like(x))
+            for p, n in (("balanced", 2000), ("diagonal", 8000), ("norm", 8000))}
     f = {p: float(problem.objective(r.x)) for p, r in runs.items()}
     # measured 1.1e-4 after 8000 iterations: the norm-based steps converge more slowly
     assert abs(f["diagonal"] - f["norm"]) < 5e-4 * f["norm"]
