@@ -42,14 +42,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from apps.bench_speed import PeakRSS
+from apps.bench_speed import PeakRSS, _median_time
 from data.hdf5 import atomic_path
 from data.phantoms import shepp_logan
 from operators.ct import ParallelBeam2D
@@ -201,20 +200,9 @@ def _objective(problem: Problem, x: torch.Tensor) -> float:
     return float(problem.objective(x.double())[0])
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _timed(run, repeats: int, device: str) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        run()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    """Median seconds of ``run()`` over ``repeats`` calls (bench_speed's timer; synchronised on CUDA)."""
+    return _median_time(lambda _: run(), None, repeats, device == "cuda")
 
 
 def _recon_run(problem: Problem, x0: torch.Tensor, iterations: int, callbacks=()):
