@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from apps import batch, bench, ct, mri
+from apps import batch, bench, ct, mri, train
 
-SUBCOMMANDS = {"ct": ct, "mri": mri, "batch": batch, "bench": bench}
+SUBCOMMANDS = {"ct": ct, "mri": mri, "batch": batch, "bench": bench, "train": train}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as typed (recorded by `recon train` in its model card)
     try:
         return int(args.run(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:

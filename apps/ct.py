@@ -45,6 +45,10 @@ def add_parser(sub) -> None:
                         "the simulated noise for phantoms with --lam auto, else estimated from the sinogram")
     p.add_argument("--estimate", choices=ESTIMATES, default=None,
                    help="svtv: the pre-estimate its weights come from (default tv)")
+    p.add_argument("--weights", action="append", metavar="FILE", default=None,
+                   help="trained model (.safetensors with its .json card; repeatable): an LPN for --method lpn "
+                        "(default: the shipped one), an SV-TV weight network for --method svtv (replaces "
+                        "--estimate); 'lpn' and 'svtv' name the shipped models")
     add_run_options(p, METHODS, "fbp and tv", "recon.reconstruct", "the iterative methods", auto_lam=True)
     p.set_defaults(run=run)
 
@@ -143,9 +147,14 @@ def run(args) -> int:
     noise_std = args.noise_std if args.noise_std is not None else (data.noise_std if args.lam == "auto" else None)
     if args.estimate is not None and "svtv" not in methods:
         raise ValueError("--estimate: only the svtv method uses it; add --method svtv")
+    models = _models(args.weights or [], methods)
+    if args.estimate is not None and "svtv" in models:
+        raise ValueError("--estimate: svtv takes its weights from --weights or from --estimate, not both")
     results, metrics = {}, {}
     for method in methods:
         extra = {"estimate": args.estimate} if method == "svtv" and args.estimate else {}
+        if method in models:
+            extra["model"] = models[method]
         r = reconstruct(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress,
                         noise_std=noise_std, **extra)
         results[method] = r
@@ -156,14 +165,37 @@ def run(args) -> int:
     return 0
 
 
+def _models(paths: list, methods: list) -> dict:
+    """``{method: TrainedModel}`` for each ``--weights`` file, by the task its card names."""
+    from recon.models import BUILTIN, builtin, load_model
+
+    owner = {"lpn": "lpn", "svtv-weights": "svtv"}
+    models = {}
+    for given in paths:
+        path = builtin(given) if given in BUILTIN and not Path(given).exists() else Path(given)
+        model = load_model(path)
+        method = owner.get(model.task)
+        if method is None:
+            raise ValueError(f"--weights: {path} holds a {model.task!r} model; recon ct uses 'lpn' and "
+                             "'svtv-weights' models")
+        if method not in methods:
+            raise ValueError(f"--weights: {path} is a {model.task!r} model for --method {method}, which is not "
+                             f"among the methods {methods}")
+        if method in models:
+            raise ValueError(f"--weights: two models for --method {method}")
+        models[method] = model
+    return models
+
+
 def _metrics(r, ref) -> dict:
     m = {"seconds": round(r.seconds, 3), "iterations": r.iterations}
     if ref is not None:
         rng = float(ref.max() - ref.min()) or 1.0
         m["psnr"] = round(float(psnr(r.x, ref, data_range=rng)), 3)
         m["ssim"] = round(float(ssim(r.x, ref, data_range=rng)), 4)
-    if "lam" in r.parameters:
-        m["lam"] = r.parameters["lam"]
+    for key in ("lam", "rho"):
+        if key in r.parameters:
+            m[key] = r.parameters[key]
     return m
 
 

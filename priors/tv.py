@@ -16,8 +16,8 @@ import torch
 from operators.finite_diff import FiniteDifference
 from priors.base import Functional
 
-__all__ = ["L1Norm", "L21Norm", "TV", "SpaceVariantTV", "WeightedNorm", "adaptive_tv_weights", "dual_prox",
-           "DEFAULT_ETA", "DEFAULT_P"]
+__all__ = ["L1Norm", "L21Norm", "TV", "SpaceVariantTV", "WeightedNorm", "adaptive_tv_weights", "magnitude_tv_weights",
+           "dual_prox", "DEFAULT_ETA", "DEFAULT_P"]
 
 DEFAULT_ETA = 0.05  # eta relative to the pre-estimate's intensity scale (see adaptive_tv_weights)
 SCALE_QUANTILE = 0.99  # the intensity scale of an estimate (intensity_scale)
@@ -259,19 +259,53 @@ def adaptive_tv_weights(x_hat: torch.Tensor, eta: float = DEFAULT_ETA, p: float 
         (1.0, 0.1)
     """
     _check_image(x_hat, "x_hat", ndim)
+    x_hat = x_hat.detach()
+    mag = group_magnitude(FiniteDifference(x_hat.shape[1:], ndim=ndim)(x_hat), keepdim=False)
+    s = intensity_scale(x_hat) if scale is None else scale
+    return magnitude_tv_weights(mag, s, eta, p, ndim=ndim, spread=spread)
+
+
+def magnitude_tv_weights(magnitude: torch.Tensor, scale, eta: float = DEFAULT_ETA, p: float = DEFAULT_P,
+                         ndim: int = 2, spread: int = DEFAULT_SPREAD) -> torch.Tensor:
+    r"""Space-variant TV weights from a gradient-magnitude map (``adaptive_tv_weights`` without the image).
+
+    .. math:: w_i = \Big(\frac{\eta s}{\sqrt{(\eta s)^2 + g_i^2}}\Big)^{1-p}
+
+    For magnitudes that do not come from differencing a pre-estimate, e.g. a network trained to
+    predict ``|grad x|`` of the ground truth (``priors.GradientMagnitudeNet``).
+
+    Args:
+        magnitude: ``g >= 0`` per pixel, ``(B, C, H, W)`` (``(B, C, D, H, W)`` with ``ndim=3``).
+        scale: intensity scale ``s``, a positive number or a ``(B,)`` tensor (``intensity_scale``).
+        eta, p, ndim, spread: as for ``adaptive_tv_weights``.
+
+    Example:
+        >>> import torch
+        >>> g = torch.zeros(1, 1, 5, 5); g[..., 2] = 1.0            # an edge along column 2
+        >>> w = magnitude_tv_weights(g, 1.0, eta=0.1, p=0.0, spread=0)
+        >>> round(float(w[0, 0, 0, 0]), 3), round(float(w[0, 0, 0, 2]), 3)
+        (1.0, 0.1)
+    """
+    _check_image(magnitude, "magnitude", ndim)
+    if bool((magnitude < 0).any()):
+        raise ValueError(f"magnitude: expected values >= 0, got min {float(magnitude.min()):.3g}")
     if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0):
         raise ValueError(f"eta: expected a positive edge threshold, got {eta}")
     if not (isinstance(p, (int, float)) and 0 <= p < 1):
         raise ValueError(f"p: expected an exponent in [0, 1), got {p}")
-    if scale is not None and not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale: expected a positive intensity scale or None, got {scale}")
     if not (isinstance(spread, int) and spread >= 0):
         raise ValueError(f"spread: expected a non-negative number of pixels, got {spread}")
-    x_hat = x_hat.detach()
-    s = intensity_scale(x_hat) if scale is None else torch.full((x_hat.shape[0],), float(scale), dtype=x_hat.dtype)
-    e = (eta * s.to(x_hat.device)).reshape(-1, *([1] * (x_hat.ndim - 1)))
-    grad = FiniteDifference(x_hat.shape[1:], ndim=ndim)(x_hat)
-    mag = group_magnitude(grad, keepdim=False)
+    mag = magnitude.detach()
+    if isinstance(scale, torch.Tensor):
+        if scale.shape != (mag.shape[0],) or not bool(torch.isfinite(scale).all() & (scale > 0).all()):
+            raise ValueError(f"scale: expected {mag.shape[0]} positive intensity scales (one per item), "
+                             f"got shape {tuple(scale.shape)}")
+        s = scale.to(device=mag.device, dtype=mag.dtype)
+    elif isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0:
+        s = torch.full((mag.shape[0],), float(scale), dtype=mag.dtype, device=mag.device)
+    else:
+        raise ValueError(f"scale: expected a positive intensity scale or None, got {scale}")
+    e = (eta * s).reshape(-1, *([1] * (mag.ndim - 1)))
     w = (e / torch.sqrt(e * e + mag * mag)) ** (1.0 - p)
     if spread:
         pool = torch.nn.functional.max_pool3d if ndim == 3 else torch.nn.functional.max_pool2d
@@ -322,6 +356,14 @@ class SpaceVariantTV(TV):
                       scale: float | None = None, spread: int = DEFAULT_SPREAD, **kwargs) -> "SpaceVariantTV":
         """SV-TV with ``adaptive_tv_weights(x_hat, eta, p, scale, spread=spread)``."""
         return cls(adaptive_tv_weights(x_hat, eta, p, scale, ndim=kwargs.get("ndim", 2), spread=spread), **kwargs)
+
+    @classmethod
+    def from_magnitude(cls, magnitude: torch.Tensor, scale, eta: float = DEFAULT_ETA, p: float = DEFAULT_P,
+                       spread: int = DEFAULT_SPREAD, **kwargs) -> "SpaceVariantTV":
+        """SV-TV with ``magnitude_tv_weights(magnitude, scale, eta, p, spread=spread)`` (e.g. a network's
+        prediction of ``|grad x|``)."""
+        return cls(magnitude_tv_weights(magnitude, scale, eta, p, ndim=kwargs.get("ndim", 2), spread=spread),
+                   **kwargs)
 
     @property
     def weights(self) -> torch.Tensor:

@@ -72,9 +72,12 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"path: no such file {path}")
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header ("{"). Its first byte
+    # can be 0x80 (a header of 128 + 256 k bytes), so the pickle test applies only to other files.
+    safetensors_like = len(head) == 9 and head[8:9] == b"{"
     for magic, kind in _PICKLE_MAGIC.items():
-        if head.startswith(magic):
+        if head.startswith(magic) and not safetensors_like:
             raise ValueError(
                 f"{path}: expected a safetensors file, found {kind}; it is not loaded because unpickling "
                 "can run code. Convert it once, in a session you trust, with safetensors.torch.save_file")

@@ -7,7 +7,10 @@ The adaptive priors take a fast first reconstruction ``x_hat = Psi(y)`` (FBP, Kr
 Tikhonov, TV, or any callable such as a trained network) and build the prior from it once:
 ``"svtv"`` weights TV per pixel (``priors.SpaceVariantTV``), ``"graphla-fbp"`` /
 ``"graphla-tik"`` / ``"graphla-tv"`` penalise ``||L x||_1`` with the graph Laplacian of
-``x_hat`` (``priors.graph_laplacian``).
+``x_hat`` (``priors.graph_laplacian``). ``"svtv"`` with a trained weight network
+(``model=``, ``recon train svtv-weights``) builds the weights from the network's prediction of
+``|grad x|`` instead. ``"lpn"`` is plug-and-play ADMM with a learned proximal network
+(``recon train lpn``; the shipped ``recon/weights/lpn_ct256`` by default).
 ``lam="auto"`` chooses the weight by the discrepancy principle (``recon.discrepancy``).
 """
 
@@ -25,7 +28,7 @@ from operators.base import LinearOperator
 from priors import TV, L2Fidelity, NonNegativity, SpaceVariantTV
 from priors.base import Functional
 from priors.graph_laplacian import GraphLaplacianPrior
-from priors.tv import DEFAULT_ETA, DEFAULT_P, DEFAULT_SPREAD
+from priors.tv import DEFAULT_ETA, DEFAULT_P, DEFAULT_SPREAD, intensity_scale
 from recon.chambolle_pock import ChambollePock
 from recon.discrepancy import DISCREPANCY_TAU, discrepancy_search
 from recon.fbp import fbp
@@ -35,12 +38,14 @@ from recon.problem import Problem
 __all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_noise_std", "default_tv_lambda",
            "default_lambda"]
 
-METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
+METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv", "lpn")
 ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tik", "graphla-tv")  # priors built from a pre-estimate Psi(y)
 VARIATIONAL = ("tv", *ADAPTIVE)
 ESTIMATES = ("fbp", "tikhonov", "tv")
 DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tikhonov": TIKHONOV_ITERATIONS, "tv": 300, "svtv": 300,
-                      "graphla-fbp": 300, "graphla-tik": 300, "graphla-tv": 300}
+                      "graphla-fbp": 300, "graphla-tik": 300, "graphla-tv": 300, "lpn": 50}
+#: PnP-ADMM settings of "lpn" when the model card has none (the card's "pnp" entry wins)
+LPN_RHO, LPN_CG_ITERATIONS = 1.0, 10
 TV_LAMBDA_FACTOR = 1.8  # c in lam = c * sigma_hat * rms(A^T eps); fitted on phantoms (see default_tv_lambda)
 #: the same rule's constant for the adaptive priors, relative to TV's, refitted with the balanced
 #: Chambolle-Pock steps by docs/lambda_factor_study.py (256^2, 60 views, tuning phantoms ellipses 100/101):
@@ -143,7 +148,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
                 filter: str = "ram-lak", noise_std: float | None = None,
                 estimate: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
                 eta: float = DEFAULT_ETA, p: float = DEFAULT_P, spread: int = DEFAULT_SPREAD, radius: int | None = None,
-                sigma: float | None = None) -> Reconstruction:
+                sigma: float | None = None, model=None) -> Reconstruction:
     """Reconstruct ``y`` with one of ``METHODS``.
 
     Args:
@@ -152,7 +157,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         method: ``"fbp"``, ``"sirt"``, ``"cgls"``, ``"tikhonov"`` (``recon.linear.tikhonov``),
             ``"tv"`` (Chambolle-Pock, started from FBP), ``"svtv"`` (space-variant TV with weights
             from ``estimate``), ``"graphla-fbp"``, ``"graphla-tik"`` or ``"graphla-tv"``
-            (graph-Laplacian prior built from FBP, Tikhonov or TV).
+            (graph-Laplacian prior built from FBP, Tikhonov or TV), ``"lpn"`` (PnP-ADMM with a learned
+            proximal network, started from FBP).
         lam: the weight: a number, None for the default rule (``default_lambda``), or ``"auto"``
             for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)`` (one weight per batch
             item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate).
@@ -166,6 +172,11 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             returning ``(B, *A.in_shape)``. Default: ``"tv"`` for svtv, the one its name says for graphla.
         eta, p, spread: SV-TV weight parameters (``priors.adaptive_tv_weights``).
         radius, sigma: graph parameters (``priors.graph_laplacian``; None: their defaults).
+        model: a trained model (``recon.models.load_model``) or its weights file: for ``"lpn"`` the
+            learned proximal network (None: the shipped one, ``recon.models.builtin("lpn")``); for
+            ``"svtv"`` a weight network (task ``svtv-weights``) whose predicted ``|grad x|`` from the
+            FBP replaces ``estimate``. For ``"lpn"``, ``lam`` is the ADMM penalty ``rho`` (the prior's
+            weight against the data term ``||A x - y||^2 / (2 ||A||^2)``; default: the card's).
 
     Example:
         >>> import numpy as np
@@ -188,6 +199,10 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         raise ValueError(f"noise_std: expected a positive noise level, got {noise_std}")
     if estimate is not None and method not in ADAPTIVE:
         raise ValueError(f"estimate: only svtv and graphla-* use a pre-estimate, not {method!r}")
+    if model is not None and method not in ("svtv", "lpn"):
+        raise ValueError(f"model: only lpn and svtv use a trained model, not {method!r}")
+    if model is not None and estimate is not None:
+        raise ValueError("estimate: svtv takes its weights from the model or from a pre-estimate, not both")
     start = time.perf_counter()
     if method == "fbp":
         x = fbp(A, y, filter=filter)
@@ -198,6 +213,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
     if method == "tikhonov":
         x = tikhonov(A, y, iterations=n_iter)
         return Reconstruction(x, method, n_iter, time.perf_counter() - start, {"iterations": n_iter, "alpha": "default"})
+    if method == "lpn":
+        return _lpn(A, y, fbp(A, y, filter=filter), model, lam, iterations, constraint, progress, start)
     if method not in VARIATIONAL:
         problem = Problem(L2Fidelity(A, y), constraint=constraint)
         solver = (SIRT if method == "sirt" else CGLS)(max_iter=n_iter, progress=progress)
@@ -206,6 +223,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
 
     x_fbp = fbp(A, y, filter=filter)
+    if model is not None:
+        estimate = _weight_network(model, y.device)
     prior, prior_params = _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, spread,
                                           radius, sigma)
     params.update(prior_params)
@@ -232,6 +251,10 @@ def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, et
         return TV(), {}
     if estimate is None:
         estimate = "tv" if method == "svtv" else GRAPHLA_ESTIMATES[method]
+    if isinstance(estimate, _WeightNetwork):
+        mag = estimate.network.gradient_magnitude(x_fbp)
+        prior = SpaceVariantTV.from_magnitude(mag, intensity_scale(x_fbp), eta=eta, p=p, spread=spread)
+        return prior, {"estimate": f"network {estimate.name}", "eta": eta, "p": p, "spread": spread}
     if callable(estimate):
         name, x_hat = getattr(estimate, "__name__", type(estimate).__name__), estimate(y)
         expected = (y.shape[0], *A.in_shape)
@@ -253,6 +276,55 @@ def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, et
     graph = {k: v for k, v in (("radius", radius), ("sigma", sigma)) if v is not None}
     prior = GraphLaplacianPrior.from_estimate(x_hat, **graph)
     return prior, {"estimate": name, "radius": prior.laplacian.radius, "sigma": prior.laplacian.sigma}
+
+
+@dataclass
+class _WeightNetwork:
+    """A loaded SV-TV weight network standing in for the pre-estimate."""
+
+    network: torch.nn.Module
+    name: str
+
+
+def _load(model, task: str, device):
+    from recon.models import TrainedModel, builtin, load_model
+
+    if model is None:
+        model = builtin("lpn" if task == "lpn" else "svtv")
+    if not isinstance(model, TrainedModel):
+        model = load_model(model, task=task)
+    elif model.task != task:
+        raise ValueError(f"model: expected a {task!r} model, got a {model.task!r} model")
+    return model.to(device)
+
+
+def _weight_network(model, device) -> _WeightNetwork:
+    m = _load(model, "svtv-weights", device)
+    return _WeightNetwork(m.network, m.path.name if m.path is not None else "in memory")
+
+
+def _lpn(A, y, x_fbp, model, lam, iterations, constraint, progress, start) -> Reconstruction:
+    """PnP-ADMM with a learned proximal network, ``s = 1 / ||A||^2``, from FBP."""
+    from priors.learned_prox import LearnedProxPrior
+    from recon.pnp import PnPADMM
+
+    if lam == "auto":
+        raise ValueError("lam: 'auto' (the discrepancy principle) is not available for lpn; give rho as lam or None")
+    m = _load(model, "lpn", y.device)
+    pnp = m.card.get("pnp", {})
+    rho = float(lam) if lam is not None else float(pnp.get("rho", LPN_RHO))
+    if not rho > 0:
+        raise ValueError(f"lam: lpn's penalty rho must be > 0, got {rho}")
+    n_iter = int(iterations or pnp.get("iterations", DEFAULT_ITERATIONS["lpn"]))
+    scale = 1.0 / A.norm() ** 2
+    problem = Problem(scale * L2Fidelity(A, y), LearnedProxPrior(m.network), constraint=constraint)
+    solver = PnPADMM(rho=rho, max_iter=n_iter, tol=0.0, cg_iterations=int(pnp.get("cg_iterations", LPN_CG_ITERATIONS)),
+                     progress=progress)
+    result = solver.run(problem, x_fbp)
+    params = {"iterations": n_iter, "nonneg": constraint is not None, "rho": rho, "lam_rule": "given" if lam is not None
+              else "model card", "weights": str(m.path) if m.path is not None else "in memory",
+              "data_scale": scale, "cg_iterations": solver.cg_iterations}
+    return Reconstruction(result.x, "lpn", result.n_iter, time.perf_counter() - start, params, result.history)
 
 
 def _auto(method, A, y, prior, x_fbp, noise_std, solve, progress):

@@ -192,6 +192,10 @@ class Trainer:
         after_step: called as ``after_step(model)`` after every optimiser step, without gradients.
             A model's own ``model.after_step()`` (e.g. an input-convex net clamping its weights to
             be non-negative) is called before it, always.
+        lr_at: ``lr_at(step) -> float``, the learning rate of step ``step`` (1-based), set before
+            the step; for schedules that are a function of the step only (e.g. the LPN's
+            ``GammaSchedule``), so a resumed run follows them exactly. Excludes ``config.scheduler``.
+        step_loss: call ``loss_fn(model, batch, step)`` (losses that change with the step).
 
     Example:
         >>> import tempfile, torch
@@ -207,18 +211,23 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable, train_set: Sequence,
                  val_set: Sequence | None = None, val_fn: Callable | None = None, *, config: TrainConfig,
-                 after_step: Callable[[torch.nn.Module], Any] | None = None) -> None:
+                 after_step: Callable[[torch.nn.Module], Any] | None = None,
+                 lr_at: Callable[[int], float] | None = None, step_loss: bool = False) -> None:
         for name, value, kind in (("model", model, torch.nn.Module), ("config", config, TrainConfig)):
             if not isinstance(value, kind):
                 raise TypeError(f"{name}: expected a {kind.__name__}, got {type(value).__name__}")
         for name, value in (("loss_fn", loss_fn), ("val_fn", val_fn or len), ("after_step", after_step or len)):
             if not callable(value):
                 raise TypeError(f"{name}: expected a callable, got {type(value).__name__}")
+        if lr_at is not None and (not callable(lr_at) or config.scheduler is not None):
+            raise ValueError(f"lr_at: expected a callable and config.scheduler None, got {type(lr_at).__name__} "
+                             f"with scheduler {config.scheduler!r}")
         if val_fn is not None and val_set is None:
             raise ValueError("val_fn: given without a val_set to evaluate it on")
         self.model, self.loss_fn, self.train_set, self.val_set = model, loss_fn, train_set, val_set
         self.val_fn = val_fn or (lambda m, batch: {"loss": float(loss_fn(m, batch))})
         self.config, self.after_step, self.output = config, after_step, Path(config.output)
+        self.lr_at, self.step_loss = lr_at, bool(step_loss)
         default = val_fn is None and config.monitor is None  # the validation loss: smaller is better
         self.monitor = config.monitor or ("loss" if default else None)
         self.mode = config.mode or ("min" if default else "max")
@@ -316,10 +325,14 @@ class Trainer:
                    self.device)
 
     def _step(self, step: int, bar) -> None:
-        cfg, batch, lr = self.config, self._batch(step), self.optimizer.param_groups[0]["lr"]
+        cfg, batch = self.config, self._batch(step)
+        if self.lr_at is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = float(self.lr_at(step))
+        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            loss = self.loss_fn(self.net, batch)
+            loss = self.loss_fn(self.net, batch, step) if self.step_loss else self.loss_fn(self.net, batch)
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             raise ValueError(f"loss_fn: expected a scalar tensor, got {getattr(loss, 'shape', type(loss).__name__)}")
         self.scaler.scale(loss).backward()

@@ -1,0 +1,312 @@
+"""``recon train``: train a learned prior and write its weights with a model card.
+
+    recon train lpn          --data ellipses --output runs/lpn   [--config lpn.toml]
+    recon train svtv-weights --data ellipses --output runs/svtv  [--config svtv.toml]
+    recon train denoiser     --data FOLDER|FILE.h5 --output runs/dn
+
+``--data`` is a built-in generator (``ellipses``, ``coule``: no download) or a folder of PNG/NPY
+images, a folder of DICOM files, or an HDF5 file with an ``images`` dataset. The images are read
+once into ``OUTPUT/cache/`` (reused on ``--resume``) and split into training and validation sets
+by seed. The config file (TOML or JSON) has up to four tables, each optional:
+
+    [data]   count, size, seed, val_fraction       (count and size for the generators)
+    [model]  the network's keyword arguments        (priors.nets.ICNN for lpn, UNet otherwise)
+    [task]   lpn: sigma, patch_size, patches_per_image, pretrain_fraction, pretrain_lr, lr, augment
+             denoiser: sigma, patch_size, patches_per_image, augment
+             svtv-weights: views, noise, patch_size, patches_per_image
+    [train]  recon.trainer.TrainConfig fields (steps, batch_size, lr, val_every, checkpoint_every, ...)
+
+Command-line options override the file. Writes ``OUTPUT/model.safetensors`` and
+``OUTPUT/model.json`` (the card: task, architecture, data, steps, validation metrics, the command,
+the settings), plus the trainer's log, checkpoints and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from data.patches import Augment, NoisyPairs, RandomPatches, split
+from recon.models import TASKS, build_network, save_model
+
+DEFAULTS = {
+    "data": {"count": 400, "size": 256, "seed": 0, "val_fraction": 0.05},
+    "lpn": {"model": {"hidden": 32, "strides": [1, 2, 1, 2], "beta": 100.0, "alpha": 1e-6},
+            "task": {"sigma": 0.05, "patch_size": 32, "patches_per_image": 8, "pretrain_fraction": 0.5,
+                     "pretrain_lr": 1e-3, "lr": 1e-4, "augment": True},
+            "train": {"steps": 2000, "batch_size": 16, "val_every": 250, "checkpoint_every": 250}},
+    "denoiser": {"model": {"channels": [16, 32, 64], "norm": "group"},
+                 "task": {"sigma": 0.05, "patch_size": 64, "patches_per_image": 8, "augment": True},
+                 "train": {"steps": 2000, "batch_size": 16, "lr": 1e-3, "scheduler": "cosine", "val_every": 250,
+                           "checkpoint_every": 250}},
+    "svtv-weights": {"model": {"channels": [16, 32, 64], "norm": "group"},
+                     "task": {"views": 60, "noise": 0.01, "patch_size": 128, "patches_per_image": 4},
+                     "train": {"steps": 2000, "batch_size": 8, "lr": 1e-3, "scheduler": "cosine", "val_every": 250,
+                               "checkpoint_every": 250}},
+}
+GENERATORS = ("ellipses", "coule")
+TABLES = ("data", "model", "task", "train")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a learned prior (LPN, SV-TV weight network, denoiser)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=TASKS, help="what to train")
+    p.add_argument("--data", required=True, metavar="SOURCE",
+                   help="ellipses | coule | a folder of PNG/NPY or DICOM images | an HDF5 file")
+    p.add_argument("--output", required=True, type=Path, metavar="DIR", help="run folder (weights, card, log)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML or JSON settings (see above)")
+    p.add_argument("--steps", type=int, help="training steps (overrides [train] steps)")
+    p.add_argument("--batch-size", type=int, help="global batch (overrides [train] batch_size)")
+    p.add_argument("--seed", type=int, help="seed of the data, split and training (overrides both tables)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(run=run)
+
+
+def read_config(path: Path | None) -> dict:
+    """The config file's tables (``{}`` without one); unknown tables are an error."""
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise FileNotFoundError(f"--config: no such file {path}")
+    text = path.read_text()
+    if path.suffix == ".json":
+        config = json.loads(text)
+    elif path.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            raise ValueError("--config: TOML needs Python >= 3.11; use a .json file") from None
+        config = tomllib.loads(text)
+    else:
+        raise ValueError(f"--config: expected a .toml or .json file, got {path.name}")
+    unknown = sorted(set(config) - set(TABLES))
+    if not isinstance(config, dict) or unknown:
+        raise ValueError(f"--config: unknown table(s) {unknown}; expected some of {list(TABLES)}")
+    return config
+
+
+def settings(task: str, config: dict, args) -> dict:
+    """Defaults, then the file, then the command line; unknown data/task keys are an error."""
+    merged = {"data": dict(DEFAULTS["data"]), **copy.deepcopy({k: v for k, v in DEFAULTS[task].items()})}
+    for table in TABLES:
+        given = config.get(table, {})
+        if not isinstance(given, dict):
+            raise ValueError(f"--config: [{table}] must be a table, got {type(given).__name__}")
+        if table in ("data", "task"):
+            unknown = sorted(set(given) - set(merged[table]))
+            if unknown:
+                raise ValueError(f"--config: unknown [{table}] key(s) {unknown} for {task}; "
+                                 f"expected some of {sorted(merged[table])}")
+        merged[table] = {**merged[table], **given} if table != "model" or not given else dict(given)
+    for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed)):
+        if value is not None:
+            merged["train"][key] = value
+    if args.seed is not None:
+        merged["data"]["seed"] = args.seed
+    return merged
+
+
+def source_images(source: str, data: dict, progress: bool) -> torch.Tensor:
+    """All images of ``source`` as one ``(N, 1, H, W)`` float32 tensor."""
+    from tqdm.auto import tqdm
+
+    from data.training import (CouleLikeDataset, DicomSeriesDataset, EllipsesDataset, HDF5ImageDataset,
+                               ImageFolderDataset)
+
+    if source in GENERATORS:
+        kind = EllipsesDataset if source == "ellipses" else CouleLikeDataset
+        ds = kind(int(data["count"]), size=int(data["size"]), seed=int(data["seed"]))
+    else:
+        path = Path(source)
+        if path.is_file() and path.suffix in (".h5", ".hdf5"):
+            ds = HDF5ImageDataset(path)
+        elif path.is_dir() and any(path.rglob("*.dcm")):
+            ds = DicomSeriesDataset(path)
+        elif path.is_dir():
+            ds = ImageFolderDataset(path)
+        else:
+            raise ValueError(f"--data: expected {' or '.join(GENERATORS)}, a folder of images or an HDF5 file; "
+                             f"{source!r} is none of these")
+    if len(ds) < 2:
+        raise ValueError(f"--data: {source} has {len(ds)} image(s); a training/validation split needs at least 2")
+    items = [ds[i] for i in tqdm(range(len(ds)), desc=f"reading {source}", disable=not progress)]
+    shapes = {tuple(x.shape) for x in items}
+    if len(shapes) != 1:
+        raise ValueError(f"--data: the images have different shapes {sorted(shapes)[:4]}; training needs one size")
+    return torch.stack(items).float()
+
+
+def cached(output: Path, key: dict, build) -> dict[str, torch.Tensor]:
+    """``build()`` (a dict of tensors), kept in ``output/cache/`` under a hash of ``key``."""
+    from safetensors.torch import load_file, save_file
+
+    from data.hdf5 import atomic_path
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = output / "cache" / f"{digest}.safetensors"
+    if path.is_file():
+        return load_file(path)
+    tensors = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    return tensors
+
+
+def simulate_fbp(images: torch.Tensor, views: int, noise: float, seed: int, progress: bool) -> torch.Tensor:
+    """FBP of each image from ``views`` parallel-beam views over 180 degrees with Gaussian noise of
+    ``noise`` times the sinogram's RMS (``recon ct --phantom``'s simulation, pixel 1 mm)."""
+    from tqdm.auto import tqdm
+
+    from operators.ct import ParallelBeam2D
+    from recon.fbp import fbp
+
+    n = images.shape[-1]
+    A = ParallelBeam2D((n, n), np.linspace(0, np.pi, views, endpoint=False), math.ceil(n * math.sqrt(2) * 1.1) + 2)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for chunk in tqdm(images.split(16), desc="FBP inputs", disable=not progress):
+        y = A(chunk)
+        std = noise * y.pow(2).flatten(1).mean(1).sqrt()
+        y = y + std.reshape(-1, 1, 1, 1) * torch.randn(y.shape, generator=gen)
+        out.append(fbp(A, y))
+    return torch.cat(out)
+
+
+class _Stacked(Dataset):
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def __len__(self) -> int:
+        return self.tensor.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.tensor[i]
+
+
+class _SplitChannels(Dataset):
+    """Items ``(input, target)`` from 2-channel patches (channel 0 the input, 1 the target)."""
+
+    def __init__(self, patches: Dataset) -> None:
+        self.patches = patches
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.patches[i]
+        return p[:1], p[1:]
+
+
+def _patches(images: Dataset, task: dict, seed: int, augment: bool) -> RandomPatches:
+    return RandomPatches(images, int(task["patch_size"]), int(task["patches_per_image"]), seed=seed,
+                         transform=Augment(seed=seed) if augment else None)
+
+
+def _psnr_fn(network_out):
+    from recon.metrics import psnr
+
+    def val_fn(model, batch):
+        noisy, clean = batch
+        return {"psnr": float(psnr(network_out(model, noisy).clamp(0, 1), clean, data_range=1.0).mean())}
+    return val_fn
+
+
+def build(task: str, cfg: dict, images: torch.Tensor, output: Path, progress: bool):
+    """``(network, loss_fn, train_set, val_set, val_fn, trainer_kwargs, card_extra)`` for ``task``."""
+    from priors.learned_prox import GammaSchedule
+
+    seed, t = int(cfg["data"]["seed"]), cfg["task"]
+    network = build_network(task, cfg["model"])
+    train_idx, val_idx = split(_Stacked(images), float(cfg["data"]["val_fraction"]), seed)
+    side = min(images.shape[-2:])
+    if int(t["patch_size"]) > side:
+        raise ValueError(f"--config: [task] patch_size = {t['patch_size']} is larger than the images ({side} pixels)")
+    extra, kwargs = {"trained_on": "images in [0, 1]" if float(images.max()) <= 1 else "images as given"}, {}
+    if task == "svtv-weights":
+        from priors.tv import intensity_scale
+        from priors.weight_net import gradient_magnitude
+
+        key = {"images": hashlib.sha256(images.numpy().tobytes()).hexdigest(), "views": t["views"],
+               "noise": t["noise"], "seed": seed}
+        x_fbp = cached(output, key, lambda: {"fbp": simulate_fbp(images, int(t["views"]), float(t["noise"]), seed,
+                                                                   progress)})["fbp"]
+        s = intensity_scale(x_fbp).reshape(-1, 1, 1, 1)
+        pairs = torch.cat([x_fbp / s, gradient_magnitude(images) / s], dim=1)  # unit-free, per image
+        train_set = _SplitChannels(_patches(Subset(_Stacked(pairs), train_idx.indices), t, seed, False))
+        val_set = _SplitChannels(_Stacked(pairs[val_idx.indices]))
+
+        def loss_fn(model, batch):
+            return torch.nn.functional.mse_loss(model.raw(batch[0], 1.0), batch[1])
+
+        def val_fn(model, batch):
+            err = model(batch[0], 1.0) - batch[1]
+            return {"rmse": float(err.pow(2).flatten(1).mean(1).sqrt().mean())}
+        kwargs["monitor"], kwargs["mode"] = "rmse", "min"
+        extra["simulation"] = {"geometry": "parallel", "views": int(t["views"]), "noise": float(t["noise"])}
+        return network, loss_fn, train_set, val_set, val_fn, kwargs, extra
+
+    sigma = float(t["sigma"])
+    train_set = NoisyPairs(_patches(Subset(_Stacked(images), train_idx.indices), t, seed, bool(t["augment"])),
+                           sigma, seed)
+    val_set = NoisyPairs(_patches(Subset(_Stacked(images), val_idx.indices), t, seed + 1, False), sigma, seed + 1)
+    extra["sigma"] = sigma
+    if task == "denoiser":
+        return (network, lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1]), train_set, val_set,
+                _psnr_fn(lambda m, x: m(x)), {"monitor": "psnr", "mode": "max"}, extra)
+    steps, p = int(cfg["train"]["steps"]), int(t["patch_size"])
+    pretrain = min(int(round(float(t["pretrain_fraction"]) * steps)), max(steps - 4, 0))
+    schedule = GammaSchedule.for_images(1, p, p, num_steps=max(steps, 4), pretrain_steps=pretrain,
+                                        pretrain_lr=float(t["pretrain_lr"]), lr=float(t["lr"]))
+
+    def lpn_loss(model, batch, step):
+        return schedule(step - 1).loss(model(batch[0]), batch[1])
+    kwargs.update(monitor="psnr", mode="max", lr_at=lambda step: schedule(step - 1).lr, step_loss=True,
+                  after_step=lambda m: m.clamp_weights())
+    extra["schedule"] = {"gamma_min": schedule.gamma_min, "pretrain_steps": pretrain, "stages": schedule.num_stages}
+    return network, lpn_loss, train_set, val_set, _psnr_fn(lambda m, x: m(x)), kwargs, extra
+
+
+def run(args) -> int:
+    from recon.trainer import Trainer, TrainConfig
+
+    cfg = settings(args.task, read_config(args.config), args)
+    progress = not args.no_progress
+    args.output.mkdir(parents=True, exist_ok=True)
+    key = {"source": args.data, **({k: cfg["data"][k] for k in ("count", "size", "seed")}
+                                   if args.data in GENERATORS else {})}
+    images = cached(args.output, key, lambda: {"images": source_images(args.data, cfg["data"], progress)})["images"]
+    network, loss_fn, train_set, val_set, val_fn, kwargs, extra = build(args.task, cfg, images, args.output, progress)
+    trainer_kw = {k: kwargs.pop(k) for k in ("lr_at", "step_loss", "after_step") if k in kwargs}
+    train = {"progress": progress, "device": args.device, **kwargs, **cfg["train"], "output": args.output}
+    try:
+        config = TrainConfig(**train)
+    except TypeError as err:
+        raise ValueError(f"--config: [train] {err}") from None
+    print(f"recon train {args.task}: {len(images)} images {tuple(images.shape[-2:])} from {args.data} -> "
+          f"{len(train_set)} training / {len(val_set)} validation items, {config.steps} steps of {config.batch_size}")
+    summary = Trainer(network, loss_fn, train_set, val_set, val_fn, config=config, **trainer_kw).fit(resume=args.resume)
+    command = "recon " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
+    card = save_model(args.output / "model.safetensors", network.cpu(), args.task, cfg["model"],
+                      data={"source": args.data, **cfg["data"], "images": int(len(images)),
+                            "image_shape": list(images.shape[-2:])},
+                      steps=summary.steps, metrics=summary.last_metrics, best_metrics=summary.best_metrics,
+                      best_step=summary.best_step, command=command, settings=cfg, seconds=summary.total_seconds,
+                      **extra)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in summary.last_metrics.items())
+    print(f"trained {summary.steps} steps in {summary.total_seconds:.0f} s; validation: {shown}")
+    print(f"weights: {args.output / 'model.safetensors'}, model card: {card}")
+    return 0
