@@ -9,7 +9,10 @@ ellipses, parallel beam over 180 deg with Gaussian noise relative to the sinogra
 and, with ``--htc``, the measured HTC2022 fan-beam sinograms reduced to ``--views`` of
 their 721 views over 360 deg, against a reference FBP from all 721 views. Every method
 runs at its own weight (the default rule, or ``--lam auto``); SV-TV and graphLa+TV reuse
-the TV reconstruction as their pre-estimate, and their time includes it.
+the TV reconstruction as their pre-estimate, and their time includes it. The learned methods use
+the shipped models unless ``--lpn-weights`` / ``--svtv-weights`` name others: ``lpn`` (PnP-ADMM
+with the learned proximal network), ``svtv-net`` (SV-TV with the weight network's edge map) and,
+for comparison, ``svtv-fbp`` (SV-TV with FBP as the pre-estimate).
 
 Writes ``<output>/quality.json`` (settings, per-case metrics, mean and std per dataset),
 ``quality.md`` (the table), ``quality.png`` (Shepp-Logan and the first HTC2022 case), and
@@ -34,6 +37,7 @@ from operators.ct import ct_operator
 from recon.reconstruct import reconstruct
 
 QUALITY_METHODS = ("fbp", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
+LEARNED_METHODS = ("svtv-fbp", "svtv-net", "lpn")  # run when asked for with --method
 DIRECT = ("fbp", "tikhonov")  # no weight, no iteration option
 HTC_VIEWS_FULL = 721
 
@@ -58,7 +62,11 @@ def add_parser(sub) -> None:
                    help="HTC2022 grid over the organisers' 75.9 mm field of view (default 256)")
     q.add_argument("--datasets", nargs="+", choices=("phantoms", "htc2022"), default=["phantoms", "htc2022"],
                    help="run only these datasets (e.g. one per process; the summary covers what is finished)")
-    q.add_argument("--method", action="append", choices=QUALITY_METHODS, help="repeatable (default: all)")
+    q.add_argument("--method", action="append", choices=QUALITY_METHODS + LEARNED_METHODS,
+                   help=f"repeatable (default: {', '.join(QUALITY_METHODS)})")
+    q.add_argument("--lpn-weights", type=Path, default=None, metavar="FILE", help="lpn: the model (default shipped)")
+    q.add_argument("--svtv-weights", type=Path, default=None, metavar="FILE",
+                   help="svtv-net: the weight network (default shipped)")
     q.add_argument("--lam", choices=("default", "auto"), default="default",
                    help="weights: each method's default rule, or the discrepancy principle")
     q.add_argument("--iterations", type=int, default=None, help="iterations of the variational methods")
@@ -103,10 +111,11 @@ def _htc_loader(path: Path, args):
     return load
 
 
-def _run_case(data: CTData, methods, args, device, earlier: dict | None = None) -> tuple[dict, dict]:
+def _run_case(data: CTData, methods, args, device, earlier: dict | None = None,
+              models: dict | None = None) -> tuple[dict, dict]:
     """Metrics and images of ``methods`` on one case; ``earlier = {"metrics", "images"}`` of a previous
     run with the same settings supplies the methods it has (TV's image then serves as the pre-estimate)."""
-    earlier = earlier or {"metrics": {}, "images": {}}
+    earlier, models = earlier or {"metrics": {}, "images": {}}, models or {}
     A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1]).to(device)
     y = torch.as_tensor(data.sinogram, device=device)[None, None]
     ref = torch.as_tensor(data.reference, device=device)[None, None]
@@ -125,12 +134,16 @@ def _run_case(data: CTData, methods, args, device, earlier: dict | None = None) 
         todo = ["tv"] + [m for m in todo if m != "tv"]
     for method in todo:
         extra: dict = {}
+        if method in LEARNED_METHODS:
+            extra = {"svtv-fbp": {"estimate": "fbp"}, "svtv-net": {"model": models.get("svtv-net")},
+                     "lpn": {"model": models.get("lpn")}}[method]
         if method in ("svtv", "graphla-tv"):
             def tv_estimate(_y, x=tv_x):
                 return x
             tv_estimate.__name__ = "tv"
             extra["estimate"] = tv_estimate
-        r = reconstruct(A, y, method, lam=lam if method not in DIRECT else None,
+        run_as = "svtv" if method.startswith("svtv-") else method
+        r = reconstruct(A, y, run_as, lam=lam if method not in DIRECT + ("lpn",) else None,
                         **({} if method in DIRECT else {**common, **extra}))
         if method == "tv":
             tv_x, tv_seconds = r.x, r.seconds
@@ -151,12 +164,17 @@ def run_quality(args) -> int:
     # what a case's result depends on; a finished case with the same settings is not recomputed
     settings = {"size": args.size, "views": args.views, "noise": args.noise, "htc_size": args.htc_size,
                 "lam": args.lam, "iterations": args.iterations}
+    models = _models(args, methods)
+    used = {m: str(v.path) for m, v in models.items()}
     per_case: dict = {}
     for i, (dataset, name, load) in enumerate(cases):
         path = out / "cases" / f"{name}.json"
         done = json.loads(path.read_text()) if path.is_file() else None
         if done is not None and done.get("settings") != settings:
             done = None  # computed with other settings: start over
+        for m in used if done is not None else ():
+            if done.get("models", {}).get(m) != used[m]:
+                done["metrics"].pop(m, None)  # computed with another model: redo that method
         if done is not None and all(m in done["metrics"] for m in methods):
             per_case[name] = done
             print(f"[{i + 1}/{len(cases)}] {name}: done earlier, skipped")
@@ -166,10 +184,11 @@ def run_quality(args) -> int:
             npz = out / "cases" / f"{name}.npz"
             images = dict(np.load(npz)) if npz.is_file() else {}
             earlier = {"metrics": done["metrics"], "images": images}
-        metrics, images = _run_case(load(), methods, args, device, earlier)
+        metrics, images = _run_case(load(), methods, args, device, earlier, models)
         if earlier is not None:
             metrics, images = {**earlier["metrics"], **metrics}, {**earlier["images"], **images}
-        per_case[name] = {"dataset": dataset, "settings": settings, "metrics": metrics}
+        per_case[name] = {"dataset": dataset, "settings": settings, "metrics": metrics,
+                          "models": {**(done or {}).get("models", {}), **used}}
         with atomic_path(out / "cases" / f"{name}.npz") as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **images)
         with atomic_path(path) as tmp, open(tmp, "w") as f:
@@ -187,6 +206,15 @@ def run_quality(args) -> int:
     print(table)
     print(f"outputs in {out}/")
     return 0
+
+
+def _models(args, methods) -> dict:
+    """The trained models of the learned methods among ``methods`` (shipped ones by default)."""
+    from recon.models import builtin, load_model
+
+    wanted = {"lpn": ("lpn", args.lpn_weights, "lpn"), "svtv-net": ("svtv", args.svtv_weights, "svtv-weights")}
+    return {m: load_model(path or builtin(name), task=task) for m, (name, path, task) in wanted.items()
+            if m in methods}
 
 
 def summarise(per_case: dict, methods) -> dict:

@@ -82,19 +82,29 @@ def read_config(path: Path | None) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"--config: no such file {path}")
     text = path.read_text()
-    if path.suffix == ".json":
-        config = json.loads(text)
-    elif path.suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            raise ValueError("--config: TOML needs Python >= 3.11; use a .json file") from None
-        config = tomllib.loads(text)
-    else:
+    if path.suffix not in (".json", ".toml"):
         raise ValueError(f"--config: expected a .toml or .json file, got {path.name}")
+    try:
+        if path.suffix == ".json":
+            config = json.loads(text)
+        else:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                raise ValueError("--config: TOML needs Python >= 3.11; use a .json file") from None
+            config = tomllib.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--config: {path} is not valid JSON ({err})") from None
+    except Exception as err:  # tomllib.TOMLDecodeError
+        if isinstance(err, ValueError) and str(err).startswith("--config"):
+            raise
+        raise ValueError(f"--config: {path} is not valid TOML ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--config: {path} must hold a table of tables {list(TABLES)}, got a "
+                         f"{type(config).__name__}")
     unknown = sorted(set(config) - set(TABLES))
-    if not isinstance(config, dict) or unknown:
-        raise ValueError(f"--config: unknown table(s) {unknown}; expected some of {list(TABLES)}")
+    if unknown:
+        raise ValueError(f"--config: unknown table(s) {unknown}; expected some of {list(TABLES)} (in {path})")
     return config
 
 
@@ -289,6 +299,7 @@ def run(args) -> int:
     key = {"source": args.data, **({k: cfg["data"][k] for k in ("count", "size", "seed")}
                                    if args.data in GENERATORS else {})}
     images = cached(args.output, key, lambda: {"images": source_images(args.data, cfg["data"], progress)})["images"]
+    torch.manual_seed(int(cfg["train"].get("seed", 0)))  # the initial weights follow the seed, not the process
     network, loss_fn, train_set, val_set, val_fn, kwargs, extra = build(args.task, cfg, images, args.output, progress)
     trainer_kw = {k: kwargs.pop(k) for k in ("lr_at", "step_loss", "after_step") if k in kwargs}
     train = {"progress": progress, "device": args.device, **kwargs, **cfg["train"], "output": args.output}

@@ -304,7 +304,7 @@ def magnitude_tv_weights(magnitude: torch.Tensor, scale, eta: float = DEFAULT_ET
     elif isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0:
         s = torch.full((mag.shape[0],), float(scale), dtype=mag.dtype, device=mag.device)
     else:
-        raise ValueError(f"scale: expected a positive intensity scale or None, got {scale}")
+        raise ValueError(f"scale: expected a positive intensity scale (a number or one per item), got {scale}")
     e = (eta * s).reshape(-1, *([1] * (mag.ndim - 1)))
     w = (e / torch.sqrt(e * e + mag * mag)) ** (1.0 - p)
     if spread:

@@ -146,7 +146,10 @@ def load_model(path: str | os.PathLike, task: str | None = None, device=None) ->
         raise ValueError(f"weights: the model card {card_path} lacks 'task' or 'architecture'")
     if task is not None and card["task"] != task:
         raise ValueError(f"weights: {path} holds a {card['task']!r} model; expected a {task!r} model")
-    network = build_network(card["task"], card["architecture"])
+    try:
+        network = build_network(card["task"], card["architecture"])
+    except ValueError as err:
+        raise ValueError(f"weights: the model card {card_path}: {err}") from None
     load_weights(network, path)
     network.eval()
     if device is not None:

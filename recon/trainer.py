@@ -293,7 +293,8 @@ class Trainer:
 
     def _resume(self) -> bool:
         """Restore the latest checkpoint; False when there is none."""
-        fixed = _FIXED + (("steps",) if self.config.scheduler == "cosine" else ())
+        # a cosine scheduler and an lr_at/step loss (e.g. the LPN's GammaSchedule) are laid out over config.steps
+        fixed = _FIXED + (("steps",) if self.config.scheduler == "cosine" or self.lr_at or self.step_loss else ())
         expect = {name: getattr(self.config, name) for name in fixed}
         state = ckpt.restore_checkpoint(self.output, self.module, self.stateful, expect)
         if state is None:
