@@ -2,23 +2,22 @@
 
 The LPN's prox ignores the step, so its strength in PnP-ADMM is the penalty ``rho``: with the data
 term ``||A x - y||^2 / (2 ||A||^2)`` the fixed point minimises ``data + rho R`` (``R`` the learned
-regulariser). For a MAP denoiser at noise ``sigma`` (``R = sigma^2 phi``) and sinogram noise ``nu``,
-MAP estimation asks for ``rho_MAP = sigma^2 / (nu^2 ||A||^2)``; the grid is a range of multiples of
-it. Tuning phantoms: random ellipses, seeds 100 and 101 (the quality benchmark uses seeds 0..19 and
+regulariser). For a MAP denoiser at noise ``sigma`` (``R = sigma^2 phi``, ``phi = -log p``) and
+sinogram noise ``nu``, MAP estimation ``||A x - y||^2 / (2 nu^2) + phi`` asks for
+``rho_MAP = nu^2 / (sigma^2 ||A||^2)``; the grid is a range of multiples of it. Tuning phantoms: random ellipses, seeds 100 and 101 (the quality benchmark uses seeds 0..19 and
 Shepp-Logan, training used ``EllipsesDataset`` seeds), 256^2, 60 views, 1% noise. PSNR is recorded
 along each run, so one run per ``rho`` gives every iteration count.
 
     python docs/lpn_ct_study.py --weights recon/weights/lpn_ct256.safetensors [--write]
 
-``--write`` stores the best ``{"rho", "iterations"}`` in the model card's ``"pnp"`` entry (what
-``reconstruct(..., "lpn")`` uses by default), with this command.
+``--write`` stores the best ``{"rho_factor", "iterations"}`` in the model card's ``"pnp"`` entry (what
+``reconstruct(..., "lpn")`` uses by default: ``rho = rho_factor * rho_MAP``), with this command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from recon.metrics import psnr  # noqa: E402
 from recon.models import load_model, update_card  # noqa: E402
 from recon.pnp import PnPADMM  # noqa: E402
 from recon.problem import Problem  # noqa: E402
+from recon.reconstruct import estimate_noise_std  # noqa: E402
 
 SEEDS = (100, 101)
 FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -74,7 +74,8 @@ def main() -> None:
     for seed in SEEDS:
         data = simulate("ellipses", args.size, 60, "parallel", 0.01, seed)
         A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1])
-        rho_map = sigma ** 2 / (data.noise_std ** 2 * A.norm() ** 2)
+        nu = float(estimate_noise_std(torch.as_tensor(data.sinogram)[None, None]).mean())  # as reconstruct does
+        rho_map = nu ** 2 / (sigma ** 2 * A.norm() ** 2)
         for f in args.factors:
             t0 = time.perf_counter()
             psnrs = trace(model, data, f * rho_map, args.iterations, args.cg_iterations)
@@ -84,13 +85,12 @@ def main() -> None:
                   flush=True)
     best = max(((f, k) for f in results for k in results[f][SEEDS[0]]["psnr"]),
                key=lambda fk: sum(results[fk[0]][s]["psnr"][fk[1]] for s in SEEDS))
-    rho = math.exp(sum(math.log(results[best[0]][s]["rho"]) for s in SEEDS) / len(SEEDS))
     mean = sum(results[best[0]][s]["psnr"][best[1]] for s in SEEDS) / len(SEEDS)
-    print(f"best: {best[0]:g} x rho_MAP = {rho:.4g}, {best[1]} iterations, mean PSNR {mean:.2f} dB")
+    print(f"best: {best[0]:g} x rho_MAP, {best[1]} iterations, mean PSNR {mean:.2f} dB")
     if args.json:
         args.json.write_text(json.dumps({str(f): v for f, v in results.items()}, indent=1))
     if args.write:
-        update_card(args.weights, pnp={"rho": float(f"{rho:.4g}"), "iterations": best[1],
+        update_card(args.weights, pnp={"rho_factor": best[0], "iterations": best[1],
                                        "cg_iterations": args.cg_iterations, "tuning_psnr": round(mean, 2),
                                        "tuned_by": "python docs/lpn_ct_study.py " + " ".join(sys.argv[1:])})
 

@@ -44,8 +44,9 @@ VARIATIONAL = ("tv", *ADAPTIVE)
 ESTIMATES = ("fbp", "tikhonov", "tv")
 DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tikhonov": TIKHONOV_ITERATIONS, "tv": 300, "svtv": 300,
                       "graphla-fbp": 300, "graphla-tik": 300, "graphla-tv": 300, "lpn": 50}
-#: PnP-ADMM settings of "lpn" when the model card has none (the card's "pnp" entry wins)
-LPN_RHO, LPN_CG_ITERATIONS = 1.0, 10
+#: PnP-ADMM settings of "lpn" when the model card has none (the card's "pnp" entry wins): rho is this
+#: factor times the MAP rule nu^2 / (sigma^2 ||A||^2) (see _lpn)
+LPN_RHO_FACTOR, LPN_CG_ITERATIONS = 1.0, 10
 TV_LAMBDA_FACTOR = 1.8  # c in lam = c * sigma_hat * rms(A^T eps); fitted on phantoms (see default_tv_lambda)
 #: the same rule's constant for the adaptive priors, relative to TV's, refitted with the balanced
 #: Chambolle-Pock steps by docs/lambda_factor_study.py (256^2, 60 views, tuning phantoms ellipses 100/101):
@@ -214,7 +215,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         x = tikhonov(A, y, iterations=n_iter)
         return Reconstruction(x, method, n_iter, time.perf_counter() - start, {"iterations": n_iter, "alpha": "default"})
     if method == "lpn":
-        return _lpn(A, y, fbp(A, y, filter=filter), model, lam, iterations, constraint, progress, start)
+        return _lpn(A, y, fbp(A, y, filter=filter), model, lam, iterations, constraint, progress, start, noise_std)
     if method not in VARIATIONAL:
         problem = Problem(L2Fidelity(A, y), constraint=constraint)
         solver = (SIRT if method == "sirt" else CGLS)(max_iter=n_iter, progress=progress)
@@ -303,8 +304,20 @@ def _weight_network(model, device) -> _WeightNetwork:
     return _WeightNetwork(m.network, m.path.name if m.path is not None else "in memory")
 
 
-def _lpn(A, y, x_fbp, model, lam, iterations, constraint, progress, start) -> Reconstruction:
-    """PnP-ADMM with a learned proximal network, ``s = 1 / ||A||^2``, from FBP."""
+def _lpn(A, y, x_fbp, model, lam, iterations, constraint, progress, start, noise_std) -> Reconstruction:
+    r"""PnP-ADMM with a learned proximal network, data term ``||A x - y||^2 / (2 ||A||^2)``, from FBP.
+
+    The LPN is the prox of a fixed regulariser ``R`` (about ``sigma^2 phi`` for a network trained at
+    noise ``sigma`` on images with prior ``exp(-phi)``), so ADMM's fixed point minimises
+    ``data + rho R``. MAP estimation with sinogram noise ``nu`` asks for
+
+    .. math:: \rho_{MAP} = \nu^2 / (\sigma^2 \|A\|^2)
+
+    and ``rho`` is the card's ``pnp.rho_factor`` (tuned, ``docs/lpn_ct_study.py``) times it, with ``nu``
+    given (``noise_std``) or estimated from the sinogram (one value per item, their mean), so the
+    setting follows the noise level and the geometry. ``lam`` gives ``rho`` directly; so does a
+    card's ``pnp.rho``.
+    """
     from priors.learned_prox import LearnedProxPrior
     from recon.pnp import PnPADMM
 
@@ -312,18 +325,27 @@ def _lpn(A, y, x_fbp, model, lam, iterations, constraint, progress, start) -> Re
         raise ValueError("lam: 'auto' (the discrepancy principle) is not available for lpn; give rho as lam or None")
     m = _load(model, "lpn", y.device)
     pnp = m.card.get("pnp", {})
-    rho = float(lam) if lam is not None else float(pnp.get("rho", LPN_RHO))
+    norm_sq = A.norm() ** 2
+    if lam is not None:
+        rho, rule = float(lam), "given"
+    elif "rho" in pnp:
+        rho, rule = float(pnp["rho"]), "model card"
+    else:
+        if "sigma" not in m.card:
+            raise ValueError("model: the LPN's card has neither pnp.rho nor the training noise 'sigma'; pass lam (rho)")
+        nu = float(noise_std) if noise_std is not None else float(estimate_noise_std(y).mean())
+        factor = float(pnp.get("rho_factor", LPN_RHO_FACTOR))
+        rho, rule = factor * nu ** 2 / (float(m.card["sigma"]) ** 2 * norm_sq), f"{factor:g} x MAP rule"
     if not rho > 0:
         raise ValueError(f"lam: lpn's penalty rho must be > 0, got {rho}")
     n_iter = int(iterations or pnp.get("iterations", DEFAULT_ITERATIONS["lpn"]))
-    scale = 1.0 / A.norm() ** 2
-    problem = Problem(scale * L2Fidelity(A, y), LearnedProxPrior(m.network), constraint=constraint)
+    problem = Problem((1.0 / norm_sq) * L2Fidelity(A, y), LearnedProxPrior(m.network), constraint=constraint)
     solver = PnPADMM(rho=rho, max_iter=n_iter, tol=0.0, cg_iterations=int(pnp.get("cg_iterations", LPN_CG_ITERATIONS)),
                      progress=progress)
     result = solver.run(problem, x_fbp)
-    params = {"iterations": n_iter, "nonneg": constraint is not None, "rho": rho, "lam_rule": "given" if lam is not None
-              else "model card", "weights": str(m.path) if m.path is not None else "in memory",
-              "data_scale": scale, "cg_iterations": solver.cg_iterations}
+    params = {"iterations": n_iter, "nonneg": constraint is not None, "rho": rho, "lam_rule": rule,
+              "weights": str(m.path) if m.path is not None else "in memory", "data_scale": 1.0 / norm_sq,
+              "cg_iterations": solver.cg_iterations}
     return Reconstruction(result.x, "lpn", result.n_iter, time.perf_counter() - start, params, result.history)
 
 

@@ -346,6 +346,22 @@ def test_lpn_scaling_matches_the_closed_form(ct_problem, rho, lam):
     assert np.linalg.norm(x - expected) / np.linalg.norm(expected) < 5e-4
 
 
+def test_lpn_default_rho_is_the_map_rule_times_the_cards_factor(ct_problem):
+    """Without pnp.rho, rho = rho_factor nu^2 / (sigma^2 ||A||^2): nu given, or the sinogram's estimate."""
+    from recon.reconstruct import estimate_noise_std
+
+    A, M, y = ct_problem
+    norm_sq = np.linalg.norm(M, 2) ** 2
+    model = TrainedModel("lpn", _quadratic_lpn(0.4), {"sigma": 0.1, "pnp": {"rho_factor": 2.0}})
+    r = reconstruct(A, y, "lpn", model=model, noise_std=0.3, iterations=2)
+    assert r.parameters["rho"] == pytest.approx(2.0 * 0.3 ** 2 / (0.1 ** 2 * norm_sq), rel=1e-4)
+    r = reconstruct(A, y, "lpn", model=model, iterations=2)
+    nu = float(estimate_noise_std(y).mean())
+    assert r.parameters["rho"] == pytest.approx(2.0 * nu ** 2 / (0.1 ** 2 * norm_sq), rel=1e-4)
+    with pytest.raises(ValueError, match="neither pnp.rho nor the training noise 'sigma'"):
+        reconstruct(A, y, "lpn", model=TrainedModel("lpn", _quadratic_lpn(0.4), {}), iterations=2)
+
+
 def test_lpn_model_from_a_file_and_its_errors(ct_problem, tmp_path):
     A, M, y = ct_problem
     net = _quadratic_lpn(0.4)
