@@ -25,16 +25,10 @@ from recon.models import TrainedModel, build_network, load_model, save_model, up
 from recon.reconstruct import reconstruct
 from tests.contracts import rel_diff
 
+from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
+
 UNET = {"channels": [4, 8], "norm": "group"}  # the smallest U-Net worth testing (depth 2)
 ICNN_ARCH = {"hidden": 4, "strides": [1]}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _seeded(task: str, architecture: dict, seed: int = 0) -> torch.nn.Module:

@@ -22,6 +22,7 @@ from recon.checkpoint import latest_checkpoint, load_weights
 from recon.models import build_network, load_model
 from recon.trainer import TrainConfig, Trainer
 from tests.trainer_helpers import NoisyImages, TinyDenoiser, fixed_loss
+from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 UNET = {"channels": [4, 8], "norm": "group"}
 #: the smallest settings of each task: 6 generated 32x32 images, 16x16 patches, validation every 2 steps
@@ -35,14 +36,6 @@ TINY = {
 }
 METRIC = {"lpn": "psnr", "svtv-weights": "rmse", "denoiser": "psnr"}
 STEPS = ("--steps", "4", "--batch-size", "2", "--no-progress")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(folder, config: dict, name: str = "config.json"):

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from recon.checkpoint import latest_checkpoint, load_checkpoint, load_weights, write_model_card
 from recon.trainer import TrainConfig, Trainer, step_indices
 from tests.trainer_helpers import REPO, NoisyImages, TinyDenoiser, fixed_loss, make_trainer, weights
+from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 #: the runs that are killed: a cosine schedule (its state must resume too), checkpoints every 4 steps
 KILL_STEPS = 40
@@ -27,15 +28,6 @@ KILL_CONFIG = {"lr": 1e-2, "scheduler": "cosine", "checkpoint_every": 4, "val_ev
 #: torchrun x2 vs one process after 20 Adam steps: measured max relative difference per tensor 1.9e-7
 #: (float32 round-off of the all-reduce order; max abs 6e-8); the bound leaves 50x headroom
 TORCHRUN_RTOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as in the script runs: CPU results are then reproducible bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _rows(output) -> list[dict]:

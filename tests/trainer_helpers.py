@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -27,6 +28,15 @@ from recon.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as in the script runs: CPU results are then reproducible bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class TinyDenoiser(torch.nn.Module):
