@@ -34,17 +34,17 @@ from recon.metrics import psnr  # noqa: E402
 from recon.models import load_model, update_card  # noqa: E402
 from recon.pnp import PnPADMM  # noqa: E402
 from recon.problem import Problem  # noqa: E402
-from recon.reconstruct import estimate_noise_std  # noqa: E402
+from recon.reconstruct import estimate_noise_std, reconstruct  # noqa: E402
 
 SEEDS = (100, 101)
 FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 RECORD = (10, 20, 30, 50, 75, 100)
 
 
-def trace(model, data, rho: float, iterations: int, cg_iterations: int) -> dict[int, float]:
-    A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1])
-    y = torch.as_tensor(data.sinogram)[None, None]
-    ref = torch.as_tensor(data.reference)[None, None]
+def trace(model, data, rho: float, iterations: int, cg_iterations: int, device) -> dict[int, float]:
+    A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1]).to(device)
+    y = torch.as_tensor(data.sinogram, device=device)[None, None]
+    ref = torch.as_tensor(data.reference, device=device)[None, None]
     problem = Problem(L2Fidelity(A, y) * (1.0 / A.norm() ** 2), LearnedProxPrior(model.network),
                       constraint=NonNegativity())
     solver = PnPADMM(rho=rho, max_iter=iterations, tol=0.0, cg_iterations=cg_iterations)
@@ -64,11 +64,12 @@ def main() -> None:
     ap.add_argument("--cg-iterations", type=int, default=10)
     ap.add_argument("--factors", type=float, nargs="+", default=FACTORS)
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--write", action="store_true", help="store the best rho and iteration count in the card")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model = load_model(args.weights, task="lpn")
+    model = load_model(args.weights, task="lpn", device=args.device)
     sigma = float(model.card["sigma"])
     results: dict = {}
     for seed in SEEDS:
@@ -76,19 +77,25 @@ def main() -> None:
         A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1])
         nu = float(estimate_noise_std(torch.as_tensor(data.sinogram)[None, None]).mean())  # as reconstruct does
         rho_map = nu ** 2 / (sigma ** 2 * A.norm() ** 2)
+        tv = reconstruct(A.to(args.device), torch.as_tensor(data.sinogram, device=args.device)[None, None], "tv").x
+        ref = torch.as_tensor(data.reference, device=args.device)[None, None]
+        results.setdefault("tv", {})[seed] = float(psnr(tv, ref, data_range=float(ref.max() - ref.min())))
+        print(f"seed {seed}: TV {results['tv'][seed]:.2f} dB", flush=True)
         for f in args.factors:
             t0 = time.perf_counter()
-            psnrs = trace(model, data, f * rho_map, args.iterations, args.cg_iterations)
+            psnrs = trace(model, data, f * rho_map, args.iterations, args.cg_iterations, args.device)
             results.setdefault(f, {})[seed] = {"rho": f * rho_map, "psnr": psnrs,
                                                "seconds": time.perf_counter() - t0}
             print(f"seed {seed} rho {f:g} x {rho_map:.4g}: " + ", ".join(f"{k}: {v:.2f}" for k, v in psnrs.items()),
                   flush=True)
+    tv = results.pop("tv")
     best = max(((f, k) for f in results for k in results[f][SEEDS[0]]["psnr"]),
                key=lambda fk: sum(results[fk[0]][s]["psnr"][fk[1]] for s in SEEDS))
     mean = sum(results[best[0]][s]["psnr"][best[1]] for s in SEEDS) / len(SEEDS)
-    print(f"best: {best[0]:g} x rho_MAP, {best[1]} iterations, mean PSNR {mean:.2f} dB")
+    print(f"best: {best[0]:g} x rho_MAP, {best[1]} iterations, mean PSNR {mean:.2f} dB "
+          f"(TV {sum(tv.values()) / len(tv):.2f} dB)")
     if args.json:
-        args.json.write_text(json.dumps({str(f): v for f, v in results.items()}, indent=1))
+        args.json.write_text(json.dumps({"tv": tv, **{str(f): v for f, v in results.items()}}, indent=1))
     if args.write:
         update_card(args.weights, pnp={"rho_factor": best[0], "iterations": best[1],
                                        "cg_iterations": args.cg_iterations, "tuning_psnr": round(mean, 2),

@@ -126,7 +126,7 @@ def load_model(path: str | os.PathLike, task: str | None = None, device=None) ->
 
     Example:
         >>> m = load_model(builtin("lpn"), task="lpn")
-        >>> m.task, type(m.network).__name__, m.card["pnp"]["rho"] > 0
+        >>> m.task, type(m.network).__name__, m.card["pnp"]["rho_factor"] > 0
         ('lpn', 'LearnedProximalNetwork', True)
     """
     path = Path(path)

@@ -148,7 +148,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
                 iterations: int | None = None, nonneg: bool = True, progress: bool = False,
                 filter: str = "ram-lak", noise_std: float | None = None,
                 estimate: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
-                eta: float = DEFAULT_ETA, p: float = DEFAULT_P, spread: int = DEFAULT_SPREAD, radius: int | None = None,
+                eta: float | None = None, p: float | None = None, spread: int | None = None, radius: int | None = None,
                 sigma: float | None = None, model=None) -> Reconstruction:
     """Reconstruct ``y`` with one of ``METHODS``.
 
@@ -171,7 +171,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         estimate: the pre-estimate ``Psi`` of ``svtv`` and ``graphla-*``: ``"fbp"``, ``"tikhonov"``,
             ``"tv"`` (TV at its default weight) or a callable ``y -> x_hat`` (e.g. a trained network)
             returning ``(B, *A.in_shape)``. Default: ``"tv"`` for svtv, the one its name says for graphla.
-        eta, p, spread: SV-TV weight parameters (``priors.adaptive_tv_weights``).
+        eta, p, spread: SV-TV weight parameters (``priors.adaptive_tv_weights``); None: the weight
+            network card's ``"svtv"`` settings when ``model`` is one, else ``DEFAULT_ETA``, ``DEFAULT_P``,
+            ``DEFAULT_SPREAD``.
         radius, sigma: graph parameters (``priors.graph_laplacian``; None: their defaults).
         model: a trained model (``recon.models.load_model``) or its weights file: for ``"lpn"`` the
             learned proximal network (None: the shipped one, ``recon.models.builtin("lpn")``); for
@@ -224,8 +226,13 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
 
     x_fbp = fbp(A, y, filter=filter)
+    tuned: dict = {}
     if model is not None:
         estimate = _weight_network(model, y.device)
+        tuned = estimate.settings
+    eta = float(tuned.get("eta", DEFAULT_ETA)) if eta is None else eta
+    p = float(tuned.get("p", DEFAULT_P)) if p is None else p
+    spread = int(tuned.get("spread", DEFAULT_SPREAD)) if spread is None else spread
     prior, prior_params = _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, spread,
                                           radius, sigma)
     params.update(prior_params)
@@ -239,8 +246,12 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         params.update(lam=lams[0] if len(lams) == 1 else lams, lam_rule="discrepancy",
                       discrepancy_tau=DISCREPANCY_TAU, noise_std=noise_std if noise_std is not None else "estimated")
         return Reconstruction(x, method, iters, time.perf_counter() - start, params)
-    rule = "default" if lam is None else "given"
-    lam = default_lambda(method, A, y, noise_std, prior) if lam is None else float(lam)
+    rule = ("default" if "lam_factor" not in tuned else f"default x {tuned['lam_factor']:g} (model card)") \
+        if lam is None else "given"
+    if lam is None:
+        lam = default_lambda(method, A, y, noise_std, prior) * float(tuned.get("lam_factor", 1.0))
+    else:
+        lam = float(lam)
     params.update(lam=lam, lam_rule=rule)
     result = solve(lam, x_fbp, y, prior)
     return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
@@ -285,6 +296,7 @@ class _WeightNetwork:
 
     network: torch.nn.Module
     name: str
+    settings: dict = field(default_factory=dict)  # the card's tuned SV-TV settings (eta, p, spread, lam_factor)
 
 
 def _load(model, task: str, device):
@@ -301,7 +313,7 @@ def _load(model, task: str, device):
 
 def _weight_network(model, device) -> _WeightNetwork:
     m = _load(model, "svtv-weights", device)
-    return _WeightNetwork(m.network, m.path.name if m.path is not None else "in memory")
+    return _WeightNetwork(m.network, m.path.name if m.path is not None else "in memory", dict(m.card.get("svtv", {})))
 
 
 def _lpn(A, y, x_fbp, model, lam, iterations, constraint, progress, start, noise_std) -> Reconstruction:

@@ -401,6 +401,25 @@ def test_svtv_with_a_weight_network(ct_problem):
     assert rel_diff(r.x, tv.x) > 1e-4  # the untrained network's weights did change the result
 
 
+def test_svtv_takes_its_settings_from_the_weight_networks_card(ct_problem):
+    """The card's "svtv" entry sets eta, spread and a factor on the default weight; explicit arguments win."""
+    from recon.reconstruct import default_lambda
+
+    A, _, y = ct_problem
+    net = build_network("svtv-weights", UNET)
+    plain = reconstruct(A, y, "svtv", model=TrainedModel("svtv-weights", net), iterations=5)
+    card = {"svtv": {"eta": 0.02, "spread": 0, "lam_factor": 0.5}}
+    tuned = reconstruct(A, y, "svtv", model=TrainedModel("svtv-weights", net, card), iterations=5)
+    assert (plain.parameters["eta"], plain.parameters["spread"]) == (0.05, 1)
+    assert (tuned.parameters["eta"], tuned.parameters["spread"]) == (0.02, 0)
+    assert tuned.parameters["lam"] == pytest.approx(0.5 * plain.parameters["lam"], rel=1e-6)
+    assert plain.parameters["lam"] == pytest.approx(default_lambda("svtv", A, y, prior=None), rel=1e-6)
+    assert "model card" in tuned.parameters["lam_rule"]
+    given = reconstruct(A, y, "svtv", model=TrainedModel("svtv-weights", net, card), iterations=5, eta=0.1,
+                        spread=2, lam=0.3)
+    assert (given.parameters["eta"], given.parameters["spread"], given.parameters["lam"]) == (0.1, 2, 0.3)
+
+
 # ------------------------------------------------------------------------------ recon ct --weights
 @pytest.fixture
 def models(tmp_path):

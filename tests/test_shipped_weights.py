@@ -71,7 +71,7 @@ def test_shipped_weight_network_predicts_edges():
 
 @pytest.mark.slow
 def test_svtv_with_the_weight_network_beats_svtv_with_fbp_weights():
-    """The issue's claim on one held-out phantom (bench quality measures all 21)."""
+    """The issue's claim on one held-out phantom (bench quality measures all 21), at the card's settings."""
     A, y, ref = _case(256, 5)
     net = float(psnr(reconstruct(A, y, "svtv", model=builtin("svtv")).x, ref, data_range=1.0))
     fbp_weights = float(psnr(reconstruct(A, y, "svtv", estimate="fbp").x, ref, data_range=1.0))
