@@ -210,10 +210,10 @@ def run_quality(args) -> int:
 
 def _models(args, methods) -> dict:
     """The trained models of the learned methods among ``methods`` (shipped ones by default)."""
-    from recon.models import builtin, load_model
+    from recon.models import CT_METHOD, builtin, load_model
 
-    wanted = {"lpn": ("lpn", args.lpn_weights, "lpn"), "svtv-net": ("svtv", args.svtv_weights, "svtv-weights")}
-    return {m: load_model(path or builtin(name), task=task) for m, (name, path, task) in wanted.items()
+    wanted = {"lpn": (args.lpn_weights, "lpn"), "svtv-net": (args.svtv_weights, "svtv-weights")}
+    return {m: load_model(path or builtin(CT_METHOD[task]), task=task) for m, (path, task) in wanted.items()
             if m in methods}
 
 

@@ -86,6 +86,11 @@ def _device(name: str, option: str = "--device") -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
+def detector_count(size: int) -> int:
+    """Detector pixels (1 mm) that cover a ``size``-pixel square image's diagonal with a 10% margin."""
+    return math.ceil(size * math.sqrt(2) * 1.1) + 2
+
+
 def simulate(phantom: str, size: int, views: int, geometry: str, noise: float, seed: int) -> CTData:
     """A phantom's noisy sinogram with its geometry (pixel 1 mm, values in 1/mm)."""
     if size < 16:
@@ -95,7 +100,7 @@ def simulate(phantom: str, size: int, views: int, geometry: str, noise: float, s
     if not 0 <= noise < 1:
         raise ValueError(f"--noise: expected a relative noise level in [0, 1), got {noise}")
     x = shepp_logan(size) if phantom == "shepp-logan" else random_ellipses(size, seed=seed)
-    det = math.ceil(size * math.sqrt(2) * 1.1) + 2
+    det = detector_count(size)
     if geometry == "parallel":
         geom = {"geometry": "parallel", "detector_spacing": 1.0, "pixel_size": 1.0, "image_shape": (size, size)}
         angles = np.linspace(0, np.pi, views, endpoint=False)
@@ -167,17 +172,16 @@ def run(args) -> int:
 
 def _models(paths: list, methods: list) -> dict:
     """``{method: TrainedModel}`` for each ``--weights`` file, by the task its card names."""
-    from recon.models import BUILTIN, builtin, load_model
+    from recon.models import BUILTIN, CT_METHOD, builtin, load_model
 
-    owner = {"lpn": "lpn", "svtv-weights": "svtv"}
     models = {}
     for given in paths:
         path = builtin(given) if given in BUILTIN and not Path(given).exists() else Path(given)
         model = load_model(path)
-        method = owner.get(model.task)
+        method = CT_METHOD.get(model.task)
         if method is None:
-            raise ValueError(f"--weights: {path} holds a {model.task!r} model; recon ct uses 'lpn' and "
-                             "'svtv-weights' models")
+            raise ValueError(f"--weights: {path} holds a {model.task!r} model; recon ct uses "
+                             f"{' and '.join(repr(t) for t in CT_METHOD)} models")
         if method not in methods:
             raise ValueError(f"--weights: {path} is a {model.task!r} model for --method {method}, which is not "
                              f"among the methods {methods}")

@@ -27,7 +27,6 @@ import argparse
 import copy
 import hashlib
 import json
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -181,11 +180,14 @@ def simulate_fbp(images: torch.Tensor, views: int, noise: float, seed: int, prog
     ``noise`` times the sinogram's RMS (``recon ct --phantom``'s simulation, pixel 1 mm)."""
     from tqdm.auto import tqdm
 
+    from apps.ct import detector_count
     from operators.ct import ParallelBeam2D
     from recon.fbp import fbp
 
     n = images.shape[-1]
-    A = ParallelBeam2D((n, n), np.linspace(0, np.pi, views, endpoint=False), math.ceil(n * math.sqrt(2) * 1.1) + 2)
+    if images.shape[-2] != n:
+        raise ValueError(f"--data: svtv-weights simulates CT of square images; got {tuple(images.shape[-2:])}")
+    A = ParallelBeam2D((n, n), np.linspace(0, np.pi, views, endpoint=False), detector_count(n))
     gen = torch.Generator().manual_seed(seed)
     out = []
     for chunk in tqdm(images.split(16), desc="FBP inputs", disable=not progress):

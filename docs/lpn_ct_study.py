@@ -41,10 +41,8 @@ FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 RECORD = (10, 20, 30, 50, 75, 100)
 
 
-def trace(model, data, rho: float, iterations: int, cg_iterations: int, device) -> dict[int, float]:
-    A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1]).to(device)
-    y = torch.as_tensor(data.sinogram, device=device)[None, None]
-    ref = torch.as_tensor(data.reference, device=device)[None, None]
+def trace(model, A, y, ref, rho: float, iterations: int, cg_iterations: int) -> dict[int, float]:
+    """PSNR along one PnP-ADMM run (at the iterations in RECORD and the last)."""
     problem = Problem(L2Fidelity(A, y) * (1.0 / A.norm() ** 2), LearnedProxPrior(model.network),
                       constraint=NonNegativity())
     solver = PnPADMM(rho=rho, max_iter=iterations, tol=0.0, cg_iterations=cg_iterations)
@@ -74,16 +72,17 @@ def main() -> None:
     results: dict = {}
     for seed in SEEDS:
         data = simulate("ellipses", args.size, 60, "parallel", 0.01, seed)
-        A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1])
-        nu = float(estimate_noise_std(torch.as_tensor(data.sinogram)[None, None]).mean())  # as reconstruct does
-        rho_map = nu ** 2 / (sigma ** 2 * A.norm() ** 2)
-        tv = reconstruct(A.to(args.device), torch.as_tensor(data.sinogram, device=args.device)[None, None], "tv").x
+        A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1]).to(args.device)
+        y = torch.as_tensor(data.sinogram, device=args.device)[None, None]
         ref = torch.as_tensor(data.reference, device=args.device)[None, None]
+        nu = float(estimate_noise_std(y).mean())  # as reconstruct does
+        rho_map = nu ** 2 / (sigma ** 2 * A.norm() ** 2)
+        tv = reconstruct(A, y, "tv").x
         results.setdefault("tv", {})[seed] = float(psnr(tv, ref, data_range=float(ref.max() - ref.min())))
         print(f"seed {seed}: TV {results['tv'][seed]:.2f} dB", flush=True)
         for f in args.factors:
             t0 = time.perf_counter()
-            psnrs = trace(model, data, f * rho_map, args.iterations, args.cg_iterations, args.device)
+            psnrs = trace(model, A, y, ref, f * rho_map, args.iterations, args.cg_iterations)
             results.setdefault(f, {})[seed] = {"rho": f * rho_map, "psnr": psnrs,
                                                "seconds": time.perf_counter() - t0}
             print(f"seed {seed} rho {f:g} x {rho_map:.4g}: " + ", ".join(f"{k}: {v:.2f}" for k, v in psnrs.items()),

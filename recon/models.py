@@ -23,14 +23,16 @@ import torch
 from priors.learned_prox import LearnedProximalNetwork
 from priors.nets import ICNN, UNet
 from priors.weight_net import GradientMagnitudeNet
-from recon.checkpoint import load_weights, write_json
+from recon.checkpoint import load_weights, write_json, write_model_card
 
-__all__ = ["TASKS", "TrainedModel", "build_network", "load_model", "save_model", "builtin", "BUILTIN"]
+__all__ = ["TASKS", "TrainedModel", "build_network", "load_model", "save_model", "builtin", "BUILTIN", "CT_METHOD"]
 
 TASKS = ("lpn", "svtv-weights", "denoiser")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-#: the models shipped with recon: name -> (file stem in recon/weights, task)
+#: the models shipped with recon: name (the reconstruction method using it) -> file stem in recon/weights
 BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256"}
+#: the reconstruction method (``recon.reconstruct``) that uses a model of each task; denoisers have none yet
+CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv"}
 
 
 @dataclass
@@ -99,8 +101,6 @@ def save_model(path: str | os.PathLike, network: torch.nn.Module, task: str, arc
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, os.fspath(tmp))
-    from recon.checkpoint import write_model_card
-
     fields = {"data": None, "steps": 0, "metrics": {}, "command": None, **card}
     return write_model_card(_card_path(path), task=task, architecture=architecture, **fields)
 

@@ -300,10 +300,10 @@ class _WeightNetwork:
 
 
 def _load(model, task: str, device):
-    from recon.models import TrainedModel, builtin, load_model
+    from recon.models import CT_METHOD, TrainedModel, builtin, load_model
 
     if model is None:
-        model = builtin("lpn" if task == "lpn" else "svtv")
+        model = builtin(CT_METHOD[task])
     if not isinstance(model, TrainedModel):
         model = load_model(model, task=task)
     elif model.task != task:

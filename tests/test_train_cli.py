@@ -216,6 +216,15 @@ def test_a_config_that_is_not_a_table_is_named(tmp_path, capsys, text):
     _fails(capsys, _argv("denoiser", tmp_path / "o", config, *STEPS), "--config")
 
 
+def test_svtv_weights_needs_square_images(tmp_path, capsys):
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    for k in range(3):
+        np.save(folder / f"{k}.npy", np.zeros((32, 40), np.float32))
+    _fails(capsys, _argv("svtv-weights", tmp_path / "o", _config(tmp_path, TINY["svtv-weights"]), *STEPS, data=folder),
+           r"--data: svtv-weights simulates CT of square images; got \(32, 40\)")
+
+
 def test_data_that_cannot_be_split_or_stacked(tmp_path, capsys):
     good = _config(tmp_path, TINY["denoiser"])
     one, mixed = tmp_path / "one", tmp_path / "mixed"
