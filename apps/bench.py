@@ -12,7 +12,8 @@ runs at its own weight (the default rule, or ``--lam auto``); SV-TV and graphLa+
 the TV reconstruction as their pre-estimate, and their time includes it. The learned methods use
 the shipped models unless ``--lpn-weights`` / ``--svtv-weights`` name others: ``lpn`` (PnP-ADMM
 with the learned proximal network), ``svtv-net`` (SV-TV with the weight network's edge map) and,
-for comparison, ``svtv-fbp`` (SV-TV with FBP as the pre-estimate).
+for comparison, ``svtv-fbp`` (SV-TV with FBP as the pre-estimate); ``pnp`` is PnP-ADMM with the
+denoiser ``--pnp-weights`` (none is shipped).
 
 Writes ``<output>/quality.json`` (settings, per-case metrics, mean and std per dataset),
 ``quality.md`` (the table), ``quality.png`` (Shepp-Logan and the first HTC2022 case), and
@@ -37,7 +38,7 @@ from operators.ct import ct_operator
 from recon.reconstruct import reconstruct
 
 QUALITY_METHODS = ("fbp", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
-LEARNED_METHODS = ("svtv-fbp", "svtv-net", "lpn")  # run when asked for with --method
+LEARNED_METHODS = ("svtv-fbp", "svtv-net", "lpn", "pnp")  # run when asked for with --method
 DIRECT = ("fbp", "tikhonov")  # no weight, no iteration option
 HTC_VIEWS_FULL = 721
 
@@ -65,6 +66,8 @@ def add_parser(sub) -> None:
     q.add_argument("--method", action="append", choices=QUALITY_METHODS + LEARNED_METHODS,
                    help=f"repeatable (default: {', '.join(QUALITY_METHODS)})")
     q.add_argument("--lpn-weights", type=Path, default=None, metavar="FILE", help="lpn: the model (default shipped)")
+    q.add_argument("--pnp-weights", type=Path, default=None, metavar="FILE",
+                   help="pnp: the trained denoiser (required for --method pnp; none is shipped)")
     q.add_argument("--svtv-weights", type=Path, default=None, metavar="FILE",
                    help="svtv-net: the weight network (default shipped)")
     q.add_argument("--lam", choices=("default", "auto"), default="default",
@@ -136,14 +139,14 @@ def _run_case(data: CTData, methods, args, device, earlier: dict | None = None,
         extra: dict = {}
         if method in LEARNED_METHODS:
             extra = {"svtv-fbp": {"estimate": "fbp"}, "svtv-net": {"model": models.get("svtv-net")},
-                     "lpn": {"model": models.get("lpn")}}[method]
+                     "lpn": {"model": models.get("lpn")}, "pnp": {"model": models.get("pnp")}}[method]
         if method in ("svtv", "graphla-tv"):
             def tv_estimate(_y, x=tv_x):
                 return x
             tv_estimate.__name__ = "tv"
             extra["estimate"] = tv_estimate
         run_as = "svtv" if method.startswith("svtv-") else method
-        r = reconstruct(A, y, run_as, lam=lam if method not in DIRECT + ("lpn",) else None,
+        r = reconstruct(A, y, run_as, lam=lam if method not in DIRECT + ("lpn", "pnp") else None,
                         **({} if method in DIRECT else {**common, **extra}))
         if method == "tv":
             tv_x, tv_seconds = r.x, r.seconds
@@ -212,7 +215,11 @@ def _models(args, methods) -> dict:
     """The trained models of the learned methods among ``methods`` (shipped ones by default)."""
     from recon.models import CT_METHOD, builtin, load_model
 
-    wanted = {"lpn": (args.lpn_weights, "lpn"), "svtv-net": (args.svtv_weights, "svtv-weights")}
+    wanted = {"lpn": (args.lpn_weights, "lpn"), "svtv-net": (args.svtv_weights, "svtv-weights"),
+              "pnp": (args.pnp_weights, "denoiser")}
+    if "pnp" in methods and args.pnp_weights is None:
+        raise ValueError("--pnp-weights: --method pnp needs a trained denoiser (`recon train denoiser`; none is "
+                         "shipped)")
     return {m: load_model(path or builtin(CT_METHOD[task]), task=task) for m, (path, task) in wanted.items()
             if m in methods}
 

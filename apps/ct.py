@@ -48,7 +48,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", action="append", metavar="FILE", default=None,
                    help="trained model (.safetensors with its .json card; repeatable): an LPN for --method lpn "
                         "(default: the shipped one), an SV-TV weight network for --method svtv (replaces "
-                        "--estimate); 'lpn' and 'svtv' name the shipped models")
+                        "--estimate), a denoiser for --method pnp (required: none is shipped); 'lpn' and 'svtv' "
+                        "name the shipped models")
     add_run_options(p, METHODS, "fbp and tv", "recon.reconstruct", "the iterative methods", auto_lam=True)
     p.set_defaults(run=run)
 
@@ -153,6 +154,9 @@ def run(args) -> int:
     if args.estimate is not None and "svtv" not in methods:
         raise ValueError("--estimate: only the svtv method uses it; add --method svtv")
     models = _models(args.weights or [], methods)
+    if "pnp" in methods and "pnp" not in models:
+        raise ValueError("--weights: --method pnp needs a trained denoiser (none is shipped): `recon train denoiser "
+                         "--data ... --output DIR`, then --weights DIR/model.safetensors")
     if args.estimate is not None and "svtv" in models:
         raise ValueError("--estimate: svtv takes its weights from --weights or from --estimate, not both")
     results, metrics = {}, {}

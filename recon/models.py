@@ -31,8 +31,8 @@ TASKS = ("lpn", "svtv-weights", "denoiser")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the models shipped with recon: name (the reconstruction method using it) -> file stem in recon/weights
 BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256"}
-#: the reconstruction method (``recon.reconstruct``) that uses a model of each task; denoisers have none yet
-CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv"}
+#: the reconstruction method (``recon.reconstruct``) that uses a model of each task
+CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp"}
 
 
 @dataclass

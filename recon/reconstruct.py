@@ -10,7 +10,8 @@ Tikhonov, TV, or any callable such as a trained network) and build the prior fro
 ``x_hat`` (``priors.graph_laplacian``). ``"svtv"`` with a trained weight network
 (``model=``, ``recon train svtv-weights``) builds the weights from the network's prediction of
 ``|grad x|`` instead. ``"lpn"`` is plug-and-play ADMM with a learned proximal network
-(``recon train lpn``; the shipped ``recon/weights/lpn_ct256`` by default).
+(``recon train lpn``; the shipped ``recon/weights/lpn_ct256`` by default), ``"pnp"`` the same with
+a trained denoiser (``recon train denoiser``; none is shipped).
 ``lam="auto"`` chooses the weight by the discrepancy principle (``recon.discrepancy``).
 """
 
@@ -38,15 +39,20 @@ from recon.problem import Problem
 __all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_noise_std", "default_tv_lambda",
            "default_lambda"]
 
-METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv", "lpn")
+METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv", "lpn",
+           "pnp")
+PNP = ("lpn", "pnp")  # plug-and-play ADMM with a trained model: a learned proximal network, a denoiser
 ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tik", "graphla-tv")  # priors built from a pre-estimate Psi(y)
 VARIATIONAL = ("tv", *ADAPTIVE)
 ESTIMATES = ("fbp", "tikhonov", "tv")
 DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tikhonov": TIKHONOV_ITERATIONS, "tv": 300, "svtv": 300,
-                      "graphla-fbp": 300, "graphla-tik": 300, "graphla-tv": 300, "lpn": 50}
-#: PnP-ADMM settings of "lpn" when the model card has none (the card's "pnp" entry wins): rho is this
-#: factor times the MAP rule nu^2 / (sigma^2 ||A||^2) (see _lpn)
-LPN_RHO_FACTOR, LPN_CG_ITERATIONS = 1.0, 10
+                      "graphla-fbp": 300, "graphla-tik": 300, "graphla-tv": 300, "lpn": 10, "pnp": 20}
+#: PnP-ADMM settings of "lpn" and "pnp" when the model card has none (the card's "pnp" entry wins): rho is
+#: this factor times the MAP rule nu^2 / (sigma^2 ||A||^2) (see _pnp). Measured on the tuning phantoms
+#: (ellipses 100/101, 60 views, 1% noise): 0.5 was best for the shipped LPN (docs/lpn_ct_study.py) and
+#: within 0.1 dB of best for a U-Net denoiser trained at sigma 0.03; ADMM with the LPN degrades past
+#: 10-30 iterations (docs/lpn_stability_study.py), the denoiser's is steady by 20
+PNP_RHO_FACTOR, PNP_CG_ITERATIONS = 0.5, 10
 TV_LAMBDA_FACTOR = 1.8  # c in lam = c * sigma_hat * rms(A^T eps); fitted on phantoms (see default_tv_lambda)
 #: the same rule's constant for the adaptive priors, relative to TV's, refitted with the balanced
 #: Chambolle-Pock steps by docs/lambda_factor_study.py (256^2, 60 views, tuning phantoms ellipses 100/101):
@@ -159,7 +165,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             ``"tv"`` (Chambolle-Pock, started from FBP), ``"svtv"`` (space-variant TV with weights
             from ``estimate``), ``"graphla-fbp"``, ``"graphla-tik"`` or ``"graphla-tv"``
             (graph-Laplacian prior built from FBP, Tikhonov or TV), ``"lpn"`` (PnP-ADMM with a learned
-            proximal network, started from FBP).
+            proximal network, started from FBP), ``"pnp"`` (the same with a trained denoiser).
         lam: the weight: a number, None for the default rule (``default_lambda``), or ``"auto"``
             for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)`` (one weight per batch
             item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate).
@@ -178,7 +184,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         model: a trained model (``recon.models.load_model``) or its weights file: for ``"lpn"`` the
             learned proximal network (None: the shipped one, ``recon.models.builtin("lpn")``); for
             ``"svtv"`` a weight network (task ``svtv-weights``) whose predicted ``|grad x|`` from the
-            FBP replaces ``estimate``. For ``"lpn"``, ``lam`` is the ADMM penalty ``rho`` (the prior's
+            FBP replaces ``estimate``; for ``"pnp"`` a denoiser (task ``denoiser``, required). For
+            ``"lpn"`` and ``"pnp"``, ``lam`` is the ADMM penalty ``rho`` (the prior's
             weight against the data term ``||A x - y||^2 / (2 ||A||^2)``; default: the card's).
 
     Example:
@@ -202,8 +209,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         raise ValueError(f"noise_std: expected a positive noise level, got {noise_std}")
     if estimate is not None and method not in ADAPTIVE:
         raise ValueError(f"estimate: only svtv and graphla-* use a pre-estimate, not {method!r}")
-    if model is not None and method not in ("svtv", "lpn"):
-        raise ValueError(f"model: only lpn and svtv use a trained model, not {method!r}")
+    if model is not None and method not in ("svtv", *PNP):
+        raise ValueError(f"model: only lpn, pnp and svtv use a trained model, not {method!r}")
     if model is not None and estimate is not None:
         raise ValueError("estimate: svtv takes its weights from the model or from a pre-estimate, not both")
     start = time.perf_counter()
@@ -216,8 +223,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
     if method == "tikhonov":
         x = tikhonov(A, y, iterations=n_iter)
         return Reconstruction(x, method, n_iter, time.perf_counter() - start, {"iterations": n_iter, "alpha": "default"})
-    if method == "lpn":
-        return _lpn(A, y, fbp(A, y, filter=filter), model, lam, iterations, constraint, progress, start, noise_std)
+    if method in PNP:
+        return _pnp(method, A, y, fbp(A, y, filter=filter), model, lam, iterations, constraint, progress, start,
+                    noise_std)
     if method not in VARIATIONAL:
         problem = Problem(L2Fidelity(A, y), constraint=constraint)
         solver = (SIRT if method == "sirt" else CGLS)(max_iter=n_iter, progress=progress)
@@ -316,26 +324,34 @@ def _weight_network(model, device) -> _WeightNetwork:
     return _WeightNetwork(m.network, m.path.name if m.path is not None else "in memory", dict(m.card.get("svtv", {})))
 
 
-def _lpn(A, y, x_fbp, model, lam, iterations, constraint, progress, start, noise_std) -> Reconstruction:
-    r"""PnP-ADMM with a learned proximal network, data term ``||A x - y||^2 / (2 ||A||^2)``, from FBP.
+def _pnp(method, A, y, x_fbp, model, lam, iterations, constraint, progress, start, noise_std) -> Reconstruction:
+    r"""PnP-ADMM with a trained model, data term ``||A x - y||^2 / (2 ||A||^2)``, from FBP.
 
-    The LPN is the prox of a fixed regulariser ``R`` (about ``sigma^2 phi`` for a network trained at
-    noise ``sigma`` on images with prior ``exp(-phi)``), so ADMM's fixed point minimises
-    ``data + rho R``. MAP estimation with sinogram noise ``nu`` asks for
+    ``"lpn"``: the learned proximal network is the prox of a fixed regulariser ``R`` (about
+    ``sigma^2 phi`` for a network trained at noise ``sigma`` on images with prior ``exp(-phi)``), so
+    ADMM's fixed point minimises ``data + rho R``. MAP estimation with sinogram noise ``nu`` asks for
 
     .. math:: \rho_{MAP} = \nu^2 / (\sigma^2 \|A\|^2)
 
-    and ``rho`` is the card's ``pnp.rho_factor`` (tuned, ``docs/lpn_ct_study.py``) times it, with ``nu``
-    given (``noise_std``) or estimated from the sinogram (one value per item, their mean), so the
-    setting follows the noise level and the geometry. ``lam`` gives ``rho`` directly; so does a
-    card's ``pnp.rho``.
+    ``"pnp"``: a denoiser trained at noise ``sigma`` (``recon train denoiser``) in the prox's place,
+    with the same rule (a heuristic there: a denoiser is not in general a prox).
+
+    ``rho`` is the card's ``pnp.rho_factor`` (tuned, ``docs/lpn_ct_study.py``; default
+    ``PNP_RHO_FACTOR``) times it, with ``nu`` given (``noise_std``) or estimated from the sinogram
+    (one value per item, their mean), so the setting follows the noise level and the geometry.
+    ``lam`` gives ``rho`` directly; so does a card's ``pnp.rho``.
     """
+    from priors.denoiser import DenoiserPrior
     from priors.learned_prox import LearnedProxPrior
     from recon.pnp import PnPADMM
 
     if lam == "auto":
-        raise ValueError("lam: 'auto' (the discrepancy principle) is not available for lpn; give rho as lam or None")
-    m = _load(model, "lpn", y.device)
+        raise ValueError(f"lam: 'auto' (the discrepancy principle) is not available for {method}; give rho as lam "
+                         "or None")
+    if method == "pnp" and model is None:
+        raise ValueError("model: pnp needs a trained denoiser (none is shipped): train one with `recon train "
+                         "denoiser --data ... --output DIR` and pass DIR/model.safetensors")
+    m = _load(model, "lpn" if method == "lpn" else "denoiser", y.device)
     pnp = m.card.get("pnp", {})
     norm_sq = A.norm() ** 2
     if lam is not None:
@@ -344,21 +360,23 @@ def _lpn(A, y, x_fbp, model, lam, iterations, constraint, progress, start, noise
         rho, rule = float(pnp["rho"]), "model card"
     else:
         if "sigma" not in m.card:
-            raise ValueError("model: the LPN's card has neither pnp.rho nor the training noise 'sigma'; pass lam (rho)")
+            raise ValueError(f"model: the {m.task} model's card has neither pnp.rho nor the training noise 'sigma'; "
+                             "pass lam (rho)")
         nu = float(noise_std) if noise_std is not None else float(estimate_noise_std(y).mean())
-        factor = float(pnp.get("rho_factor", LPN_RHO_FACTOR))
+        factor = float(pnp.get("rho_factor", PNP_RHO_FACTOR))
         rho, rule = factor * nu ** 2 / (float(m.card["sigma"]) ** 2 * norm_sq), f"{factor:g} x MAP rule"
     if not rho > 0:
-        raise ValueError(f"lam: lpn's penalty rho must be > 0, got {rho}")
-    n_iter = int(iterations or pnp.get("iterations", DEFAULT_ITERATIONS["lpn"]))
-    problem = Problem((1.0 / norm_sq) * L2Fidelity(A, y), LearnedProxPrior(m.network), constraint=constraint)
-    solver = PnPADMM(rho=rho, max_iter=n_iter, tol=0.0, cg_iterations=int(pnp.get("cg_iterations", LPN_CG_ITERATIONS)),
+        raise ValueError(f"lam: {method}'s penalty rho must be > 0, got {rho}")
+    n_iter = int(iterations or pnp.get("iterations", DEFAULT_ITERATIONS[method]))
+    prior = LearnedProxPrior(m.network) if method == "lpn" else DenoiserPrior(m.network, blind=True)
+    problem = Problem((1.0 / norm_sq) * L2Fidelity(A, y), prior, constraint=constraint)
+    solver = PnPADMM(rho=rho, max_iter=n_iter, tol=0.0, cg_iterations=int(pnp.get("cg_iterations", PNP_CG_ITERATIONS)),
                      progress=progress)
     result = solver.run(problem, x_fbp)
     params = {"iterations": n_iter, "nonneg": constraint is not None, "rho": rho, "lam_rule": rule,
               "weights": str(m.path) if m.path is not None else "in memory", "data_scale": 1.0 / norm_sq,
               "cg_iterations": solver.cg_iterations}
-    return Reconstruction(result.x, "lpn", result.n_iter, time.perf_counter() - start, params, result.history)
+    return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
 
 
 def _auto(method, A, y, prior, x_fbp, noise_std, solve, progress):

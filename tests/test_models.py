@@ -1,5 +1,5 @@
 """recon.models (weights + card), the SV-TV weight network and weights from a magnitude, the trained
-models in reconstruct ("lpn", "svtv" with ``model=``) and in ``recon ct --weights``."""
+models in reconstruct ("lpn", "pnp", "svtv" with ``model=``) and in ``recon ct --weights``."""
 
 from __future__ import annotations
 
@@ -370,7 +370,7 @@ def test_lpn_model_from_a_file_and_its_errors(ct_problem, tmp_path):
     assert nonneg.parameters["nonneg"] and bool((nonneg.x >= 0).all())
     with pytest.raises(ValueError, match="lam: 'auto' .* is not available for lpn"):
         reconstruct(A, y, "lpn", lam="auto", model=path)
-    with pytest.raises(ValueError, match="model: only lpn and svtv use a trained model, not 'tv'"):
+    with pytest.raises(ValueError, match="model: only lpn, pnp and svtv use a trained model, not 'tv'"):
         reconstruct(A, y, "tv", model=path)
     denoiser = TrainedModel("denoiser", build_network("denoiser", UNET))
     with pytest.raises(ValueError, match="model: expected a 'lpn' model, got a 'denoiser' model"):
@@ -381,6 +381,58 @@ def test_lpn_model_from_a_file_and_its_errors(ct_problem, tmp_path):
     save_model(dn_path, denoiser.network, "denoiser", UNET)
     with pytest.raises(ValueError, match="holds a 'denoiser' model; expected a 'lpn' model"):
         reconstruct(A, y, "lpn", model=dn_path)
+
+
+class _Scale(torch.nn.Module):
+    """The denoiser ``D(x) = c x``: the prox of ``(1 / c - 1) / 2 ||x||^2``."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.tensor(float(c)), requires_grad=False)
+
+    def forward(self, x):
+        return self.c * x
+
+
+def test_pnp_with_a_denoiser_matches_the_closed_form_and_lpn(ct_problem):
+    """A linear denoiser D(x) = 2 alpha x is the quadratic LPN's map: same fixed point, same iterates."""
+    A, M, y = ct_problem
+    alpha, rho = 0.4, 0.6
+    card = {"pnp": {"rho": rho, "cg_iterations": 50}}
+    r = reconstruct(A, y, "pnp", model=TrainedModel("denoiser", _Scale(2 * alpha), card), nonneg=False,
+                    iterations=300)
+    assert r.method == "pnp" and r.parameters["rho"] == rho and r.iterations == 300
+    expected = _quadratic_solution(M, y, rho, alpha)
+    assert np.linalg.norm(r.x.double().numpy().ravel() - expected) / np.linalg.norm(expected) < 5e-4
+    lpn = reconstruct(A, y, "lpn", model=TrainedModel("lpn", _quadratic_lpn(alpha), card), nonneg=False,
+                      iterations=300)
+    assert rel_diff(r.x, lpn.x) < 1e-5
+
+
+def test_pnp_defaults_and_errors(ct_problem, tmp_path):
+    from recon.reconstruct import DEFAULT_ITERATIONS, PNP_RHO_FACTOR, estimate_noise_std
+
+    A, M, y = ct_problem
+    dn = TrainedModel("denoiser", _Scale(0.9), {"sigma": 0.1})
+    r = reconstruct(A, y, "pnp", model=dn)  # no "pnp" entry in the card: the defaults
+    nu = float(estimate_noise_std(y).mean())
+    assert r.iterations == DEFAULT_ITERATIONS["pnp"] and r.parameters["lam_rule"] == f"{PNP_RHO_FACTOR:g} x MAP rule"
+    assert r.parameters["rho"] == pytest.approx(PNP_RHO_FACTOR * nu ** 2 / (0.1 ** 2 * np.linalg.norm(M, 2) ** 2),
+                                                rel=1e-4)
+    lpn = reconstruct(A, y, "lpn", model=TrainedModel("lpn", _quadratic_lpn(0.45), {"sigma": 0.1}))
+    assert lpn.iterations == DEFAULT_ITERATIONS["lpn"]
+    with pytest.raises(ValueError, match="model: pnp needs a trained denoiser .*recon train denoiser"):
+        reconstruct(A, y, "pnp")
+    with pytest.raises(ValueError, match="model: expected a 'denoiser' model, got a 'lpn' model"):
+        reconstruct(A, y, "pnp", model=TrainedModel("lpn", _quadratic_lpn(0.4)))
+    with pytest.raises(ValueError, match="lam: 'auto' .* is not available for pnp"):
+        reconstruct(A, y, "pnp", lam="auto", model=dn)
+    with pytest.raises(ValueError, match="model: the denoiser model's card has neither pnp.rho nor"):
+        reconstruct(A, y, "pnp", model=TrainedModel("denoiser", _Scale(0.9)))
+    path = tmp_path / "dn.safetensors"
+    save_model(path, build_network("denoiser", UNET), "denoiser", UNET, sigma=0.03)
+    from_file = reconstruct(A, y, "pnp", model=path, iterations=3)
+    assert from_file.parameters["weights"] == str(path) and bool((from_file.x >= 0).all())
 
 
 def test_svtv_with_a_weight_network(ct_problem):
@@ -427,13 +479,19 @@ def models(tmp_path):
     for name, task, arch in (("svtv", "svtv-weights", UNET), ("lpn", "lpn", ICNN_ARCH),
                              ("lpn2", "lpn", ICNN_ARCH), ("dn", "denoiser", UNET)):
         paths[name] = tmp_path / f"{name}.safetensors"
-        _save(paths[name], task, arch)
+        _save(paths[name], task, arch, **({"sigma": 0.03} if task == "denoiser" else {}))  # as recon train writes
     return paths
 
 
 def _ct(tmp_path, *args):
     return main(["ct", "--phantom", "shepp-logan", "--size", "32", "--views", "20", "--iterations", "20",
                  "--output", str(tmp_path / "out"), "--no-progress", *map(str, args)])
+
+
+def test_recon_ct_pnp_with_a_denoiser(tmp_path, models):
+    assert _ct(tmp_path, "--method", "pnp", "--weights", models["dn"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["pnp"]["iterations"] == 20 and metrics["pnp"]["rho"] > 0 and np.isfinite(metrics["pnp"]["psnr"])
 
 
 def test_recon_ct_svtv_with_weights(tmp_path, models):
@@ -445,7 +503,9 @@ def test_recon_ct_svtv_with_weights(tmp_path, models):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--method", "svtv", "--weights", "{dn}"), "--weights: .*dn.safetensors holds a 'denoiser' model; recon ct uses"),
+    (("--method", "svtv", "--weights", "{dn}"), r"--weights: .*dn.safetensors is a 'denoiser' model for --method pnp, "
+                                                r"which is not among the methods \['svtv'\]"),
+    (("--method", "pnp",), "--weights: --method pnp needs a trained denoiser"),
     (("--method", "fbp", "--weights", "{lpn}"), r"--weights: .*lpn.safetensors is a 'lpn' model for --method lpn, "
                                                 r"which is not among the methods \['fbp'\]"),
     (("--method", "lpn", "--weights", "{lpn}", "--weights", "{lpn2}"), "--weights: two models for --method lpn"),
