@@ -35,7 +35,7 @@ from apps import bench_speed, bench_tv
 from apps.ct import _device, _metrics, simulate
 from data.hdf5 import CTData, atomic_path
 from operators.ct import ct_operator
-from recon.reconstruct import reconstruct
+from recon.reconstruct import PNP, reconstruct
 
 QUALITY_METHODS = ("fbp", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
 LEARNED_METHODS = ("svtv-fbp", "svtv-net", "lpn", "pnp")  # run when asked for with --method
@@ -146,7 +146,7 @@ def _run_case(data: CTData, methods, args, device, earlier: dict | None = None,
             tv_estimate.__name__ = "tv"
             extra["estimate"] = tv_estimate
         run_as = "svtv" if method.startswith("svtv-") else method
-        r = reconstruct(A, y, run_as, lam=lam if method not in DIRECT + ("lpn", "pnp") else None,
+        r = reconstruct(A, y, run_as, lam=lam if method not in DIRECT + PNP else None,
                         **({} if method in DIRECT else {**common, **extra}))
         if method == "tv":
             tv_x, tv_seconds = r.x, r.seconds

@@ -308,10 +308,14 @@ class _WeightNetwork:
 
 
 def _load(model, task: str, device):
-    from recon.models import CT_METHOD, TrainedModel, builtin, load_model
+    from recon.models import BUILTIN, CT_METHOD, TrainedModel, builtin, load_model
 
     if model is None:
-        model = builtin(CT_METHOD[task])
+        method = CT_METHOD[task]
+        if method not in BUILTIN:
+            raise ValueError(f"model: {method} needs a trained {task} (none is shipped): train one with `recon train "
+                             f"{task} --data ... --output DIR` and pass DIR/model.safetensors")
+        model = builtin(method)
     if not isinstance(model, TrainedModel):
         model = load_model(model, task=task)
     elif model.task != task:
@@ -348,9 +352,6 @@ def _pnp(method, A, y, x_fbp, model, lam, iterations, constraint, progress, star
     if lam == "auto":
         raise ValueError(f"lam: 'auto' (the discrepancy principle) is not available for {method}; give rho as lam "
                          "or None")
-    if method == "pnp" and model is None:
-        raise ValueError("model: pnp needs a trained denoiser (none is shipped): train one with `recon train "
-                         "denoiser --data ... --output DIR` and pass DIR/model.safetensors")
     m = _load(model, "lpn" if method == "lpn" else "denoiser", y.device)
     pnp = m.card.get("pnp", {})
     norm_sq = A.norm() ** 2
