@@ -66,6 +66,9 @@ def test_bad_arguments(tmp_path, capsys):
     assert "--htc: no HTC2022 *_full.mat files" in capsys.readouterr().err
     assert bench("--phantoms", -1, "--output", tmp_path) == 2
     assert "--phantoms: expected a non-negative" in capsys.readouterr().err
+    assert bench("--phantoms", 0, "--datasets", "phantoms", "--method", "pnp", "--output", tmp_path / "p") == 2
+    assert "--pnp-weights: --method pnp needs a trained denoiser" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "quality.json").exists()
 
 
 @pytest.mark.real_data
