@@ -92,10 +92,10 @@ def check_memory(nbytes: float, what: str) -> None:
 
     Example:
         >>> check_memory(1024, "a small array")
-        >>> check_memory(2**80, "--size 10**12: the phantom")  # doctest: +ELLIPSIS
+        >>> check_memory(2**60, "--size 10**9: the phantom")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        data.limits.MemoryLimitError: --size 10**12: the phantom: needs about 1048576.0 TiB of memory, ...
+        data.limits.MemoryLimitError: --size 10**9: the phantom: needs about 1048576.0 TiB of memory, ...
     """
     limit = memory_limit()
     if nbytes > limit:
