@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import h5py
 import numpy as np
 
-from data.hdf5 import Slices, _fail, _open_h5, _selection, _take
+from data.hdf5 import Slices, _check_read, _fail, _selection, _take, open_hdf5
 from data.mri import _sampling_mask
 
 __all__ = ["FastMRIData", "ISMRMRDHeader", "read_fastmri", "parse_ismrmrd_header", "center_crop"]
@@ -198,6 +198,7 @@ def _column_mask(f: h5py.File, shape: tuple, path: Path) -> np.ndarray | None:
     if not isinstance(ds, h5py.Dataset) or ds.shape != shape[-1:] or ds.dtype.kind not in "biuf":
         found = f"shape {ds.shape} dtype {ds.dtype}" if isinstance(ds, h5py.Dataset) else "a group"
         raise _fail(path, f"dataset 'mask': expected a real (W,) = {shape[-1:]} column mask, got {found}")
+    _check_read(ds, "mask", path, None, 8)
     columns = np.asarray(ds[()])
     if not np.all(np.isfinite(columns)):
         raise _fail(path, "dataset 'mask' contains NaN or Inf values")
@@ -214,6 +215,7 @@ def _reference(f: h5py.File, kshape: tuple, index, path: Path) -> tuple[str | No
         found = f"has shape {ds.shape} dtype {ds.dtype}" if isinstance(ds, h5py.Dataset) else "is a group"
         raise _fail(path, f"dataset '{name}' {found}, expected real (slices, h, w) "
                           f"with slices = {kshape[0]} as in 'kspace'")
+    _check_read(ds, name, path, index, 4)
     reference = _take(ds, index)
     if not np.all(np.isfinite(reference)):
         raise _fail(path, f"dataset '{name}' contains NaN or Inf values")
@@ -223,7 +225,10 @@ def _reference(f: h5py.File, kshape: tuple, index, path: Path) -> tuple[str | No
 def _header(f: h5py.File, path: Path) -> ISMRMRDHeader | None:
     if "ismrmrd_header" not in f:
         return None
-    raw = f["ismrmrd_header"][()] if isinstance(f["ismrmrd_header"], h5py.Dataset) else None
+    ds, raw = f["ismrmrd_header"], None
+    if isinstance(ds, h5py.Dataset):
+        _check_read(ds, "ismrmrd_header", path)
+        raw = ds[()]
     raw = raw.item() if isinstance(raw, np.ndarray) and raw.size == 1 else raw
     if not isinstance(raw, (bytes, str)):
         raise _fail(path, f"dataset 'ismrmrd_header': expected XML text, got {type(raw).__name__}")
@@ -261,9 +266,10 @@ def read_fastmri(path: str | os.PathLike, slices: Slices = None) -> FastMRIData:
         ((4, 16, 12), (16, 12), (8, 8), 3, 'CORPD_FBK')
     """
     path = Path(path)
-    with _open_h5(path, "HDF5 file (fastMRI layout)") as f:
+    with open_hdf5(path, "HDF5 file (fastMRI layout)") as f:
         ds = _kspace(f, path)
         index = _selection(slices, ds.shape[0], path)
+        _check_read(ds, "kspace", path, index, 20)  # complex64 copy, masked copy and magnitudes
         k = _take(ds, index)
         if not np.all(np.isfinite(k)):
             raise _fail(path, "dataset 'kspace' contains NaN or Inf values")

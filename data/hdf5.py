@@ -34,11 +34,13 @@ from typing import Union
 import h5py
 import numpy as np
 
+from data.limits import array_bytes, check_memory
 from data.provenance import json_safe
 
-__all__ = ["CTData", "read_ct", "write_ct", "write_reconstructions", "atomic_path"]
+__all__ = ["CTData", "open_hdf5", "read_ct", "write_ct", "write_reconstructions", "atomic_path"]
 
 GEOMETRIES = ("parallel", "fan")
+_OWN = "refused: the file must hold all its data itself"
 _REQUIRED = {"parallel": ("detector_spacing", "pixel_size", "image_size"),
              "fan": ("detector_spacing", "pixel_size", "image_size", "source_origin", "origin_detector")}
 
@@ -74,14 +76,96 @@ def _fail(path, what: str) -> ValueError:
     return ValueError(f"{path}: {what}")
 
 
-def _open_h5(path: Path, kind: str = "HDF5 file") -> h5py.File:
-    """Open ``path`` read-only (use as ``with _open_h5(p) as f``); errors name the file."""
+def open_hdf5(path: str | os.PathLike, kind: str = "HDF5 file") -> h5py.File:
+    """Open ``path`` read-only, refusing a file whose data would come from other files of the host.
+
+    Before returning, every link of the file is visited without following any into another file:
+    an external link, a dataset with external raw storage or a virtual dataset anywhere in the file
+    is refused, as is a soft link that does not resolve inside the file (a missing target, or a
+    cycle, which HDF5 stops after 16 hops). The file is closed when it is refused.
+
+    Args:
+        path: the HDF5 file.
+        kind: what the file should be, for the error message (e.g. ``"HDF5 file (fastMRI layout)"``).
+
+    Returns:
+        The open ``h5py.File``; use it as ``with open_hdf5(p) as f``.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not HDF5, or it points into other files.
+
+    Example:
+        >>> import h5py, numpy as np, tempfile, os
+        >>> a, b = (os.path.join(tempfile.mkdtemp(), name) for name in ("a.h5", "b.h5"))
+        >>> with h5py.File(a, "w") as f: f["x"] = np.arange(3.0)
+        >>> with open_hdf5(a) as f: f["x"][()]
+        array([0., 1., 2.])
+        >>> with h5py.File(b, "w") as f: f["y"] = h5py.ExternalLink(a, "/x")
+        >>> open_hdf5(b)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: .../b.h5: '/y' is an external link to '/x' in .../a.h5: ...
+    """
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input: no such file {path}")
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as err:
         raise _fail(path, f"not a readable {kind} ({err})") from err
+    try:
+        _refuse_foreign(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _refuse_foreign(f: h5py.File, path) -> None:
+    """Raise unless every link of ``f`` stays inside it (external links are checked before any soft
+    link is resolved, so resolving one never opens another file)."""
+    links: list = []
+    f.visititems_links(lambda name, link: links.append(("/" + name, link)))
+    for name, link in links:
+        if isinstance(link, h5py.ExternalLink):
+            raise _fail(path, f"'{name}' is an external link to '{link.path}' in {link.filename}: {_OWN}")
+        if not isinstance(link, (h5py.HardLink, h5py.SoftLink)):
+            raise _fail(path, f"'{name}' is a user-defined link ({type(link).__name__}): {_OWN}")
+    for name, link in links:
+        try:
+            obj = f[name]
+        except (KeyError, RuntimeError, OSError) as err:
+            raise _fail(path, f"soft link '{name}' -> '{getattr(link, 'path', '?')}' does not resolve inside the "
+                              f"file (a missing target or a cycle of links: {err})") from None
+        if isinstance(obj, h5py.Dataset) and obj.external:
+            files = sorted({str(entry[0]) for entry in obj.external})
+            raise _fail(path, f"dataset '{name}' keeps its data in external raw file(s) {files}: {_OWN}")
+        if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+            files = sorted({m.file_name for m in obj.virtual_sources()})
+            raise _fail(path, f"dataset '{name}' is a virtual dataset mapping data from {files}: {_OWN}")
+
+
+def _check_read(ds: h5py.Dataset, name: str, path, index: int | list[int] | None = None,
+                out_itemsize: int = 0) -> None:
+    """Refuse (``MemoryLimitError``) before ``_take(ds, index)`` when the entries read, their copy into
+    ``out_itemsize`` bytes per element and one decompressed chunk would not fit in memory."""
+    rows = 1 if isinstance(index, int) else len(index) if index is not None else None
+    shape = ds.shape if rows is None else (rows, *ds.shape[1:])
+    chunk = array_bytes(ds.chunks, ds.dtype.itemsize) if ds.chunks else 0
+    check_memory(array_bytes(shape, ds.dtype.itemsize + out_itemsize) + chunk,
+                 f"{path}: dataset '{name}' {ds.shape} {ds.dtype}")
+
+
+def _number(attrs: Mapping, key: str, path, expected: str) -> np.ndarray:
+    """Attribute ``key`` as finite float64 values; anything else (text, NaN, Inf) names file and attribute."""
+    try:
+        value = attrs[key]
+    except (OSError, TypeError, ValueError) as err:
+        raise _fail(path, f"attribute '{key}': expected {expected}, got an unreadable value ({err})") from None
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf" or array.size == 0 or not np.all(np.isfinite(array)):
+        raise _fail(path, f"attribute '{key}': expected {expected}, got {value!r}")
+    return array.astype(np.float64)
 
 
 def _selection(slices: Slices, n: int, path) -> int | list[int] | None:
@@ -136,27 +220,34 @@ def _finite(arr: np.ndarray, name: str, path) -> np.ndarray:
     return arr
 
 
+def _positive(attrs: Mapping, key: str, path, expected: str, zero: bool = False) -> float:
+    """Attribute ``key`` as one finite number > 0 (>= 0 when ``zero``); errors name file and attribute."""
+    value = _number(attrs, key, path, expected)
+    if value.size != 1 or value.item() < 0 or (value.item() == 0 and not zero):
+        raise _fail(path, f"attribute '{key}': expected {expected}, got {attrs[key]!r}")
+    return value.item()
+
+
 def _geometry(attrs: Mapping, path) -> dict:
     if "geometry" not in attrs:
         raise _fail(path, f"missing attribute 'geometry' (expected one of {GEOMETRIES})")
     kind = attrs["geometry"]
-    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    kind = kind.decode(errors="replace") if isinstance(kind, bytes) else str(kind)
     if kind not in GEOMETRIES:
         raise _fail(path, f"attribute 'geometry': expected one of {GEOMETRIES}, got {kind!r}")
     geom: dict = {"geometry": kind}
     for key in _REQUIRED[kind]:
         if key not in attrs:
             raise _fail(path, f"missing attribute '{key}' (required for {kind} geometry)")
-        value = np.asarray(attrs[key], dtype=np.float64)
-        if key == "image_size":
-            size = value.astype(int).ravel()
-            if size.size not in (1, 2) or np.any(size < 1) or not np.all(size == value.ravel()):
-                raise _fail(path, f"attribute 'image_size': expected a positive integer or [H, W], got {attrs[key]!r}")
-            geom["image_shape"] = (int(size[0]), int(size[-1]))
-        elif value.size != 1 or not np.isfinite(value) or (value <= 0 and key != "origin_detector") or value < 0:
-            raise _fail(path, f"attribute '{key}': expected a positive number (mm), got {attrs[key]!r}")
-        else:
-            geom[key] = float(value)
+        if key != "image_size":
+            geom[key] = _positive(attrs, key, path, "a positive number (mm)", zero=key == "origin_detector")
+            continue
+        expected = "a positive integer or [H, W]"
+        value = _number(attrs, key, path, expected).ravel()
+        size = value.astype(np.int64)
+        if size.size not in (1, 2) or np.any(size < 1) or not np.all(size == value):
+            raise _fail(path, f"attribute 'image_size': expected {expected}, got {attrs[key]!r}")
+        geom["image_shape"] = (int(size[0]), int(size[-1]))
     return geom
 
 
@@ -171,6 +262,7 @@ def _reference(f: h5py.File, path, sinogram_shape: tuple, image_shape: tuple, in
         what = f"(slices, H, W) = {expected}: one image_size image per sinogram slice" if stack else \
             f"image_size {expected}"
         raise _fail(path, f"dataset 'reference' has shape {ds.shape}, expected {what}")
+    _check_read(ds, "reference", path, index, 4)
     return _finite(_take(ds, index), "reference", path).astype(np.float32)
 
 
@@ -196,21 +288,22 @@ def read_ct(path: str | os.PathLike, slices: Slices = None) -> CTData:
         ((3, 10, 20), (10, 20), (16, 16))
     """
     path = Path(path)
-    with _open_h5(path) as f:
+    with open_hdf5(path) as f:
         sino_ds = _dataset(f, "sinogram", path, (2, 3))
         if slices is not None and sino_ds.ndim == 2:
             raise _fail(path, f"slices: the file holds one 2-D sinogram {sino_ds.shape} (views, detectors), "
                               f"not a stack of slices; leave slices=None")
         index = _selection(slices, sino_ds.shape[0], path)
+        _check_read(sino_ds, "sinogram", path, index, 4)
         sino = _finite(_take(sino_ds, index), "sinogram", path).astype(np.float32)
-        angles = _finite(_take(_dataset(f, "angles", path, (1,)), None), "angles", path).astype(np.float64)
+        angles_ds = _dataset(f, "angles", path, (1,))
+        _check_read(angles_ds, "angles", path, None, 8)
+        angles = _finite(_take(angles_ds, None), "angles", path).astype(np.float64)
         geom = _geometry(f.attrs, path)
         ref = _reference(f, path, sino_ds.shape, geom["image_shape"], index)
-        noise_std = float(f.attrs["noise_std"]) if "noise_std" in f.attrs else None
+        noise_std = _positive(f.attrs, "noise_std", path, "a positive number") if "noise_std" in f.attrs else None
     if angles.shape[0] != sino.shape[-2]:
         raise _fail(path, f"dataset 'angles' has {angles.shape[0]} entries but 'sinogram' has {sino.shape[-2]} views")
-    if noise_std is not None and not (np.isfinite(noise_std) and noise_std > 0):
-        raise _fail(path, f"attribute 'noise_std' must be a positive number, got {noise_std}")
     return CTData(sino, angles, geom, ref, str(path), noise_std)
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data.hdf5 import Slices, _fail, _open_h5, _selection, _take, atomic_path
+from data.hdf5 import Slices, _check_read, _fail, _selection, _take, atomic_path, open_hdf5
+from data.limits import array_bytes, check_memory
 
 __all__ = ["KSpaceData", "read_kspace", "write_kspace", "remove_readout_oversampling"]
 
@@ -69,10 +70,29 @@ def _read_kspace(array, path, slices: Slices) -> tuple[np.ndarray, int | list[in
         raise _fail(path, f"slices: the file holds one slice {array.shape}, not a stack "
                           "(slices, coils, H, W); leave slices=None")
     index = _selection(slices, array.shape[0], path) if len(array.shape) == 4 else None
+    if isinstance(array, h5py.Dataset):  # complex64 copy, masked copy and magnitudes: 20 bytes per sample
+        _check_read(array, "kspace", path, index, 20)
     k = _take(array, index)
     if not np.all(np.isfinite(k)):
         raise _fail(path, "'kspace' contains NaN or Inf values")
     return (k[None] if k.ndim == 2 else k).astype(np.complex64), index
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` array, its declared size checked against the memory limit before it is read."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(fh)
+    except (OSError, ValueError) as err:
+        raise _fail(path, f"not a readable .npy file ({err})") from err
+    # the array, its complex64 copy, the masked copy and the magnitudes
+    check_memory(array_bytes(shape, dtype.itemsize + 20), f"{path}: array {shape} {dtype}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise _fail(path, f"not a readable .npy file ({err})") from err
 
 
 def _optional(f: h5py.File, name: str, kshape: tuple, index, path) -> np.ndarray | None:
@@ -92,7 +112,9 @@ def _optional(f: h5py.File, name: str, kshape: tuple, index, path) -> np.ndarray
         raise _fail(path, f"dataset '{name}' {found}, expected {expected}")
     if ds.dtype.kind not in "biuf":
         raise _fail(path, f"dataset '{name}': expected real values, got {ds.dtype}")
-    arr = _take(ds, index if len(ds.shape) == 3 else None)
+    index = index if len(ds.shape) == 3 else None
+    _check_read(ds, name, path, index, 2 if name == "mask" else 4)
+    arr = _take(ds, index)
     if not np.all(np.isfinite(arr)):
         raise _fail(path, f"dataset '{name}' contains NaN or Inf values")
     return arr
@@ -138,13 +160,9 @@ def read_kspace(path: str | os.PathLike, slices: Slices = None) -> KSpaceData:
     if path.suffix == ".npy":
         if not path.is_file():
             raise FileNotFoundError(f"input: no such file {path}")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise _fail(path, f"not a readable .npy file ({err})") from err
-        k, index = _read_kspace(array, path, slices)
+        k, index = _read_kspace(_load_npy(path), path, slices)
     else:
-        with _open_h5(path, "HDF5 or .npy file") as f:
+        with open_hdf5(path, "HDF5 or .npy file") as f:
             if "kspace" not in f or not isinstance(f["kspace"], h5py.Dataset):
                 raise _fail(path, "missing dataset 'kspace' (complex (coils, H, W) or (slices, coils, H, W); "
                                   "see data/mri.py for the layout)")

@@ -29,6 +29,7 @@ from skimage import draw
 from torch.utils.data import Dataset
 
 from data.dicom import read_series
+from data.hdf5 import _check_read, open_hdf5
 from data.phantoms import _check_n_ellipses, random_ellipses
 
 __all__ = ["EllipsesDataset", "CouleLikeDataset", "ImageFolderDataset", "HDF5ImageDataset",
@@ -315,14 +316,13 @@ class HDF5ImageDataset(Dataset):
         self.path, self.dataset = Path(path), dataset
         if not self.path.is_file():
             raise FileNotFoundError(f"path: no such file {self.path}")
-        try:
-            with h5py.File(self.path, "r") as f:
-                self.shape = self._check(f)
-        except OSError as err:
-            raise ValueError(f"path: {self.path} is not a readable HDF5 file ({err})") from err
+        if not h5py.is_hdf5(self.path):
+            raise ValueError(f"path: {self.path} is not a readable HDF5 file")
+        with open_hdf5(self.path) as f:
+            self.shape = self._check(f).shape
 
-    def _check(self, f: h5py.File) -> tuple[int, ...]:
-        """The image dataset's shape, after checking that it exists, is 3-D/4-D and real."""
+    def _check(self, f: h5py.File) -> h5py.Dataset:
+        """The image dataset, after checking that it is 3-D/4-D, real, and that one item fits in memory."""
         item = f.get(self.dataset)
         if not isinstance(item, h5py.Dataset):
             found = sorted(k for k in f if isinstance(f[k], h5py.Dataset))
@@ -332,15 +332,20 @@ class HDF5ImageDataset(Dataset):
             raise ValueError(f"{self.path}:{self.dataset}: expected shape (N, H, W) or (N, 1, H, W), got {shape}")
         if item.dtype.kind not in "biuf":
             raise ValueError(f"{self.path}:{self.dataset}: expected real numbers, got dtype {item.dtype}")
-        return shape
+        _check_read(item, self.dataset, self.path, 0, 4)  # one item and its float32 copy
+        return item
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, index: int) -> torch.Tensor:
         index = check_index(index, self.shape[0])
-        with h5py.File(self.path, "r") as f:
-            array = np.asarray(f[self.dataset][index], dtype=np.float32)
+        with open_hdf5(self.path) as f:  # checked again: the file may have changed since the constructor
+            item = self._check(f)
+            if item.shape != self.shape:
+                raise ValueError(f"{self.path}:{self.dataset}: the shape changed from {self.shape} to {item.shape} "
+                                 f"since the dataset was made")
+            array = np.asarray(item[index], dtype=np.float32)
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{self.path}:{self.dataset}: item {index} contains NaN or Inf values")
         return torch.from_numpy(array.reshape(1, *self.shape[-2:]))
