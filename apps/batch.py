@@ -124,27 +124,19 @@ configuration or input.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
 import shutil
 import sys
-import time
-import uuid
+import tempfile
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 from apps.batch_config import config_hash, load_config
+from apps.batch_engine import execute
+from apps.batch_manifest import MANIFEST, cached_hashes, entry, finished_record, load_manifest, save_manifest, taken_names
 from apps.batch_studies import Study, assign_names, discover
-from apps.batch_worker import PARTIAL, RECORD, STUDIES, run_study, write_json
+from apps.batch_worker import PARTIAL
 
-MANIFEST = "manifest.json"
-FORMAT = "recon-batch-manifest/1"
-ENTRY_KEYS = ("name", "kind", "mode", "state", "config_hash", "input_hash", "slices", "seconds", "started",
-              "finished", "error", "metrics")
 KINDS = ("dicom", "hdf5", "kspace")
-POLL_S = 0.25  # how often the client looks for studies that workers have started
 
 
 def add_parser(sub) -> None:
@@ -159,42 +151,6 @@ def add_parser(sub) -> None:
                    help="run on an existing Dask cluster, e.g. tcp://host:8786 (instead of a local one)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def load_manifest(out: Path) -> dict:
-    path = out / MANIFEST
-    if not path.is_file():
-        return {"format": FORMAT, "studies": {}}
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"--output: {path} is not valid JSON ({err}); move it away to rebuild it") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("studies"), dict):
-        raise ValueError(f"--output: {path} is not a recon batch manifest (expected format {FORMAT!r})")
-    return manifest
-
-
-def save_manifest(out: Path, manifest: dict) -> None:
-    manifest["updated"] = _now()
-    write_json(out / MANIFEST, manifest)
-
-
-def _entry(record: dict) -> dict:
-    return {k: record.get(k) for k in ENTRY_KEYS}
-
-
-def finished_record(out: Path, study: Study, chash: str) -> dict | None:
-    """The study's study.json when it is done with this config and input, else None."""
-    try:
-        record = json.loads((out / STUDIES / study.name / RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    same = (record.get("state"), record.get("key"), record.get("config_hash"), record.get("input_hash"))
-    return record if same == ("done", study.key, chash, study.input_hash) else None
 
 
 @contextmanager
@@ -213,31 +169,6 @@ def _locked(out: Path):
         yield
 
 
-@contextmanager
-def dask_client(scheduler: str | None, workers: int | None, n_tasks: int):
-    """A Dask client: on ``scheduler``, or on a LocalCluster (processes, one thread each) closed on exit."""
-    from dask.distributed import Client, LocalCluster
-
-    cluster = None
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="15s")
-        except (OSError, TimeoutError) as err:
-            raise RuntimeError(f"--scheduler: cannot connect to {scheduler} ({err})") from err
-    else:
-        n = workers or max(1, min(os.cpu_count() or 1, n_tasks))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.ERROR,
-                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})  # no fixed port 8787
-        client = Client(cluster)
-    try:
-        yield client
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
 def kind_hashes(config: dict) -> dict[str, str]:
     """The config hash each kind of study is recorded with (only the keys that kind uses)."""
     return {kind: config_hash(config, kind) for kind in KINDS}
@@ -250,68 +181,14 @@ def _plan(out: Path, studies: list[Study], manifest: dict, hashes: dict[str, str
         record = finished_record(out, s, hashes[s.kind])
         entries = manifest["studies"]
         if record is not None:
-            if entries.get(s.key) != _entry(record):
-                entries[s.key] = _entry(record)
+            if entries.get(s.key) != entry(record):
+                entries[s.key] = entry(record)
         else:
             todo.append(s)
-            entries[s.key] = _entry({"name": s.name, "kind": s.kind, "mode": s.mode, "state": "pending",
-                                     "config_hash": hashes[s.kind], "input_hash": s.input_hash})
+            entries[s.key] = entry({"name": s.name, "kind": s.kind, "mode": s.mode, "state": "pending",
+                                     "inputs": list(s.inputs), "config_hash": hashes[s.kind],
+                                     "input_hash": s.input_hash})
     return todo
-
-
-def _mark_running(out: Path, manifest: dict, waiting: set[str]) -> None:
-    """Studies whose temporary folder exists have started: pending -> running."""
-    try:
-        started = {p.name.split("-")[0] for p in (out / PARTIAL).iterdir()} & waiting
-    except OSError:
-        return
-    for key in started:
-        manifest["studies"][key].update(state="running", started=_now())
-    waiting -= started
-    if started:
-        save_manifest(out, manifest)
-
-
-def _outcome(future, study: Study, chash: str) -> dict:
-    """The task's record; an error of the engine itself (a worker that died) fails the study."""
-    try:
-        return future.result()
-    except BaseException as err:  # KilledWorker, cancelled futures, lost connections
-        if isinstance(err, (KeyboardInterrupt, SystemExit)):
-            raise
-        return {"name": study.name, "kind": study.kind, "mode": study.mode, "state": "failed", "config_hash": chash,
-                "input_hash": study.input_hash, "error": f"{type(err).__name__}: {err}"}
-
-
-def execute(args, out: Path, todo: list[Study], config: dict, hashes: dict[str, str], manifest: dict, bar) -> None:
-    """Run ``todo`` on the cluster, updating the manifest per study as results arrive."""
-    from dask.distributed import as_completed
-
-    with dask_client(args.scheduler, args.workers, len(todo)) as client:
-        futures = {client.submit(run_study, s, config, hashes[s.kind], str(out),
-                                 key=f"recon-batch-{s.key}-{uuid.uuid4().hex}", pure=False): s for s in todo}
-        ac, left, waiting = as_completed(futures), len(futures), {s.key for s in todo}
-        while left:
-            if not ac.has_ready():
-                _mark_running(out, manifest, waiting)
-                time.sleep(POLL_S)
-                continue
-            for future in ac.next_batch(block=False):
-                study = futures[future]
-                record = _outcome(future, study, hashes[study.kind])
-                waiting.discard(study.key)
-                manifest["studies"][study.key] = _entry(record)
-                save_manifest(out, manifest)
-                bar.write(_line(study, record))
-                bar.update()
-                left -= 1
-
-
-def _line(study: Study, record: dict) -> str:
-    if record.get("state") != "done":
-        return f"{study.name}: {record.get('state')}: {record.get('error')}"
-    psnr = ", ".join(f"{m} {v['psnr']:.2f} dB" for m, v in record["metrics"].items() if "psnr" in v)
-    return f"{study.name}: done, {record['slices']} slices, {record['seconds']:.1f} s" + (f", PSNR {psnr}" if psnr else "")
 
 
 def summary_methods(studies: list[Study], config: dict) -> list[str]:
@@ -337,7 +214,20 @@ def format_summary(studies: list[Study], manifest: dict, methods, kept: set[str]
              for r in [head, *rows]]
     failed = [f"failed: {s.name}: {manifest['studies'][s.key]['error']}" for s in studies
               if manifest["studies"][s.key]["state"] == "failed"]
-    return "\n".join(lines + failed)
+    warned = [f"warning: {s.name}: {w}" for s in studies for w in manifest["studies"][s.key].get("warnings") or ()]
+    return "\n".join(lines + failed + warned)
+
+
+def _prepare_output(out: Path) -> None:
+    """Create ``out`` and check that it can be written, naming ``--output`` when not."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output: expected a folder, found a file {out}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ValueError(f"--output: cannot write into {out} ({err.strerror or err})") from err
 
 
 def run(args) -> int:
@@ -352,17 +242,19 @@ def run(args) -> int:
     out = args.output.resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output: expected a folder, found a file {out}")
-    studies, notes = discover(args.inputs, exclude=out, patient_labels=config["naming"] == "patient")
-    out.mkdir(parents=True, exist_ok=True)
+    cache = cached_hashes(out)
+    studies, notes = discover(args.inputs, exclude=out, patient_labels=config["naming"] == "patient",
+                              content_cache=cache)
+    _prepare_output(out)
     with _locked(out):
         manifest = load_manifest(out)
         previous = {k: e["name"] for k, e in manifest["studies"].items()
                     if e.get("config_hash") == hashes.get(e.get("kind")) and e.get("name")}
-        studies = assign_names(studies, config["naming"], previous)
+        studies = assign_names(studies, config["naming"], previous, taken_names(out))
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
         for note in notes:
             print(f"recon batch: {note}", file=sys.stderr)
-        manifest.update(config_hash=chash, config=config)
+        manifest.update(config_hash=chash, config=config, notes=notes, content_cache=cache)
         todo = _plan(out, studies, manifest, hashes)
         kept = {s.key for s in studies if manifest["studies"][s.key]["state"] == "done"}
         save_manifest(out, manifest)

@@ -25,13 +25,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
-import h5py
 import numpy as np
 import torch
 
 from apps.batch_worker import _merge
 from apps.mri import operator, prepare
 from data.fastmri import center_crop, read_fastmri
+from data.hdf5 import open_hdf5
 from data.mri import read_kspace
 from operators.mri import CartesianMRI, MultiCoilMRI
 from recon.mri import reconstruct_mri
@@ -91,7 +91,7 @@ def _batch_names(err: ValueError) -> ValueError:
 
 def _read(path: str):
     """``KSpaceData`` (data/mri.py) or ``FastMRIData`` as a stack: ``kspace (slices, coils, H, W)``."""
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         fastmri = "ismrmrd_header" in f
     if fastmri:
         data = read_fastmri(path)

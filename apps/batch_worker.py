@@ -36,6 +36,7 @@ __all__ = ["StudyData", "run_study", "load_study", "reconstruct_study", "write_j
 PARTIAL = ".partial"  # temporary folders of studies being written (cleared at the start of a run)
 STUDIES = "studies"
 RECORD = "study.json"
+OTHER_WARNINGS = 20  # warnings a record keeps besides the DICOM ones (all of which it keeps)
 
 
 @dataclass
@@ -220,25 +221,53 @@ def write_outputs(folder: Path, study: Study, data, results: dict, config: dict,
     return record
 
 
-def publish(folder: Path, target: Path, trash_dir: Path) -> None:
-    """Rename the finished ``folder`` to ``target``; an older ``target`` is moved aside first and deleted."""
+def _owner(folder: Path) -> str | None:
+    """The key recorded in ``folder/study.json``, or None when there is none (or it cannot be read)."""
+    try:
+        key = json.loads((folder / RECORD).read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
+def publish(folder: Path, target: Path, trash_dir: Path, key: str) -> Path:
+    """Rename the finished ``folder`` to ``target`` and return where it went. An older ``target`` of the
+    same study (its study.json records ``key``) is moved aside first and deleted; a ``target`` that is
+    anything else (another study's results, a folder not written by recon batch) is never touched:
+    the study goes to ``<target>_<key>`` instead."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and _owner(target) != key:
+        target = target.with_name(f"{target.name}_{key}")
     old = None
     if target.exists():
+        if _owner(target) != key:
+            raise FileExistsError(f"studies/{target.name} exists and holds no result of study {key}; left untouched")
         old = trash_dir / f"old-{target.name}-{uuid.uuid4().hex[:8]}"
         os.rename(target, old)
     os.rename(folder, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _warnings(caught) -> list[str]:
+    """Every DICOM warning (each once, in order), then at most ``OTHER_WARNINGS`` others."""
+    from data.dicom import DicomWarning
+
+    dicom = [str(w.message) for w in caught if issubclass(w.category, DicomWarning)]
+    other = sorted({str(w.message) for w in caught if not issubclass(w.category, DicomWarning)})
+    return list(dict.fromkeys(dicom)) + other[:OTHER_WARNINGS]
 
 
 def run_study(study: Study, config: dict, config_hash: str, output: str) -> dict:
     """The Dask task: read, reconstruct, write and publish one study; returns its record (never raises)."""
     start, started = time.perf_counter(), datetime.now(timezone.utc)
     record = {"key": study.key, "name": study.name, "kind": study.kind, "mode": study.mode,
-              "config_hash": config_hash, "input_hash": study.input_hash, "started": started.isoformat()}
+              "inputs": list(study.inputs), "config_hash": config_hash, "input_hash": study.input_hash,
+              "started": started.isoformat()}
     out = Path(output)
     folder = out / PARTIAL / f"{study.key}-{uuid.uuid4().hex[:8]}"
+    caught: list = []
     try:
         folder.mkdir(parents=True)
         with warnings.catch_warnings(record=True) as caught:
@@ -246,13 +275,15 @@ def run_study(study: Study, config: dict, config_hash: str, output: str) -> dict
             data = load_study(study, config)
             results = reconstruct_study(data, config)
         write_outputs(folder, study, data, results, config, record, started)
-        record["warnings"] = sorted({str(w.message) for w in caught})[:20]
+        record["warnings"] = _warnings(caught)
         record["seconds"] = round(time.perf_counter() - start, 3)
         write_json(folder / RECORD, record)
-        publish(folder, out / STUDIES / study.name, out / PARTIAL)
+        record["name"] = publish(folder, out / STUDIES / study.name, out / PARTIAL, study.key).name
+        if record["name"] != study.name:
+            write_json(out / STUDIES / record["name"] / RECORD, record)
         return record
     except Exception as err:  # isolate the study: any error is its failure, reported by the client
-        return {**record, "state": "failed", "error": f"{type(err).__name__}: {err}",
+        return {**record, "state": "failed", "error": f"{type(err).__name__}: {err}", "warnings": _warnings(caught),
                 "seconds": round(time.perf_counter() - start, 3)}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
