@@ -98,8 +98,8 @@ def open_hdf5(path: str | os.PathLike, kind: str = "HDF5 file") -> h5py.File:
         >>> import h5py, numpy as np, tempfile, os
         >>> a, b = (os.path.join(tempfile.mkdtemp(), name) for name in ("a.h5", "b.h5"))
         >>> with h5py.File(a, "w") as f: f["x"] = np.arange(3.0)
-        >>> with open_hdf5(a) as f: f["x"][()]
-        array([0., 1., 2.])
+        >>> with open_hdf5(a) as f: f["x"][()].tolist()
+        [0.0, 1.0, 2.0]
         >>> with h5py.File(b, "w") as f: f["y"] = h5py.ExternalLink(a, "/x")
         >>> open_hdf5(b)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
