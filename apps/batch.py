@@ -90,11 +90,25 @@ allowed.
 **Manifest** (rewritten atomically after every change)::
 
     {"format": "recon-batch-manifest/1", "updated": ISO-8601, "config_hash": SHA-256 of the canonical
-     resolved config, "config": {...},
+     resolved config, "config": {...}, "notes": [files skipped while finding studies],
+     "content_cache": {hash of an HDF5 file's absolute path: [size, mtime_ns, SHA-256 of its bytes]},
      "studies": {KEY: {"name", "kind": "dicom" | "hdf5" | "kspace", "mode": "simulate" | "measured",
-                       "state": "pending" | "running" | "done" | "failed", "config_hash" (of the keys
-                       its kind uses, below), "input_hash", "slices", "seconds", "started",
-                       "finished", "error", "metrics": {METHOD: {"psnr", "ssim", "seconds"}}}}}
+                       "state": "pending" | "running" | "done" | "failed", "inputs": [paths relative
+                       to the input root: the HDF5 file, or the folders of the series' files],
+                       "config_hash" (of the keys its kind uses, below), "input_hash", "slices",
+                       "seconds", "started", "finished", "error", "warnings": [every DICOM warning
+                       of the study, then up to 20 others], "metrics": {METHOD: {"psnr", "ssim",
+                       "seconds"}}}}}
+
+A manifest of another structure stops the run with a message naming what is wrong (move it away
+to rebuild it from the study folders).
+
+**Keys.** A DICOM series is keyed by its Study and Series Instance UIDs, an HDF5 file by its path
+relative to the input root and the SHA-256 of its bytes: two sites' ``scan.h5`` with different
+data are two studies with two folders. A study's folder is only ever replaced by a newer result
+of the same key; a folder that holds anything else (another study, or files recon batch did not
+write) is left alone and the study is published as ``NAME_KEY``. Symbolic links are followed;
+broken ones are noted and skipped.
 
 **Resume rules.** A study is skipped when ``studies/NAME/study.json`` records its key, the
 current config hash of its kind and its input hash (SHA-256 of its files' names, sizes and
@@ -113,12 +127,17 @@ sanitised name with ``naming = "patient"``.
 LocalCluster of ``--workers`` processes (default: CPU cores, at most the studies to run) with
 one thread each (Dask sets OMP_NUM_THREADS=1 in them); ``--scheduler tcp://HOST:PORT`` uses a
 running cluster, whose workers must import this package and see INPUT and DIR at the same paths.
+Dying workers end in failures, never in a wait: a study whose worker died 3 times (killed, out of
+memory, a crash in native code) fails, and when the cluster has had no live worker for 60 s, or
+its scheduler is gone, the studies left fail with that reason (apps/batch_engine.py); the run then
+ends, releases its lock and exits 1.
 
 The summary table printed at the end has a PSNR column per method of the kinds present
 (``methods``, then ``mri_methods``; a name in both shares its column).
 
-Exit status: 0 when every study is done, 1 when any failed, 2 for bad arguments,
-configuration or input.
+Exit status: 0 when every study is done, 1 when any failed (or the run itself failed: a full
+disk, a lost cluster), 2 for bad arguments, configuration or input (also an output folder that
+cannot be written, and a manifest of another structure). Errors are one line on stderr.
 """
 
 from __future__ import annotations
