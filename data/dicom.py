@@ -10,16 +10,21 @@ Conventions::
     origin       ImagePositionPatient of slice 0; voxel (k, i, j) lies at (mm, patient coordinates)
                  origin + k * spacing[0] * n + i * spacing[1] * c + j * spacing[2] * r
 
-HU and attenuation: the CT operators work in 1/mm (FBP returns mu in 1/mm); ``hu_to_mu`` and
-``mu_to_hu`` use HU = 1000 (mu - mu_water) / (mu_water - mu_air), with mu_air ~ 0 and mu_water a
-parameter (default ``MU_WATER``).
+HU and attenuation (``hu_to_mu``, ``mu_to_hu``, ``MU_WATER``): ``data.hu``, re-exported here.
 
 Reading warns (``DicomWarning``) and skips non-DICOM and corrupt files in a folder or list (a single
-given file raises instead), skips objects without pixel data (SR, RT structure sets, DICOMDIR),
-warns about missing slices (not filled in) and uneven spacing, drops copies of one SOP instance,
-and raises ``ValueError`` for two slices at one position or slices differing in orientation, size
-or pixel spacing. Writing (``data.dicom_write.write_series``) makes a derived series, ``slice_0001.dcm`` onwards (names never come from
-tag values), each file written atomically.
+given file raises instead) and objects without pixel data by nature (SR, RT structure sets,
+DICOMDIR), warns about uneven spacing, drops copies of one SOP instance, and raises ``ValueError``
+for two slices at one position or slices differing in orientation, size or pixel spacing. A gap is
+never closed silently: an image slice without pixel data or whose pixel data cannot give its image
+(truncated, a wrong BitsAllocated), or a step over ``GAP_FACTOR`` times the median, is an error
+naming the file and the position, unless ``allow_gaps=True``: then the slices present keep their
+true positions (``DicomVolume.slice_positions``, written back as such) and each gap is a warning
+and a line of ``DicomVolume.gaps``. Headers are checked before any pixel is decoded
+(``data.dicom_checks``): the memory needed (``data.limits``), and RescaleSlope/Intercept (a finite
+number, or an error naming the file and tag). Tag text is kept as found (NUL bytes, shell
+metacharacters); it never becomes a path. Writing (``data.dicom_write.write_series``) makes a
+derived series, ``slice_0001.dcm`` onwards, each file written atomically.
 """
 
 from __future__ import annotations
@@ -38,15 +43,15 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 
+from data.dicom_checks import check_size, floats, image_like, pixel_problem, rescale, unit_normal
+from data.hu import MU_WATER, hu_to_mu, mu_to_hu
+
 __all__ = ["DicomVolume", "SeriesInfo", "DicomWarning", "read_series", "list_series", "stable_key", "hu_to_mu",
            "mu_to_hu", "MU_WATER"]
 
-MU_WATER = 0.0193
-"""Linear attenuation of water in 1/mm at ~70 keV effective energy: mass attenuation 0.193 cm^2/g
-(NIST XCOM / Hubbell-Seltzer tables for water, total with coherent scattering, interpolated at
-70 keV) times 1 g/cm^3 = 0.193 /cm. Depends on the spectrum; pass ``mu_water`` for another."""
-
 GAP_FACTOR = 1.5  # a step between slices larger than this times the median spacing is a missing slice
+_GAPS_HINT = ("a gap is never closed silently: pass allow_gaps=True (recon batch: allow_gaps = true) to read the "
+              "slices present at their true positions")
 _SAME_POSITION_MM = 1e-3
 _COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
            "StudyID", "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber", "ReferringPhysicianName",
@@ -56,7 +61,7 @@ _KEPT = _COPIED + ("SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Se
 
 
 class DicomWarning(UserWarning):
-    """A recoverable problem in DICOM input: skipped files, a missing slice, uneven spacing."""
+    """A recoverable problem in DICOM input: skipped files, an accepted gap, uneven spacing."""
 
 
 def stable_key(study_uid: str, series_uid: str) -> str:
@@ -75,12 +80,15 @@ class DicomVolume:
 
     Attributes:
         hu: ``(slices, H, W)`` float32, Hounsfield units, ordered along ``normal``.
-        spacing: ``(slice_spacing, row_spacing, col_spacing)`` in mm.
+        spacing: ``(slice_spacing, row_spacing, col_spacing)`` in mm (slice spacing: the median step).
         orientation: ImageOrientationPatient (row direction cosines, then column direction cosines).
         origin: ImagePositionPatient of the first slice (mm).
         tags: patient, study and series tags (DICOM keywords to plain str / number / list values).
         files: the slice files, in volume order.
         series_uid, study_uid: SeriesInstanceUID and StudyInstanceUID.
+        slice_positions: ``(slices, 3)`` ImagePositionPatient of each slice as read (mm), or ``None``
+            for a volume made otherwise (then slices lie on the regular grid).
+        gaps: one line per gap accepted with ``allow_gaps=True`` (file names and positions only).
     """
 
     hu: np.ndarray
@@ -91,6 +99,8 @@ class DicomVolume:
     files: list[Path] = field(default_factory=list)
     series_uid: str = ""
     study_uid: str = ""
+    slice_positions: np.ndarray | None = None
+    gaps: list[str] = field(default_factory=list)
 
     @property
     def normal(self) -> np.ndarray:
@@ -99,8 +109,12 @@ class DicomVolume:
 
     @property
     def positions(self) -> np.ndarray:
-        """``(slices, 3)`` ImagePositionPatient of each slice on the regular grid (mm)."""
-        return np.asarray(self.origin) + np.arange(len(self.hu))[:, None] * self.spacing[0] * self.normal
+        """``(slices, 3)`` ImagePositionPatient of each slice (mm): ``slice_positions`` moved to start at
+        ``origin`` (so a gap stays a gap), or the regular grid ``origin + k * spacing[0] * normal``."""
+        origin = np.asarray(self.origin, dtype=float)
+        if self.slice_positions is not None and len(self.slice_positions) == len(self.hu):
+            return origin + (np.asarray(self.slice_positions) - self.slice_positions[0])
+        return origin + np.arange(len(self.hu))[:, None] * self.spacing[0] * self.normal
 
     @property
     def key(self) -> str:
@@ -128,10 +142,11 @@ class SeriesInfo:
 class _Slice:
     path: Path
     ds: Dataset
-    position: np.ndarray
+    position: np.ndarray | None  # None: a broken slice whose position cannot be read either
     orientation: np.ndarray
     pixel_spacing: tuple[float, float]
-    hu: np.ndarray
+    hu: np.ndarray | None  # None: a broken slice (``problem`` says why)
+    problem: str = ""
 
 
 def _inputs(path: str | os.PathLike | Iterable) -> tuple[list[Path], bool, str]:
@@ -165,7 +180,7 @@ def _scan(path) -> tuple[dict[str, list[tuple[Path, Dataset]]], str, bool]:
             continue
         if "SOPClassUID" not in ds or ("PixelData" in ds and "SeriesInstanceUID" not in ds):
             corrupt.append(f"{f} (no SOPClassUID or SeriesInstanceUID: truncated or garbled?)")
-        elif "PixelData" not in ds:
+        elif "PixelData" not in ds and not ("SeriesInstanceUID" in ds and image_like(ds)):
             non_image += 1
         else:
             series.setdefault(str(ds.SeriesInstanceUID), []).append((f, ds))
@@ -197,19 +212,8 @@ def list_series(path: str | os.PathLike | Iterable) -> list[SeriesInfo]:
     return sorted(infos, key=lambda s: (s.study_uid, s.series_uid))
 
 
-def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray:
-    value = ds.get(keyword)
-    try:
-        out = np.asarray([float(v) for v in (value if isinstance(value, MultiValue) else [value])])
-    except (TypeError, ValueError):
-        out = np.zeros(0)
-    if out.shape != (n,) or not np.all(np.isfinite(out)):
-        raise ValueError(f"{path}: {keyword} must hold {n} numbers (to place the slice), got {value!r}")
-    return out
-
-
-def _decode_failed(path: Path, ds: Dataset, err: Exception, strict: bool) -> None:
-    """Raise for a missing decoder (always) or in strict mode; otherwise warn that the slice is skipped."""
+def _decode_failed(path: Path, ds: Dataset, err: Exception, strict: bool) -> str:
+    """Raise for a missing decoder (always) or in strict mode; otherwise return why the slice is unreadable."""
     syntax = ds.file_meta.get("TransferSyntaxUID")
     try:
         decoder = get_decoder(syntax) if syntax else None
@@ -219,45 +223,47 @@ def _decode_failed(path: Path, ds: Dataset, err: Exception, strict: bool) -> Non
     if missing:
         raise ValueError(f"{path}: pixel data is compressed with transfer syntax '{syntax.name}' ({syntax}) and no "
                          f"decoder for it is installed; options: {'; '.join(missing)}") from err
+    problem = f"unreadable pixel data ({type(err).__name__}: {err})"
     if strict:
-        raise ValueError(f"{path}: unreadable pixel data ({type(err).__name__}: {err})") from err
-    warnings.warn(f"skipped corrupt DICOM file {path}: unreadable pixel data ({err})", DicomWarning, stacklevel=2)
+        raise ValueError(f"{path}: {problem}") from err
+    return problem
 
 
-def _load_slice(path: Path, ds: Dataset, strict: bool) -> _Slice | None:
+def _load_slice(path: Path, ds: Dataset, strict: bool) -> _Slice:
+    """The slice in HU, or (unless ``strict``) a broken ``_Slice`` saying why its image cannot be read."""
     if int(ds.get("NumberOfFrames") or 1) > 1:
         raise ValueError(f"{path}: multi-frame image ({ds.NumberOfFrames} frames); one slice per file is supported")
-    try:
-        pixels = ds.pixel_array
-    except Exception as err:  # pydicom raises RuntimeError, ValueError, NotImplementedError, ...
-        _decode_failed(path, ds, err, strict)
-        return None
+    orientation = floats(ds, "ImageOrientationPatient", 6, path)
+    problem = "no pixel data" if "PixelData" not in ds else pixel_problem(ds)
+    if problem is None:
+        slope, intercept = rescale(ds, path)
+        try:
+            pixels = ds.pixel_array
+        except Exception as err:  # pydicom raises RuntimeError, ValueError, NotImplementedError, ...
+            problem = _decode_failed(path, ds, err, strict)
+    if problem is not None:
+        if strict:
+            raise ValueError(f"{path}: {problem}")
+        try:
+            position = floats(ds, "ImagePositionPatient", 3, path)
+        except ValueError:
+            position = None
+        return _Slice(path, ds, position, orientation, (0.0, 0.0), None, problem)
     if pixels.shape != (ds.Rows, ds.Columns):
         raise ValueError(f"{path}: pixel data has shape {pixels.shape}, expected (Rows, Columns) = "
                          f"({ds.Rows}, {ds.Columns}) (a colour image?)")
-    slope = float(ds.get("RescaleSlope") or 1.0)
-    intercept = float(ds.get("RescaleIntercept") or 0.0)
     hu = (pixels.astype(np.float64) * slope + intercept).astype(np.float32)
-    spacing = _floats(ds, "PixelSpacing", 2, path)
+    spacing = floats(ds, "PixelSpacing", 2, path)
     if np.any(spacing <= 0):
         raise ValueError(f"{path}: PixelSpacing must be positive, got {list(spacing)}")
-    return _Slice(path, ds, _floats(ds, "ImagePositionPatient", 3, path),
-                  _floats(ds, "ImageOrientationPatient", 6, path), (float(spacing[0]), float(spacing[1])), hu)
-
-
-def _normal(orientation: np.ndarray, where) -> np.ndarray:
-    """row x column direction, after checking that they are orthogonal unit vectors."""
-    normal = np.cross(orientation[:3], orientation[3:]) if orientation.shape == (6,) else np.zeros(3)
-    if abs(np.linalg.norm(normal) - 1) > 1e-3:
-        raise ValueError(f"{where}: ImageOrientationPatient must be two orthogonal unit vectors, "
-                         f"got {orientation.tolist()}")
-    return normal
+    return _Slice(path, ds, floats(ds, "ImagePositionPatient", 3, path), orientation,
+                  (float(spacing[0]), float(spacing[1])), hu)
 
 
 def _check_consistent(slices: list[_Slice]) -> np.ndarray:
     """Raise for a slice whose orientation, size or pixel spacing differs from the first; return the normal."""
     first = slices[0]
-    normal = _normal(first.orientation, first.path)
+    normal = unit_normal(first.orientation, first.path)
     for s in slices[1:]:
         if not np.allclose(s.orientation, first.orientation, atol=1e-4):
             raise ValueError(f"{s.path}: ImageOrientationPatient {list(s.orientation)} differs from "
@@ -286,23 +292,47 @@ def _drop_duplicates(slices: list[_Slice], depth: np.ndarray) -> tuple[list[_Sli
     return [slices[i] for i in keep], depth[keep]
 
 
-def _slice_spacing(slices: list[_Slice], depth: np.ndarray) -> float:
-    """The median step along the normal, warning about missing slices and uneven steps."""
+def _where(depth: float, present: np.ndarray) -> str:
+    """A position along the normal, with the present slices on either side of it."""
+    below, above = present[present < depth], present[present > depth]
+    around = f" (between {below.max():.3f} and {above.min():.3f} mm)" if len(below) and len(above) else ""
+    return f"at {depth:.3f} mm along the slice normal{around}"
+
+
+def _gaps(slices: list[_Slice], depth: np.ndarray, broken: list[_Slice], normal: np.ndarray) -> tuple[float, list[str]]:
+    """The slice spacing (median step along the normal, over steps that span no broken slice) and one
+    line per gap: each broken slice (one where a readable slice is, a broken copy, is skipped with a
+    warning), then each step larger than ``GAP_FACTOR`` times the median that
+    no broken slice explains. Warns about uneven steps."""
+    lost = []
+    for s in list(broken):
+        d = s.position @ normal if s.position is not None else None
+        if d is not None and np.min(np.abs(depth - d)) <= _SAME_POSITION_MM:
+            warnings.warn(f"skipped corrupt DICOM file {s.path}: {s.problem}; a readable slice is at its position",
+                          DicomWarning, stacklevel=3)
+            broken.remove(s)
+        else:
+            lost.append(d)
+    gaps = [f"missing or unreadable slice: {s.path}: {s.problem}, "
+            + (_where(d, depth) if d is not None else "position unknown (ImagePositionPatient unreadable)")
+            for s, d in zip(broken, lost)]
     if len(slices) == 1:
         ds = slices[0].ds
-        return float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+        return float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0), gaps
     steps = np.diff(depth)
+    spans_lost = np.array([any(d is not None and a < d < b for d in lost) for a, b in zip(depth[:-1], depth[1:])])
+    steps = steps[~spans_lost] if not spans_lost.all() else steps
     dz = float(np.median(steps))
-    for k in np.flatnonzero(steps > GAP_FACTOR * dz):
-        warnings.warn(f"missing slice(s): a gap of {steps[k]:.4g} mm (median spacing {dz:.4g} mm) between "
-                      f"{depth[k]:.3f} and {depth[k + 1]:.3f} mm along the slice normal, after slice {k} at "
-                      f"ImagePositionPatient {np.round(slices[k].position, 3).tolist()} ({slices[k].path.name}, "
-                      f"then {slices[k + 1].path.name})", DicomWarning, stacklevel=3)
+    for k in np.flatnonzero((np.diff(depth) > GAP_FACTOR * dz) & ~spans_lost):
+        gaps.append(f"missing slice(s): a gap of {steps[k]:.4g} mm (median spacing {dz:.4g} mm) between "
+                    f"{depth[k]:.3f} and {depth[k + 1]:.3f} mm along the slice normal, after slice {k} at "
+                    f"ImagePositionPatient {np.round(slices[k].position, 3).tolist()} ({slices[k].path.name}, "
+                    f"then {slices[k + 1].path.name})")
     uneven = (np.abs(steps - dz) > max(1e-3, 0.01 * dz)) & (steps <= GAP_FACTOR * dz)
     if uneven.any():
         warnings.warn(f"uneven slice spacing: steps from {steps.min():.4g} to {steps.max():.4g} mm; the volume "
                       f"uses the median {dz:.4g} mm", DicomWarning, stacklevel=3)
-    return dz
+    return dz, gaps
 
 
 def _plain(value):
@@ -311,22 +341,31 @@ def _plain(value):
     return int(value) if isinstance(value, int) else float(value) if isinstance(value, float) else str(value)
 
 
-def read_series(path: str | os.PathLike | Iterable, series_uid: str | None = None) -> DicomVolume:
+def read_series(path: str | os.PathLike | Iterable, series_uid: str | None = None,
+                allow_gaps: bool = False) -> DicomVolume:
     """Read one CT series from a folder (searched recursively), a single file or a list of files.
 
     Args:
         path: a folder, a file, or an iterable of files.
         series_uid: the SeriesInstanceUID to read; required when ``path`` holds several image series
             (see ``list_series``).
+        allow_gaps: read a series with missing or unreadable slices: the slices present, at their
+            true positions, each gap a ``DicomWarning`` and a line of ``DicomVolume.gaps``. By
+            default a gap is a ``ValueError`` naming the file and the position.
 
     Returns:
         The volume in HU, ordered along the slice normal, with spacing, geometry and tags.
 
+    Raises:
+        ValueError: a gap (unless ``allow_gaps``), inconsistent slices, a tag that is not a number
+            where one is needed (naming the file and the tag); ``MemoryLimitError`` (a ValueError)
+            when the declared sizes need more memory than is available, before any pixel is decoded.
+
     Example:
         >>> from pydicom.data import get_testdata_file
         >>> vol = read_series(get_testdata_file("CT_small.dcm"))
-        >>> vol.hu.shape, vol.spacing
-        ((1, 128, 128), (5.0, 0.661468, 0.661468))
+        >>> vol.hu.shape, vol.spacing, vol.gaps
+        ((1, 128, 128), (5.0, 0.661468, 0.661468), [])
     """
     series, where, strict = _scan(path)
     if series_uid is None and len(series) > 1:
@@ -336,47 +375,26 @@ def read_series(path: str | os.PathLike | Iterable, series_uid: str | None = Non
     if series_uid is not None and series_uid not in series:
         raise ValueError(f"series_uid: {series_uid!r} not found in {where}; found {sorted(series)}")
     uid = series_uid if series_uid is not None else next(iter(series))
-    slices = [s for s in (_load_slice(f, ds, strict) for f, ds in series[uid]) if s is not None]
+    check_size(series[uid], uid)
+    loaded = [_load_slice(f, ds, strict) for f, ds in series[uid]]
+    slices = [s for s in loaded if s.hu is not None]
+    broken = [s for s in loaded if s.hu is None]
     if not slices:
-        raise ValueError(f"{where}: series {uid}: no slice has readable pixel data")
+        raise ValueError(f"{where}: series {uid}: no slice has readable pixel data, e.g. {broken[0].path}: "
+                         f"{broken[0].problem}")
     normal = _check_consistent(slices)
     depth = np.array([s.position @ normal for s in slices])
     order = np.argsort(depth, kind="stable")
     slices, depth = _drop_duplicates([slices[i] for i in order], depth[order])
-    dz = _slice_spacing(slices, depth)
+    dz, gaps = _gaps(slices, depth, broken, normal)
+    if gaps and not allow_gaps:
+        more = f" (and {len(gaps) - 1} more gap(s))" if len(gaps) > 1 else ""
+        raise ValueError(f"{where}: series {uid}: {gaps[0]}{more}; {_GAPS_HINT}")
+    for gap in gaps:
+        warnings.warn(gap, DicomWarning, stacklevel=2)
     first = slices[0]
     tags = {kw: _plain(first.ds[kw].value) for kw in _KEPT if first.ds.get(kw) not in (None, "")}
     return DicomVolume(np.stack([s.hu for s in slices]), (dz, *first.pixel_spacing),
                        tuple(float(v) for v in first.orientation), tuple(float(v) for v in first.position),
-                       tags, [s.path for s in slices], uid, str(first.ds.get("StudyInstanceUID", "")))
-
-
-def _check_mu(mu_water: float, mu_air: float) -> None:
-    if not mu_water > mu_air:
-        raise ValueError(f"mu_water: must exceed mu_air ({mu_air}), got {mu_water}")
-
-
-def hu_to_mu(hu, mu_water: float = MU_WATER, mu_air: float = 0.0):
-    r"""Hounsfield units to linear attenuation in 1/mm (numpy arrays, torch tensors or floats).
-
-    .. math:: \mu = \mu_{water} + \mathrm{HU}\,(\mu_{water} - \mu_{air}) / 1000
-
-    Example:
-        >>> round(hu_to_mu(0.0), 6), round(hu_to_mu(-1000.0), 6), round(hu_to_mu(1000.0, mu_water=0.02), 6)
-        (0.0193, 0.0, 0.04)
-    """
-    _check_mu(mu_water, mu_air)
-    return mu_water + hu * ((mu_water - mu_air) / 1000.0)
-
-
-def mu_to_hu(mu, mu_water: float = MU_WATER, mu_air: float = 0.0):
-    r"""Linear attenuation in 1/mm (e.g. an FBP reconstruction) to Hounsfield units.
-
-    .. math:: \mathrm{HU} = 1000\,(\mu - \mu_{water}) / (\mu_{water} - \mu_{air})
-
-    Example:
-        >>> round(mu_to_hu(MU_WATER), 6), round(mu_to_hu(0.0), 6)
-        (0.0, -1000.0)
-    """
-    _check_mu(mu_water, mu_air)
-    return (mu - mu_water) * (1000.0 / (mu_water - mu_air))
+                       tags, [s.path for s in slices], uid, str(first.ds.get("StudyInstanceUID", "")),
+                       np.stack([s.position for s in slices]), gaps)

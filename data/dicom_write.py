@@ -3,13 +3,15 @@
 A new series in the template's study and frame of reference: new Series/SOP Instance UIDs,
 patient and study tags copied, ImageType DERIVED/SECONDARY, int16 pixels with a rescale slope and
 intercept that keep HU to half a slope step, one file per slice written atomically and named
-``slice_0001.dcm`` onwards (never from tag values).
+``slice_0001.dcm`` onwards (never from tag values). Copied text loses its NUL bytes; a value still
+invalid for its VR (e.g. a date that is not one) is left out with a ``DicomWarning``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,9 +19,11 @@ import numpy as np
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from pydicom.valuerep import MAX_VALUE_LEN
+from pydicom import config
+from pydicom.valuerep import MAX_VALUE_LEN, validate_value
 
-from data.dicom import _COPIED, DicomVolume, _normal
+from data.dicom import _COPIED, DicomVolume, DicomWarning
+from data.dicom_checks import unit_normal
 from data.hdf5 import atomic_path
 
 __all__ = ["write_series"]
@@ -40,11 +44,18 @@ def _rescale(hu: np.ndarray) -> tuple[float, float]:
 
 
 def _set(ds: Dataset, keyword: str, value) -> None:
-    """Set a tag, cutting text to its VR's maximum length in bytes of the UTF-8 encoding written
-    (64 for names), never inside a character."""
-    limit = MAX_VALUE_LEN.get(dictionary_VR(keyword), 64)
+    """Set a tag: text without NUL bytes, cut to its VR's maximum length in bytes of the UTF-8
+    encoding written (64 for names), never inside a character; a value still invalid for the VR is
+    left out with a warning."""
+    vr = dictionary_VR(keyword)
     if isinstance(value, str):
-        value = value.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+        value = value.replace("\x00", "").encode("utf-8")[:MAX_VALUE_LEN.get(vr, 64)].decode("utf-8", errors="ignore")
+        try:
+            validate_value(vr, value, config.RAISE)
+        except ValueError as err:
+            warnings.warn(f"{keyword}: {value!r} is not a valid {vr} ({err}); left out of the derived series",
+                          DicomWarning, stacklevel=4)
+            return
     setattr(ds, keyword, value)
 
 
@@ -71,8 +82,10 @@ def write_series(volume_hu: np.ndarray, out_dir: str | os.PathLike, template: Di
     New SeriesInstanceUID and SOPInstanceUIDs; patient, study and frame-of-reference tags from the
     template; ImageType DERIVED\\SECONDARY; CT Image Storage in explicit VR little endian. Pixels are
     int16 with a RescaleSlope (<= range / 60000, at least 0.001 HU) and RescaleIntercept such that
-    values read back within half a slope step. Slice k lies at ``origin + k * spacing[0] * normal``
-    (to move the volume, pass ``dataclasses.replace(template, origin=...)``).
+    values read back within half a slope step. With a template volume of as many slices (and no other
+    ``spacing``), slices lie at ``template.positions`` (true positions: a gap stays a gap);
+    otherwise slice k lies at ``origin + k * spacing[0] * normal``. To move the volume, pass
+    ``dataclasses.replace(template, origin=...)``.
 
     Args:
         volume_hu: ``(slices, H, W)`` (or ``(H, W)``) in HU.
@@ -102,8 +115,10 @@ def write_series(volume_hu: np.ndarray, out_dir: str | os.PathLike, template: Di
         raise ValueError(f"volume_hu: expected shape (slices, H, W), got {hu.shape}")
     if not np.all(np.isfinite(hu)):
         raise ValueError("volume_hu contains NaN or Inf values")
+    true = isinstance(template, DicomVolume) and len(template.hu) == len(hu) and spacing in (None, template.spacing)
     tags, orient, origin, spacing = _template(template, spacing)
     normal = np.cross(orient[:3], orient[3:])
+    positions = template.positions if true else origin + np.arange(len(hu))[:, None] * spacing[0] * normal
     out_dir = Path(out_dir)
     existing = set(out_dir.glob("slice_*.dcm")) if out_dir.is_dir() else set()
     if existing and not overwrite:
@@ -112,8 +127,7 @@ def write_series(volume_hu: np.ndarray, out_dir: str | os.PathLike, template: Di
     common, stored = _series_tags(hu, tags, orient, spacing, description, window)
     digits = max(4, len(str(len(hu))))
     written = []
-    for k in range(len(hu)):
-        position = origin + k * spacing[0] * normal
+    for k, position in enumerate(positions):
         ds = _slice_dataset(tags, common, generate_uid())
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [_ds(v) for v in position]
@@ -142,7 +156,7 @@ def _template(template: DicomVolume | Mapping, spacing) -> tuple[dict, np.ndarra
     if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"spacing: expected 3 positive numbers (slice, row, col) in mm, got {spacing}")
     orient, origin = np.asarray(orient, float).ravel(), np.asarray(origin, float)
-    _normal(orient, "template")
+    unit_normal(orient, "template")
     if origin.shape != (3,):
         raise ValueError(f"template: ImagePositionPatient must hold 3 numbers, got {origin.tolist()}")
     return tags, orient, origin, spacing

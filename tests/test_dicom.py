@@ -116,13 +116,17 @@ def test_several_series_need_series_uid(tmp_path):
     assert read_series(infos[second].files).key == infos[second].key != infos[first].key
 
 
-def test_missing_slice_warns_with_its_position(tmp_path):
+def test_missing_slice_raises_or_warns_with_its_position(tmp_path):
     make_series(tmp_path, depths=(0, 1, 2, 4, 5))
     start = float(ORIGIN @ NORMAL)
-    with pytest.warns(DicomWarning, match=rf"missing slice.*between {start + 5:.3f} and {start + 10:.3f} mm.*after "
-                                          r"slice 2 at ImagePositionPatient \[.*\] \(IM0003.dcm, then IM0002.dcm\)"):
-        vol = read_series(tmp_path)
-    assert vol.hu.shape[0] == 5 and vol.spacing[0] == pytest.approx(2.5)
+    where = (rf"missing slice.*between {start + 5:.3f} and {start + 10:.3f} mm.*after "
+             r"slice 2 at ImagePositionPatient \[.*\] \(IM0003.dcm, then IM0002.dcm\)")
+    with pytest.raises(ValueError, match=where + ".*allow_gaps=True"):
+        read_series(tmp_path)
+    with pytest.warns(DicomWarning, match=where):
+        vol = read_series(tmp_path, allow_gaps=True)
+    assert vol.hu.shape[0] == 5 and vol.spacing[0] == pytest.approx(2.5) and len(vol.gaps) == 1
+    np.testing.assert_allclose(vol.positions, ORIGIN + 2.5 * np.array([0, 1, 2, 4, 5])[:, None] * NORMAL, atol=1e-5)
 
 
 def test_uneven_spacing_warns(tmp_path):
