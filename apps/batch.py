@@ -37,6 +37,9 @@ Each method sees all slices of a study in one call (CT: ``reconstruct()`` with `
     chunk_slices = 0        # slices per reconstruct() call; 0: the whole study at once
     seed = 0                # noise seed (mixed with each study's key); k-space: the mask seed
     mu_water = 0.0193       # 1/mm, for HU <-> mu
+    allow_gaps = false      # DICOM: a series with a missing or unreadable slice fails (naming the
+                            # file and position); true: reconstruct the slices present at their
+                            # true positions (the derived series keeps the gap), with a warning
 
     [operator]              # simulate mode only
     geometry = "parallel"   # "parallel" (views over 180 deg) or "fan" (360 deg, flat detector)
@@ -113,8 +116,8 @@ broken ones are noted and skipped.
 **Resume rules.** A study is skipped when ``studies/NAME/study.json`` records its key, the
 current config hash of its kind and its input hash (SHA-256 of its files' names, sizes and
 modification times). The hash of a kind covers only the keys it uses: CT studies (DICOM, raw
-HDF5) all but ``[mri]`` and ``mri_methods``; k-space studies all but ``mu_water``,
-``[operator]`` and ``methods``; so changing ``[mri]`` redoes only k-space studies, and changing
+HDF5) all but ``[mri]`` and ``mri_methods`` (HDF5 also without ``allow_gaps``); k-space studies
+all but ``mu_water``, ``allow_gaps``, ``[operator]`` and ``methods``; so changing ``[mri]`` redoes only k-space studies, and changing
 ``[operator]`` only CT ones. Otherwise a study runs (failed studies are retried on every run),
 and its folder is replaced only once the new one is complete. A killed run leaves finished folders intact and nothing
 half-written under ``studies/``; the studies it left ``pending`` or ``running`` run again (one

@@ -34,6 +34,7 @@ DEFAULTS: dict = {
     "chunk_slices": 0,
     "seed": 0,
     "mu_water": MU_WATER,
+    "allow_gaps": False,
     "operator": {"geometry": "parallel", "views": 60, "noise": 0.01, "detectors": None, "detector_spacing": None,
                  "source_origin": None, "origin_detector": None},
     "methods": {"fbp": {}, "tv": {}},
@@ -43,6 +44,8 @@ DEFAULTS: dict = {
 #: the keys only k-space studies use, and those only CT studies use (see ``config_hash``)
 MRI_KEYS = ("mri", "mri_methods")
 CT_KEYS = ("mu_water", "operator", "methods")
+#: the keys only DICOM studies use
+DICOM_KEYS = ("allow_gaps",)
 
 _VARIATIONAL = ("lam", "iterations", "nonneg", "filter")
 #: the parameters each method accepts (passed to ``recon.reconstruct.reconstruct``)
@@ -71,6 +74,7 @@ _TOP: dict[str, Check] = {
     "chunk_slices": (lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: all slices in one call)"),
     "seed": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     "mu_water": (lambda v: _number(v) and v > 0, "a positive attenuation in 1/mm"),
+    "allow_gaps": (lambda v: isinstance(v, bool), "true or false"),
 }
 _OPERATOR: dict[str, Check] = {
     "geometry": (lambda v: v in ("parallel", "fan"), "'parallel' or 'fan'"),
@@ -209,10 +213,11 @@ def config_hash(config: Mapping, kind: str | None = None) -> str:
     With a study ``kind``, only the keys that kind uses: k-space studies leave out ``mu_water``,
     ``[operator]`` and ``methods``; CT studies (``"dicom"``, ``"hdf5"``) leave out ``[mri]`` and
     ``mri_methods``, so their hash is the one of a configuration without MRI keys, and changing
-    only those never redoes a CT study (nor changing only CT keys a k-space one).
+    only those never redoes a CT study (nor changing only CT keys a k-space one); ``allow_gaps``
+    counts for DICOM studies only.
     """
     if kind is not None:
-        dropped = CT_KEYS if kind == "kspace" else MRI_KEYS
+        dropped = (CT_KEYS if kind == "kspace" else MRI_KEYS) + (DICOM_KEYS if kind != "dicom" else ())
         config = {k: v for k, v in config.items() if k not in dropped}
     canonical = json.dumps({"pipeline": PIPELINE_VERSION, **config}, sort_keys=True, separators=(",", ":"),
                            allow_nan=False)

@@ -100,7 +100,7 @@ def simulation_geometry(op: dict, shape: tuple[int, int], pixel: float) -> tuple
 def _simulate(study: Study, config: dict) -> StudyData:
     from data.dicom import hu_to_mu, read_series
 
-    volume = read_series(list(study.files), series_uid=study.series_uid)
+    volume = read_series(list(study.files), series_uid=study.series_uid, allow_gaps=config["allow_gaps"])
     spacing = volume.spacing
     if not math.isclose(spacing[1], spacing[2], rel_tol=1e-4):
         raise ValueError(f"study {study.key}: PixelSpacing {spacing[1:]} is not square; the CT operator needs "

@@ -355,3 +355,32 @@ def test_a_full_disk_ends_the_run_with_the_lock_released(tmp_path):
         assert {e["state"] for e in m["studies"].values()} <= {"done", "failed", "pending", "running"}
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_series_with_a_missing_slice_fails_unless_gaps_are_allowed(tmp_path, capsys):
+    """Issue 19, item 4: the gap at z = 5 is never closed; allowed, it stays a gap in the derived series."""
+    import pydicom
+
+    from tests.hostile_dicom import write_good_dicom_series
+
+    def no_pixels(k, ds):
+        if k == 2:
+            del ds.PixelData
+        return ds
+
+    write_good_dicom_series(tmp_path / "in" / "series", edit=no_pixels)  # z = 0, 2.5, (5), 7.5
+    out = tmp_path / "res"
+    run = ("--output", out, "--workers", 1, "--no-progress")
+    assert batch(tmp_path / "in", "--config", _config(tmp_path), *run) == 1
+    (entry,) = manifest(out)["studies"].values()
+    assert entry["state"] == "failed" and "slice_03.dcm: no pixel data" in entry["error"], entry
+    assert "between 2.500 and 7.500 mm" in entry["error"] and "allow_gaps" in entry["error"]
+    assert not (out / "studies" / entry["name"]).exists()
+    assert "slice_03.dcm" in capsys.readouterr().out
+
+    assert batch(tmp_path / "in", "--config", _config(tmp_path, "allow_gaps = true\n" + FBP_ONLY), *run) == 0
+    (entry,) = manifest(out)["studies"].values()
+    assert entry["state"] == "done" and any("slice_03.dcm: no pixel data" in w for w in entry["warnings"]), entry
+    assert "warning:" in (printed := capsys.readouterr().out) and "slice_03.dcm" in printed
+    series = sorted((out / "studies" / entry["name"] / "dicom" / "fbp").glob("*.dcm"))
+    assert [float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in series] == [0.0, 2.5, 7.5]
