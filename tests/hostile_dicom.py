@@ -36,6 +36,8 @@ HOSTILE_TAGS = {  # NUL bytes, path traversal and shell metacharacters, as raw t
     "SeriesDescription": "../../../tmp/evil\x00name && echo pwned",
     "AccessionNumber": "..\x00/..;|&",
 }
+#: the file names of the ``hostile_tags`` series: shell metacharacters that would create PWNED if run
+HOSTILE_NAME = "$(touch PWNED); `touch PWNED` | {k} & ..slice.dcm"
 GOOD_CASES = ("good", "hostile_tags")
 EXPECTED_ERRORS = {
     "bad_orientation": "ImageOrientationPatient must be two orthogonal unit vectors",
@@ -133,7 +135,7 @@ def write_hostile_dicom(folder: Path) -> dict[str, str]:
     with a note); return ``{case: fragment of its error}`` for the cases that must fail.
 
     The cases that must succeed are ``GOOD_CASES``: ``good`` and ``hostile_tags`` (a good series whose
-    patient, study and series tags hold ``HOSTILE_TAGS``)."""
+    patient, study and series tags hold ``HOSTILE_TAGS`` and whose file names ``HOSTILE_NAME``)."""
     folder.mkdir(parents=True, exist_ok=True)
     edits = {"bad_orientation": _bad_orientation, "duplicate_positions": _duplicate_position,
              "missing_pixel_data": _no_pixel_data, "wrong_bits_allocated": _bits_allocated,
@@ -145,5 +147,7 @@ def write_hostile_dicom(folder: Path) -> dict[str, str]:
     third.write_bytes(third.read_bytes()[:-700])  # cut inside the pixel data, as an interrupted copy would
     write_good_dicom_series(folder / "good", case="good")
     write_good_dicom_series(folder / "hostile_tags", case="hostile_tags", raw_tags=HOSTILE_TAGS)
+    for k, path in enumerate(sorted((folder / "hostile_tags").iterdir())):
+        path.rename(path.with_name(HOSTILE_NAME.format(k=k)))
     (folder / "junk.dcm").write_bytes(np.random.default_rng(7).bytes(3000))
     return dict(EXPECTED_ERRORS)
