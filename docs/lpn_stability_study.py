@@ -100,7 +100,7 @@ def schemes(model, prior, data, iterations: int) -> dict:
             record(k, state.x)
             if k >= iterations:
                 break
-    hqs(lambda v: prior.prox(v, None), A, y, x0, rho, iterations, tracer("hqs"))
+    hqs(lambda v: prior.prox(v, 1.0), A, y, x0, rho, iterations, tracer("hqs"))
     return out
 
 
@@ -113,7 +113,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model = load_model(args.weights or builtin("lpn"), task="lpn")
     prior = LearnedProxPrior(model.network)
-    prox = lambda v: prior.prox(v, None).detach()  # noqa: E731
+    prox = lambda v: prior.prox(v, 1.0).detach()  # noqa: E731
     root = Path(__file__).resolve().parents[1]
     where = model.path.resolve()
     results: dict = {"weights": str(where.relative_to(root) if where.is_relative_to(root) else where),

@@ -6,6 +6,9 @@ subclass has a closed form). ``tau``/``sigma`` may be Python numbers or tensors
 broadcastable to ``x`` (diagonal step sizes); tensor steps are valid for
 separable functionals, which is all that the solvers pass them to.
 
+``prox`` checks the step once, here, for every functional (``check_step``: a finite
+``tau >= 0``), then calls the subclass's ``_prox``; subclasses implement ``_prox``.
+
 Functionals made of a linear map and a simple function (TV = norm of a
 gradient, a data term = distance after a forward operator) expose
 ``split(in_shape) -> (K, g)`` so primal-dual solvers can dualise ``g``.
@@ -13,19 +16,45 @@ gradient, a data term = distance after a forward operator) expose
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["Functional", "ScaledFunctional", "SumFunctional", "Zero"]
+__all__ = ["Functional", "ScaledFunctional", "SumFunctional", "Zero", "check_step"]
+
+
+def check_step(tau, name: str = "tau") -> None:
+    """Raise ``ValueError`` unless ``tau`` is a finite step ``>= 0``: a real number, or a tensor of them.
+
+    Tensors are checked on the CPU only: on an accelerator the check would wait for the device at
+    every prox call, so there a solver's own (derived) steps are trusted.
+
+    Example:
+        >>> check_step(0.5)
+        >>> check_step(float("nan"))
+        Traceback (most recent call last):
+        ...
+        ValueError: tau: expected a finite step >= 0, got nan
+    """
+    if isinstance(tau, torch.Tensor):
+        if tau.device.type == "cpu" and not tau.is_complex():
+            bad = tau.detach()[~((tau.detach() >= 0) & (tau.detach() < math.inf))]
+            if bad.numel():
+                raise ValueError(f"{name}: expected finite steps >= 0, got a tensor holding {float(bad[0])}")
+        return
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 <= tau < math.inf:
+        raise ValueError(f"{name}: expected a finite step >= 0, got {tau!r}")
 
 
 class Functional(nn.Module):
     """Base class for a (convex) functional on batched tensors.
 
-    Subclasses set the capability flags they implement; calling a missing
-    capability raises ``NotImplementedError`` naming the class.
+    Subclasses set the capability flags they implement and override ``value``, ``_prox``
+    (called by ``prox`` after ``check_step``) and ``grad``; calling a missing capability raises
+    ``NotImplementedError`` naming the class.
 
     Example:
         >>> import torch
@@ -43,6 +72,11 @@ class Functional(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no value")
 
     def prox(self, x: torch.Tensor, tau) -> torch.Tensor:
+        """``argmin_p tau f(p) + 1/2 ||p - x||^2``; a negative or non-finite ``tau`` is a ``ValueError``."""
+        check_step(tau)
+        return self._prox(x, tau)
+
+    def _prox(self, x: torch.Tensor, tau) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no prox")
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +119,7 @@ class ScaledFunctional(Functional):
     def value(self, x):
         return self.lam * self.f.value(x)
 
-    def prox(self, x, tau):
+    def _prox(self, x, tau):
         return self.f.prox(x, self.lam * tau) if self.lam > 0 else x.clone()
 
     def grad(self, x):
@@ -134,7 +168,7 @@ class Zero(Functional):
     def value(self, x):
         return x.new_zeros(x.shape[0]).real
 
-    def prox(self, x, tau):
+    def _prox(self, x, tau):
         return x.clone()
 
     def grad(self, x):

@@ -41,7 +41,7 @@ class Box(Functional):
         inside = ((x >= self.lower - tol) & (x <= self.upper + tol)).flatten(1).all(1)
         return torch.where(inside, 0.0, math.inf).to(x.real.dtype)
 
-    def prox(self, x, tau):
+    def _prox(self, x, tau):
         return torch.clamp(x, min=None if math.isinf(self.lower) else self.lower,
                            max=None if math.isinf(self.upper) else self.upper)
 

@@ -59,7 +59,7 @@ class SquaredL2Distance(Functional):
     def grad(self, z):
         return self._w(z) * (z - self.y)
 
-    def prox(self, z, tau):
+    def _prox(self, z, tau):
         w = self._w(z)
         return (z + tau * w * self.y) / (1 + tau * w)
 
@@ -120,7 +120,7 @@ class L2Fidelity(Functional):
         """True when the prox needs no inner iterations of ours: ``A`` solves ``I + tau A^H A`` itself."""
         return self.distance.weight is None and self.A.has_shifted_normal_solve
 
-    def prox(self, x, tau):
+    def _prox(self, x, tau):
         r"""Solve ``(I + tau A^H W A) p = x + tau A^H W y``: by the operator's own solver when it has one
         (unweighted), else by conjugate gradients warm-started at ``x`` (scalar tau)."""
         w = self.distance._w(x)

@@ -141,14 +141,11 @@ class DenoiserPrior(Functional):
         self.lam = _positive("lam", lam)
         self.blind, self.frozen = bool(blind), bool(frozen)
 
-    def prox(self, x: torch.Tensor, tau) -> torch.Tensor:
+    def _prox(self, x: torch.Tensor, tau) -> torch.Tensor:
         """``D(x, sqrt(lam * tau))``; ``tau = 0`` returns a copy of ``x`` (the exact prox)."""
         _check_batched(x)
-        if not isinstance(tau, torch.Tensor):
-            if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau < math.inf:
-                raise ValueError(f"tau: expected a finite step >= 0, got {tau!r}")
-            if tau == 0:
-                return x.clone()
+        if not isinstance(tau, torch.Tensor) and tau == 0:
+            return x.clone()
         return self.denoise(x, noise_level(tau, self.lam))
 
     def at(self, sigma) -> "FixedSigmaDenoiser":
@@ -207,7 +204,7 @@ class FixedSigmaDenoiser(Functional):
         else:
             self.sigma = _positive("sigma", sigma)
 
-    def prox(self, x: torch.Tensor, tau=None) -> torch.Tensor:
+    def _prox(self, x: torch.Tensor, tau) -> torch.Tensor:
         return self.prior.denoise(x, self.sigma)
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:

@@ -227,7 +227,7 @@ class GraphLaplacianPrior(Functional):
             return super().grad(x)
         return self.laplacian.adjoint(self.laplacian(x))
 
-    def prox(self, x, tau):
+    def _prox(self, x, tau):
         tau = per_item(tau, x.ndim)
         if self.norm == "l1":
             return dual_prox(x, tau, self.laplacian, self.g, self.prox_iterations)

@@ -207,7 +207,7 @@ class LearnedProxPrior(Functional):
         self.network, self.patch_size, self.patch_batch = network, patch_size, int(patch_batch)
         self.stride = stride if stride is not None or patch_size is None else max(1, int(patch_size) // 2)
 
-    def prox(self, x: torch.Tensor, tau) -> torch.Tensor:
+    def _prox(self, x: torch.Tensor, tau) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"x: expected a 4-D tensor (B, C, H, W), got shape {tuple(x.shape)}")
         if self.patch_size is None:

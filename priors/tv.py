@@ -60,7 +60,7 @@ class L1Norm(Functional):
     def value(self, z):
         return z.abs().flatten(1).sum(1)
 
-    def prox(self, z, tau):
+    def _prox(self, z, tau):
         return torch.sign(z) * torch.clamp(z.abs() - tau, min=0)
 
     def conj_prox(self, z, sigma):
@@ -102,7 +102,7 @@ class L21Norm(Functional):
     def value(self, z):
         return self._magnitude(z).flatten(1).sum(1)
 
-    def prox(self, z, tau):
+    def _prox(self, z, tau):
         mag = self._magnitude(z)
         return z * torch.clamp(1 - tau / torch.clamp(mag, min=1e-30), min=0)
 
@@ -147,7 +147,7 @@ class TV(Functional):
     def value(self, x):
         return self.norm.value(self.gradient(x.shape[1:])(x))
 
-    def prox(self, x, tau):
+    def _prox(self, x, tau):
         r"""``argmin_p tau TV(p) + 1/2 ||p - x||^2`` by FGP on the dual (Beck & Teboulle 2009)."""
         return dual_prox(x, tau, self.gradient(x.shape[1:]), self.norm, self.prox_iterations)
 
@@ -189,7 +189,7 @@ class WeightedNorm(Functional):
     def value(self, z):
         return (self._w(z) * self._magnitude(z)).flatten(1).sum(1)
 
-    def prox(self, z, tau):
+    def _prox(self, z, tau):
         mag = self._magnitude(z)
         return z * torch.clamp(1 - tau * self._w(z) / torch.clamp(mag, min=1e-30), min=0)
 
@@ -391,6 +391,6 @@ class SpaceVariantTV(TV):
         self._check(x)
         return super().value(x)
 
-    def prox(self, x, tau):
+    def _prox(self, x, tau):
         self._check(x)
-        return super().prox(x, tau)
+        return super()._prox(x, tau)
