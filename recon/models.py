@@ -4,8 +4,10 @@ The card says what the weights are (``task``: ``"lpn"``, ``"svtv-weights"`` or `
 how to rebuild the network (``architecture``: the class's keyword arguments), what they were
 trained on and how well they did, the command that trained them, and how to use them (e.g.
 ``"pnp": {"rho": ..., "iterations": ...}`` for an LPN in CT). Loading reads JSON and safetensors
-only, so a weights file cannot execute code; a missing card, an unknown task, or weights that do not
-fit the architecture raise a ``ValueError`` naming the file.
+only, so a weights file cannot execute code; a missing card, an unknown task, an architecture whose
+network would not fit in memory (``network_memory_bytes``, counted before anything is allocated),
+settings out of range (``CARD_SETTINGS``), or weights that do not fit the architecture or hold NaN or
+Inf raise a ``ValueError`` naming the file (and the card key or tensor).
 
 Shipped models live in ``recon/weights/`` (``builtin``): ``lpn_ct256`` and ``svtv_weights_ct256``.
 """
@@ -20,12 +22,15 @@ from typing import Any
 
 import torch
 
+from data.limits import check_memory
 from priors.learned_prox import LearnedProximalNetwork
 from priors.nets import ICNN, UNet
 from priors.weight_net import GradientMagnitudeNet
 from recon.checkpoint import load_weights, write_json, write_model_card
+from recon.params import check_integer, check_number
 
-__all__ = ["TASKS", "TrainedModel", "build_network", "load_model", "save_model", "builtin", "BUILTIN", "CT_METHOD"]
+__all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "load_model", "save_model", "builtin",
+           "BUILTIN", "CT_METHOD", "CARD_SETTINGS"]
 
 TASKS = ("lpn", "svtv-weights", "denoiser")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -33,6 +38,15 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256"}
 #: the reconstruction method (``recon.reconstruct``) that uses a model of each task
 CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp"}
+#: the card settings ``recon.reconstruct`` uses, each with its check (other card entries are records only):
+#: iteration counts are bounded so that a card cannot ask for days of work
+CARD_SETTINGS = {
+    "pnp": {"iterations": lambda n, v: check_integer(n, v, 1, 10_000),
+            "cg_iterations": lambda n, v: check_integer(n, v, 1, 1_000),
+            "rho": lambda n, v: check_number(n, v), "rho_factor": lambda n, v: check_number(n, v)},
+    "svtv": {"eta": lambda n, v: check_number(n, v), "p": lambda n, v: check_number(n, v, strict=False, below=1.0),
+             "spread": lambda n, v: check_integer(n, v, 0, 100), "lam_factor": lambda n, v: check_number(n, v)},
+}
 
 
 @dataclass
@@ -68,8 +82,65 @@ def build_network(task: str, architecture: dict) -> torch.nn.Module:
         if task == "svtv-weights":
             return GradientMagnitudeNet(UNet(**{**kwargs, "residual": False}))
         return UNet(**{**kwargs, "residual": True})
-    except TypeError as err:
+    except (TypeError, RuntimeError) as err:
         raise ValueError(f"architecture: {err} (task {task!r})") from None
+
+
+def network_memory_bytes(task: str, architecture: dict, training: bool = False) -> int:
+    """Bytes of ``build_network(task, architecture)``'s parameters and buffers, without allocating them.
+
+    The network is built on PyTorch's ``meta`` device (shapes only). With ``training``, the parameters
+    count four times (weights, gradients and Adam's two moments). Activations depend on the image size
+    and are not counted.
+
+    Example:
+        >>> network_memory_bytes("lpn", {"hidden": 4, "strides": [1]})
+        920
+        >>> round(network_memory_bytes("lpn", {"hidden": 200000, "strides": [1]}) / 2**40, 2)   # TiB
+        1.31
+    """
+    with torch.device("meta"):
+        network = build_network(task, architecture)
+    params = sum(t.numel() * t.element_size() for t in network.parameters())
+    buffers = sum(t.numel() * t.element_size() for t in network.buffers())
+    return (4 if training else 1) * params + buffers
+
+
+def _size_entry(architecture: dict) -> str:
+    """``architecture.<key> = <value>`` for the entry with the largest integer (channels, hidden units)."""
+    def largest(v) -> int:
+        items = v if isinstance(v, (list, tuple)) else [v]
+        return max((abs(u) for u in items if isinstance(u, int) and not isinstance(u, bool)), default=0)
+
+    if not architecture:
+        return "architecture"
+    key = max(architecture, key=lambda k: largest(architecture[k]))
+    return f"architecture.{key} = {json.dumps(architecture[key])}"
+
+
+def _check_settings(card: dict, card_path: Path) -> None:
+    """``ValueError`` naming the card and the key (``pnp.iterations``) of a setting out of ``CARD_SETTINGS``."""
+    for section, checks in CARD_SETTINGS.items():
+        entries = card.get(section, {})
+        if not isinstance(entries, dict):
+            raise ValueError(f"weights: the model card {card_path}: {section}: expected a table of settings, got "
+                             f"{type(entries).__name__}")
+        for key, check in checks.items():
+            if key in entries:
+                try:
+                    check(f"{section}.{key}", entries[key])
+                except ValueError as err:
+                    raise ValueError(f"weights: the model card {card_path}: {err}") from None
+
+
+def _check_finite(network: torch.nn.Module, path: Path) -> None:
+    """``ValueError`` naming ``path`` and the first tensor of ``network`` that holds NaN or Inf."""
+    for name, tensor in network.state_dict().items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise ValueError(f"weights: {path}: tensor {name} holds {bad} non-finite value(s) (NaN or Inf); "
+                                 "the file is damaged or the training diverged")
 
 
 def _card_path(path: Path) -> Path:
@@ -122,7 +193,10 @@ def load_model(path: str | os.PathLike, task: str | None = None, device=None) ->
 
     Raises:
         FileNotFoundError: no weights file. ValueError: no card or an unreadable one, a task other
-        than ``task``, or weights that do not fit the card's architecture (the file and keys named).
+        than ``task``, a setting out of ``CARD_SETTINGS`` (``pnp.iterations``...), a network needing
+        more memory than available (``data.limits.check_memory``; the card and the
+        ``architecture.<key>`` named), weights that do not fit the card's architecture, or weights
+        holding NaN or Inf (the file and the tensor named).
 
     Example:
         >>> m = load_model(builtin("lpn"), task="lpn")
@@ -146,11 +220,16 @@ def load_model(path: str | os.PathLike, task: str | None = None, device=None) ->
         raise ValueError(f"weights: the model card {card_path} lacks 'task' or 'architecture'")
     if task is not None and card["task"] != task:
         raise ValueError(f"weights: {path} holds a {card['task']!r} model; expected a {task!r} model")
+    _check_settings(card, card_path)
     try:
-        network = build_network(card["task"], card["architecture"])
+        nbytes = network_memory_bytes(card["task"], card["architecture"])
     except ValueError as err:
         raise ValueError(f"weights: the model card {card_path}: {err}") from None
+    # the network, and the tensors read from the file before they are copied into it
+    check_memory(2 * nbytes, f"weights: the model card {card_path}: {_size_entry(card['architecture'])}")
+    network = build_network(card["task"], card["architecture"])
     load_weights(network, path)
+    _check_finite(network, path)
     network.eval()
     if device is not None:
         network.to(device)

@@ -29,9 +29,11 @@ from operators.fourier import ifft2c
 from operators.mri import CartesianMRI, MultiCoilMRI
 from priors import TV, L2Fidelity
 from recon.chambolle_pock import ChambollePock
+from recon.lambda_rule import _backprojected_noise_rms
 from recon.linear import CGLS
+from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
-from recon.reconstruct import Reconstruction, _backprojected_noise_rms
+from recon.reconstruct import Reconstruction
 
 __all__ = ["MRI_METHODS", "reconstruct_mri", "zero_filled", "estimate_kspace_noise_std",
            "default_mri_tv_lambda", "data_consistency"]
@@ -132,6 +134,10 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
     Returns:
         A ``Reconstruction`` whose ``x`` is complex ``(B, 1, H, W)`` (real RSS for zero-filled).
 
+    Raises:
+        ValueError: a bad argument, named (``iterations`` an integer >= 1, ``lam`` finite >= 0,
+        ``noise_std`` finite > 0). RuntimeError: a reconstruction holding NaN or Inf, naming the method.
+
     Example:
         >>> import torch
         >>> from operators import CartesianMRI, random_mask
@@ -145,11 +151,22 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
         raise ValueError(f"method: expected one of {', '.join(MRI_METHODS)}, got {method!r}")
     if not isinstance(A, (CartesianMRI, MultiCoilMRI)):
         raise TypeError(f"A: expected CartesianMRI or MultiCoilMRI, got {type(A).__name__}")
-    if iterations is not None and int(iterations) < 1:
-        raise ValueError(f"iterations: expected a positive integer, got {iterations}")
+    if iterations is not None:
+        check_integer("iterations", iterations)
+    if lam is not None:
+        check_number("lam", lam, strict=False)
+    if noise_std is not None:
+        check_number("noise_std", noise_std)
     if not (isinstance(y, torch.Tensor) and y.is_complex()):
         raise TypeError(f"y: {type(A).__name__} expects complex k-space (complex64), got "
                         f"{getattr(y, 'dtype', type(y).__name__)}")
+    r = _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress)
+    check_finite_result(r.x, method)
+    return r
+
+
+def _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress) -> Reconstruction:
+    """``reconstruct_mri`` once its arguments are checked."""
     data = L2Fidelity(A, y)  # validates y's shape and values against the operator
     start = time.perf_counter()
     if method == "zero-filled":

@@ -21,9 +21,9 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from collections.abc import Callable
+
+import torch
 
 from operators.base import LinearOperator
 from priors import TV, L2Fidelity, NonNegativity, SpaceVariantTV
@@ -33,7 +33,10 @@ from priors.tv import DEFAULT_ETA, DEFAULT_P, DEFAULT_SPREAD, intensity_scale
 from recon.chambolle_pock import ChambollePock
 from recon.discrepancy import DISCREPANCY_TAU, discrepancy_search
 from recon.fbp import fbp
+from recon.lambda_rule import (LAMBDA_FACTORS, TV_LAMBDA_FACTOR, _backprojected_noise_rms, default_lambda,  # noqa: F401
+                               default_tv_lambda, estimate_noise_std)
 from recon.linear import CGLS, SIRT, TIKHONOV_ITERATIONS, tikhonov
+from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
 
 __all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_noise_std", "default_tv_lambda",
@@ -53,15 +56,6 @@ DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tikhonov": TIKHONOV_ITERATIONS, 
 #: within 0.1 dB of best for a U-Net denoiser trained at sigma 0.03; ADMM with the LPN degrades past
 #: 10-30 iterations (docs/lpn_stability_study.py), the denoiser's is steady by 20
 PNP_RHO_FACTOR, PNP_CG_ITERATIONS = 0.5, 10
-TV_LAMBDA_FACTOR = 1.8  # c in lam = c * sigma_hat * rms(A^T eps); fitted on phantoms (see default_tv_lambda)
-#: the same rule's constant for the adaptive priors, relative to TV's, refitted with the balanced
-#: Chambolle-Pock steps by docs/lambda_factor_study.py (256^2, 60 views, tuning phantoms ellipses 100/101):
-#: SV-TV flat between 0.7x and 1.4x of this (2.1x TV's, the middle); the graphLa methods gain nothing from a
-#: larger weight and lose 1-3 dB at 1/16 of it (their l1 term's dual ball is not reached within 300
-#: iterations above it), so they keep the weights of the earlier calibrations (docs/adaptive_256_study.py,
-#: docs/graphla_tik_study.py) in absolute terms
-LAMBDA_FACTORS = {"tv": TV_LAMBDA_FACTOR, "svtv": 2.1 * TV_LAMBDA_FACTOR, "graphla-tv": 20.0 * TV_LAMBDA_FACTOR,
-                  "graphla-fbp": 40.0 * TV_LAMBDA_FACTOR, "graphla-tik": 40.0 * TV_LAMBDA_FACTOR}
 #: each graphLa method's default pre-estimate
 GRAPHLA_ESTIMATES = {"graphla-fbp": "fbp", "graphla-tik": "tikhonov", "graphla-tv": "tv"}
 
@@ -76,78 +70,6 @@ class Reconstruction:
     seconds: float
     parameters: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)
-
-
-def estimate_noise_std(y: torch.Tensor) -> torch.Tensor:
-    r"""Robust per-item noise level of a sinogram ``(B, C, views, detectors)``.
-
-    Second differences along the detector cancel the smooth signal; for white noise
-    of std ``s`` they have std ``s sqrt(6)``; the median absolute deviation makes the
-    estimate insensitive to the edges of the object.
-
-    .. math:: \hat\sigma = 1.4826\,\mathrm{MAD}(\Delta^2_{\rm det} y) / \sqrt 6
-
-    Measured on Shepp-Logan with 1% noise and 60 views: 1.06x the true std at 512^2,
-    1.13x at 256^2, 1.3x at 128^2, 1.8x at 64^2 -- on coarse sinograms the object's edges
-    are a large share of the samples and bias it upwards.
-    """
-    d2 = (y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2]).flatten(1)
-    med = d2.median(dim=1, keepdim=True).values
-    return 1.4826 * (d2 - med).abs().median(dim=1).values / math.sqrt(6.0)
-
-
-def _backprojected_noise_rms(A: LinearOperator, like: torch.Tensor) -> float:
-    """RMS over pixels of ``A^T eps`` for unit white noise: ``sqrt(mean_j sum_i a_ij^2)``.
-
-    The same noise for every item of ``like``'s batch, so operators with per-item parts (coil maps,
-    masks) are averaged over their items and shared ones give the batch-of-one value exactly."""
-    gen = torch.Generator().manual_seed(0)
-    eps = torch.randn((1, *A.out_shape), generator=gen, dtype=like.dtype).to(like.device)
-    eps = eps.expand(like.shape[0], *eps.shape[1:])
-    bp = A.adjoint(eps)
-    return float(bp.abs().pow(2).mean().sqrt())
-
-
-def default_tv_lambda(A: LinearOperator, y: torch.Tensor, noise_std: float | None = None) -> float:
-    r"""The default TV weight: noise in the data, carried back to the image by ``A^T``.
-
-    .. math:: \lambda = c\,\hat\sigma\,\mathrm{rms}(A^T\varepsilon),\quad \varepsilon\sim\mathcal N(0, I)
-
-    At the TV solution ``A^T(A x - y) \in -\lambda\,\partial TV(x)`` and the residual is
-    mostly noise, whose back-projection has per-pixel RMS ``sigma * rms(A^T eps)``; TV's
-    subgradient is O(1) per pixel, so ``lambda`` scales with that product. It adapts to
-    image size, pixel size, view count and geometry without tuning. ``sigma`` is the
-    given ``noise_std`` or the sinogram's robust estimate; ``c = TV_LAMBDA_FACTOR`` was
-    fitted on Shepp-Logan and random-ellipse phantoms (sizes 128-256, 30-120 views,
-    pixels 0.3-1 mm, parallel and fan beam, 1% noise; ``docs/lam_rule_study.py``) as 0.9 for
-    300 iterations of the diagonal step rule, then doubled when the balanced steps made those
-    300 iterations converge: the best weight on the tuning phantoms (256^2, 60 views) moved to
-    about 2x (``docs/lambda_factor_study.py``: +0.5 dB there). It is not retuned per problem.
-    """
-    sigma = float(estimate_noise_std(y).mean()) if noise_std is None else float(noise_std)
-    if not sigma > 0:
-        raise ValueError(f"noise_std: expected a positive noise level, got {sigma} "
-                         "(noise-free data: pass lam explicitly)")
-    return TV_LAMBDA_FACTOR * sigma * _backprojected_noise_rms(A, y)
-
-
-def default_lambda(method: str, A: LinearOperator, y: torch.Tensor, noise_std: float | None = None,
-                   prior: Functional | None = None) -> float:
-    r"""The default weight of a variational method: ``default_tv_lambda`` with the method's constant.
-
-    For the graph-Laplacian prior ``||L x||_1`` the subgradient ``L^T s`` has per-pixel size up
-    to ``2 d_i`` (``d`` the degree), not 1 as for TV, so the weight is divided by the mean
-    degree of ``prior``'s graph.
-    """
-    if method not in LAMBDA_FACTORS:
-        raise ValueError(f"method: expected one of {', '.join(LAMBDA_FACTORS)}, got {method!r}")
-    lam = default_tv_lambda(A, y, noise_std) * LAMBDA_FACTORS[method] / TV_LAMBDA_FACTOR
-    if method.startswith("graphla"):
-        if not isinstance(prior, GraphLaplacianPrior):
-            raise TypeError(f"prior: {method} scales its weight by the graph's degree; pass the GraphLaplacianPrior, "
-                            f"got {type(prior).__name__}")
-        lam /= float(prior.laplacian.degree.mean())
-    return lam
 
 
 def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: float | str | None = None,
@@ -188,6 +110,12 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             ``"lpn"`` and ``"pnp"``, ``lam`` is the ADMM penalty ``rho`` (the prior's
             weight against the data term ``||A x - y||^2 / (2 ||A||^2)``; default: the card's).
 
+    Raises:
+        ValueError: a bad argument, named: ``iterations`` an integer >= 1 (not a float or bool),
+        ``lam`` finite >= 0, ``noise_std``, ``eta``, ``sigma`` finite > 0, ``p`` in ``[0, 1)``,
+        ``spread`` an integer >= 0, ``radius`` an integer >= 1. RuntimeError: a reconstruction holding
+        NaN or Inf (a diverged method), naming the method.
+
     Example:
         >>> import numpy as np
         >>> from operators import ParallelBeam2D
@@ -197,22 +125,43 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         >>> r.x.shape, r.method
         (torch.Size([1, 1, 64, 64]), 'fbp')
     """
+    _check_parameters(method, lam, iterations, noise_std, estimate, model, eta=eta, p=p, spread=spread,
+                      radius=radius, sigma=sigma)
+    r = _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_std, estimate, eta, p, spread,
+                     radius, sigma, model)
+    check_finite_result(r.x, method)
+    return r
+
+
+def _check_parameters(method, lam, iterations, noise_std, estimate, model, **numbers) -> None:
+    """``ValueError`` naming the first bad argument of ``reconstruct`` (see ``recon.params``)."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-    if iterations is not None and int(iterations) < 1:
-        raise ValueError(f"iterations: expected a positive integer, got {iterations}")
+    if iterations is not None:
+        check_integer("iterations", iterations)
     if isinstance(lam, str) and lam != "auto":
         raise ValueError(f"lam: expected a number, None (default rule) or 'auto', got {lam!r}")
-    if lam is not None and not isinstance(lam, str) and not float(lam) >= 0:
-        raise ValueError(f"lam: expected a non-negative weight, got {lam}")
-    if noise_std is not None and not (math.isfinite(noise_std) and noise_std > 0):
-        raise ValueError(f"noise_std: expected a positive noise level, got {noise_std}")
+    if lam is not None and not isinstance(lam, str):
+        check_number("lam", lam, strict=False)
+    if noise_std is not None:
+        check_number("noise_std", noise_std)
+    checks = {"eta": lambda v: check_number("eta", v), "p": lambda v: check_number("p", v, strict=False, below=1.0),
+              "spread": lambda v: check_integer("spread", v, minimum=0), "radius": lambda v: check_integer("radius", v),
+              "sigma": lambda v: check_number("sigma", v)}
+    for name, value in numbers.items():
+        if value is not None:
+            checks[name](value)
     if estimate is not None and method not in ADAPTIVE:
         raise ValueError(f"estimate: only svtv and graphla-* use a pre-estimate, not {method!r}")
     if model is not None and method not in ("svtv", *PNP):
         raise ValueError(f"model: only lpn, pnp and svtv use a trained model, not {method!r}")
     if model is not None and estimate is not None:
         raise ValueError("estimate: svtv takes its weights from the model or from a pre-estimate, not both")
+
+
+def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_std, estimate, eta, p, spread,
+                 radius, sigma, model) -> Reconstruction:
+    """``reconstruct`` once its arguments are checked: picks the solver and runs it."""
     start = time.perf_counter()
     if method == "fbp":
         x = fbp(A, y, filter=filter)
@@ -238,9 +187,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
     if model is not None:
         estimate = _weight_network(model, y.device)
         tuned = estimate.settings
-    eta = float(tuned.get("eta", DEFAULT_ETA)) if eta is None else eta
-    p = float(tuned.get("p", DEFAULT_P)) if p is None else p
-    spread = int(tuned.get("spread", DEFAULT_SPREAD)) if spread is None else spread
+    eta = float(tuned.get("eta", DEFAULT_ETA) if eta is None else eta)
+    p = float(tuned.get("p", DEFAULT_P) if p is None else p)
+    spread = int(tuned.get("spread", DEFAULT_SPREAD) if spread is None else spread)
     prior, prior_params = _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, spread,
                                           radius, sigma)
     params.update(prior_params)
