@@ -68,6 +68,9 @@ def _integer(v) -> bool:
 
 
 Check = tuple[Callable[[object], bool], str]
+#: upper bounds of ``[operator] views`` and ``detectors`` (measured scanners use a few thousand of each);
+#: the memory a study needs is checked separately (``apps.ct.ct_memory_bytes``)
+MAX_VIEWS, MAX_DETECTORS = 100_000, 100_000
 _TOP: dict[str, Check] = {
     "naming": (lambda v: v in ("key", "patient"), "'key' or 'patient'"),
     "device": (lambda v: v in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
@@ -78,9 +81,9 @@ _TOP: dict[str, Check] = {
 }
 _OPERATOR: dict[str, Check] = {
     "geometry": (lambda v: v in ("parallel", "fan"), "'parallel' or 'fan'"),
-    "views": (lambda v: _integer(v) and v >= 1, "a positive integer"),
+    "views": (lambda v: _integer(v) and 1 <= v <= MAX_VIEWS, f"a positive integer <= {MAX_VIEWS}"),
     "noise": (lambda v: _number(v) and 0 <= v < 1, "a relative noise level in [0, 1)"),
-    "detectors": (lambda v: _integer(v) and v >= 1, "a positive integer"),
+    "detectors": (lambda v: _integer(v) and 1 <= v <= MAX_DETECTORS, f"a positive integer <= {MAX_DETECTORS}"),
     "detector_spacing": (lambda v: _number(v) and v > 0, "a positive spacing in mm"),
     "source_origin": (lambda v: _number(v) and v > 0, "a positive distance in mm"),
     "origin_detector": (lambda v: _number(v) and v >= 0, "a distance >= 0 in mm"),

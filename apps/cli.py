@@ -1,4 +1,10 @@
-"""The ``recon`` command: one subcommand per module in apps/."""
+"""The ``recon`` command: one subcommand per module in apps/.
+
+Exit status: 0 when the command did its work; 1 for a run failure (a file that cannot be written,
+a full disk, no memory); 2 for bad arguments (an option out of range, a missing or malformed input
+file, a request too large for the memory). Failures are reported on one line,
+``recon <command>: error: <what went wrong>``, without a traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,24 @@ from collections.abc import Sequence
 from apps import batch, bench, ct, mri, train
 
 SUBCOMMANDS = {"ct": ct, "mri": mri, "batch": batch, "bench": bench, "train": train}
+EXIT_STATUS = ("exit status: 0 ok; 1 run failure (a file that cannot be written, a full disk, no memory); "
+               "2 bad arguments (an option out of range, a missing or malformed input, a request too large for "
+               "the memory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recon", description="Inverse-problem imaging: reconstruct, train, batch.")
+    parser = argparse.ArgumentParser(prog="recon", description="Inverse-problem imaging: reconstruct, train, batch.",
+                                     epilog=EXIT_STATUS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module in SUBCOMMANDS.items():
         module.add_parser(sub)
     return parser
+
+
+def _report(command: str, message: str, status: int) -> int:
+    print(f"recon {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,8 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
-        print(f"recon {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _report(args.command, str(err), 2)
+    except MemoryError as err:
+        return _report(args.command, f"out of memory{': ' + str(err) if str(err) else ''} (a smaller problem, "
+                                     "fewer methods, or a machine with more memory may do)", 1)
+    except OSError as err:
+        return _report(args.command, str(err), 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,20 +2,25 @@
 
 Writes ``<output>/<method>.png``, ``comparison.png``, ``reconstructions.h5`` and
 ``metrics.json`` (``{method: {"psnr", "ssim", "seconds", "iterations"}}``, PSNR and
-SSIM only when a reference image is known) and prints the same table.
+SSIM only when a reference image is known) and prints the same table. The output folder is
+locked while a run writes to it (apps/outputs.py), and images of methods not in this run are
+removed. A phantom whose reconstruction would not fit in memory (``ct_memory_bytes``) is
+refused before anything is allocated.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data.hdf5 import CTData, atomic_path, read_ct, write_reconstructions
+from apps.argtypes import fraction, nonneg_float, nonneg_int, positive_float, positive_int
+from apps.outputs import check_output, locked_output, remove_stale_images, write_metrics
+from data.hdf5 import CTData, read_ct, write_reconstructions
+from data.limits import array_bytes, check_memory
 from data.phantoms import random_ellipses, shepp_logan
 from operators.ct import FanBeam2D, ParallelBeam2D, ct_operator
 from recon.metrics import psnr, ssim
@@ -30,17 +35,17 @@ def add_parser(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", type=Path, metavar="FILE.h5", help="sinogram in the raw-data layout (data/hdf5.py)")
     src.add_argument("--phantom", choices=PHANTOMS, help="simulate data from a built-in phantom")
-    p.add_argument("--slice", type=int, default=None, metavar="K",
+    p.add_argument("--slice", type=nonneg_int, default=None, metavar="K",
                    help="input holding a stack of slices: reconstruct slice K (0-based)")
-    p.add_argument("--size", type=int, default=256, help="phantom size in pixels (default 256)")
-    p.add_argument("--views", type=int, default=None,
+    p.add_argument("--size", type=positive_int, default=256, help="phantom size in pixels (default 256)")
+    p.add_argument("--views", type=positive_int, default=None,
                    help="phantom: number of views (default 60); input: keep this many evenly spaced views")
     p.add_argument("--geometry", choices=("parallel", "fan"), default="parallel",
                    help="phantom geometry: parallel over 180 deg or fan over 360 deg (default parallel)")
-    p.add_argument("--noise", type=float, default=0.01,
+    p.add_argument("--noise", type=fraction, default=0.01,
                    help="phantom: Gaussian noise std relative to the RMS of the sinogram (default 0.01)")
-    p.add_argument("--seed", type=int, default=0, help="phantom and noise seed (default 0)")
-    p.add_argument("--noise-std", type=float, default=None,
+    p.add_argument("--seed", type=nonneg_int, default=0, help="phantom and noise seed (default 0)")
+    p.add_argument("--noise-std", type=positive_float, default=None,
                    help="the sinogram's noise std, if known (for --lam auto and the default rule); default: "
                         "the simulated noise for phantoms with --lam auto, else estimated from the sinogram")
     p.add_argument("--estimate", choices=ESTIMATES, default=None,
@@ -61,10 +66,11 @@ def add_run_options(p, methods, default: str, lam_rule: str, iterative: str, aut
         p.add_argument("--lam", type=_lam_arg, default=None, metavar="LAM|auto",
                        help=f"regularisation weight, or 'auto' for the discrepancy principle (default: rule in {lam_rule})")
     else:
-        p.add_argument("--lam", type=float, default=None, help=f"TV weight (default: rule in {lam_rule})")
-    p.add_argument("--iterations", type=int, default=None, help=f"iterations for {iterative}")
+        p.add_argument("--lam", type=nonneg_float, default=None, help=f"TV weight (default: rule in {lam_rule})")
+    p.add_argument("--iterations", type=positive_int, default=None, help=f"iterations for {iterative}")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--output", type=Path, default=Path("recon_output"), help="output folder (default recon_output)")
+    p.add_argument("--output", type=Path, default=Path("recon_output"),
+                   help="output folder (default recon_output); locked while a run writes to it")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -75,8 +81,8 @@ def _lam_arg(text: str) -> float | str:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative weight, got {text}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a non-negative finite weight or 'auto', got {text}")
     return value
 
 
@@ -85,6 +91,30 @@ def _device(name: str, option: str = "--device") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"{option} cuda: no CUDA device is available (use {option} cpu or auto)")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+#: working copies counted by ``ct_memory_bytes``: of the image (FBP start, iterate, its previous value and
+#: extrapolation, the two gradient duals, the reference, the written copy) and of the sinogram (data, noise,
+#: the forward projection, the data-term dual)
+WORK_IMAGES, WORK_SINOGRAMS = 8, 4
+
+
+def ct_memory_bytes(image_shape, views: int, detectors: int, slices: int = 1) -> int:
+    """Estimated memory (bytes) of reconstructing ``slices`` float32 CT slices: ``WORK_IMAGES`` images and
+    ``WORK_SINOGRAMS`` sinograms ``(views, detectors)`` per slice. Compare with ``data.limits.check_memory``.
+
+    Example:
+        >>> round(ct_memory_bytes((256, 256), 60, 366) / 2**20, 2)   # MiB
+        2.34
+    """
+    if not (isinstance(image_shape, (tuple, list)) and len(image_shape) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in image_shape)):
+        raise ValueError(f"image_shape: expected (H, W), two positive integers, got {image_shape!r}")
+    for name, n in (("views", views), ("detectors", detectors), ("slices", slices)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {n!r}")
+    per_slice = WORK_IMAGES * array_bytes(image_shape, 4) + WORK_SINOGRAMS * array_bytes((views, detectors), 4)
+    return slices * per_slice
 
 
 def detector_count(size: int) -> int:
@@ -131,17 +161,28 @@ def _subsample(data: CTData, views: int | None) -> CTData:
 
 
 def load(args) -> CTData:
+    """The data ``args`` ask for; ``MemoryLimitError`` naming the option when the reconstruction would not fit."""
     if args.input is not None:
         data = read_ct(args.input, slices=args.slice)
         if data.sinogram.ndim == 3:
             raise ValueError(f"--input: {args.input} holds a stack of {data.sinogram.shape[0]} slices; recon ct "
                              "reconstructs one, chosen with --slice K")
-        return _subsample(data, args.views)
+        data = _subsample(data, args.views)
+        shape = tuple(int(n) for n in data.geometry["image_shape"])
+        check_memory(ct_memory_bytes(shape, *data.sinogram.shape),
+                     f"--input {args.input}: a {shape[0]} x {shape[1]} reconstruction from {data.sinogram.shape[0]} "
+                     f"views x {data.sinogram.shape[1]} detectors")
+        return data
     views = 60 if args.views is None else args.views
+    given = f"--size {args.size}" + (f", --views {views}" if args.views is not None else "")
+    det = detector_count(args.size)
+    check_memory(ct_memory_bytes((args.size, args.size), views, det),
+                 f"{given}: a {args.size} x {args.size} phantom reconstructed from {views} views x {det} detectors")
     return simulate(args.phantom, args.size, views, args.geometry, args.noise, args.seed)
 
 
 def run(args) -> int:
+    check_output(args.output)
     device = _device(args.device)
     data = load(args)
     methods = list(dict.fromkeys(args.method or ["fbp", "tv"]))
@@ -160,15 +201,17 @@ def run(args) -> int:
     if args.estimate is not None and "svtv" in models:
         raise ValueError("--estimate: svtv takes its weights from --weights or from --estimate, not both")
     results, metrics = {}, {}
-    for method in methods:
-        extra = {"estimate": args.estimate} if method == "svtv" and args.estimate else {}
-        if method in models:
-            extra["model"] = models[method]
-        r = reconstruct(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress,
-                        noise_std=noise_std, **extra)
-        results[method] = r
-        metrics[method] = _metrics(r, ref)
-    _write_outputs(args.output, data, results, metrics, ref)
+    with locked_output(args.output):
+        for method in methods:
+            extra = {"estimate": args.estimate} if method == "svtv" and args.estimate else {}
+            if method in models:
+                extra["model"] = models[method]
+            r = reconstruct(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress,
+                            noise_std=noise_std, **extra)
+            results[method] = r
+            metrics[method] = _metrics(r, ref)
+        _write_outputs(args.output, data, results, metrics, ref)
+        remove_stale_images(args.output, METHODS, results)
     print(format_table(metrics))
     print(f"outputs in {args.output}/")
     return 0
@@ -219,7 +262,6 @@ def format_table(metrics: dict, cols=("psnr", "ssim", "seconds", "iterations")) 
 def _write_outputs(out: Path, data: CTData, results: dict, metrics: dict, ref) -> None:
     from apps.figures import comparison_figure, save_image
 
-    out.mkdir(parents=True, exist_ok=True)
     images = {name: r.x[0, 0].detach().cpu().numpy() for name, r in results.items()}
     vmax = float(ref.max()) if ref is not None else float(np.percentile(next(iter(images.values())), 99.5))
     for name, image in images.items():
@@ -227,7 +269,6 @@ def _write_outputs(out: Path, data: CTData, results: dict, metrics: dict, ref) -
     geometry = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.geometry.items()}
     params = {name: r.parameters for name, r in results.items()}
     write_reconstructions(out / "reconstructions.h5", images, {**geometry, "angles": data.angles}, params)
-    with atomic_path(out / "metrics.json") as tmp, open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_metrics(out / "metrics.json", metrics)
     reference = None if ref is None else ref[0, 0].cpu().numpy()
     comparison_figure(out / "comparison.png", images, metrics, reference, vmax)

@@ -10,20 +10,23 @@ calibration region of the (undersampled) data.
 Writes ``<output>/<method>.png`` (magnitude), ``comparison.png``, ``maps.png`` (coil
 map magnitudes), ``mask.png``, ``reconstructions.h5`` and ``metrics.json``
 (``{method: {"psnr", "ssim", "data_consistency", "seconds", "iterations"}}``, PSNR
-and SSIM only with a reference) and prints the same table.
+and SSIM only with a reference) and prints the same table. As for ``recon ct``, the output
+folder is locked while a run writes to it and images of methods not in this run are removed
+(apps/outputs.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from apps.argtypes import nonneg_int, open_fraction, positive_float
 from apps.ct import _device, add_run_options, format_table
-from data.hdf5 import atomic_path, write_reconstructions
+from apps.outputs import check_output, locked_output, remove_stale_images, write_metrics
+from data.hdf5 import write_reconstructions
 from data.mri import KSpaceData, read_kspace
 from operators.coils import calibration_region, espirit_maps
 from operators.masks import MASK_TYPES, acceleration_of, make_mask
@@ -39,16 +42,16 @@ def add_parser(sub) -> None:
     p = sub.add_parser("mri", help="reconstruct a 2D MRI slice from Cartesian k-space",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", type=Path, required=True, metavar="FILE", help="k-space: .h5 (data/mri.py layout) or .npy")
-    p.add_argument("--slice", type=int, default=None, metavar="K",
+    p.add_argument("--slice", type=nonneg_int, default=None, metavar="K",
                    help="input holding a stack of slices: reconstruct slice K (0-based)")
-    p.add_argument("--acceleration", type=float, default=None,
+    p.add_argument("--acceleration", type=positive_float, default=None,
                    help="retrospective undersampling factor R for fully sampled input (default 4)")
-    p.add_argument("--center-fraction", type=float, default=0.08,
+    p.add_argument("--center-fraction", type=open_fraction, default=0.08,
                    help="fully sampled centre: fraction of lines (random/equispaced) or of each side (poisson); default 0.08")
     p.add_argument("--mask-type", choices=MASK_TYPES, default="random", help="retrospective mask (default random)")
     p.add_argument("--phase-encode", choices=tuple(AXES), default="columns",
                    help="k-space axis whose lines are skipped by 1-D masks (default columns, as fastMRI)")
-    p.add_argument("--seed", type=int, default=0, help="mask seed (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="mask seed (default 0)")
     add_run_options(p, MRI_METHODS, "all three", "recon.mri", "cg-sense/tv")
     p.set_defaults(run=run)
 
@@ -89,6 +92,7 @@ def operator(kspace: torch.Tensor, mask: torch.Tensor) -> tuple[CartesianMRI | M
 
 
 def run(args) -> int:
+    check_output(args.output)
     device = _device(args.device)
     data = read_kspace(args.input, slices=args.slice)
     if data.kspace.ndim == 4:
@@ -102,11 +106,13 @@ def run(args) -> int:
     print(f"recon mri: {args.input}: {y.shape[1]} coil(s), {y.shape[2]} x {y.shape[3]}, {how}, on {device}")
     ref = None if reference is None else torch.as_tensor(reference, device=device)[None, None]
     results, metrics = {}, {}
-    for method in methods:
-        r = reconstruct_mri(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress)
-        results[method] = r
-        metrics[method] = _metrics(A, r, y, ref)
-    _write_outputs(args.output, results, metrics, reference, mask, maps, how)
+    with locked_output(args.output):
+        for method in methods:
+            r = reconstruct_mri(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress)
+            results[method] = r
+            metrics[method] = _metrics(A, r, y, ref)
+        _write_outputs(args.output, results, metrics, reference, mask, maps, how)
+        remove_stale_images(args.output, MRI_METHODS, results)
     print(format_table(metrics, COLUMNS))
     print(f"outputs in {args.output}/")
     return 0
@@ -128,7 +134,6 @@ def _metrics(A, r, y, ref) -> dict:
 def _write_outputs(out: Path, results: dict, metrics: dict, reference, mask, maps, how: str) -> None:
     from apps.figures import comparison_figure, save_image, save_panels
 
-    out.mkdir(parents=True, exist_ok=True)
     images = {name: r.x[0, 0].abs().detach().cpu().numpy() for name, r in results.items()}
     vmax = float(reference.max()) if reference is not None else float(np.percentile(next(iter(images.values())), 99.5))
     for name, image in images.items():
@@ -139,6 +144,5 @@ def _write_outputs(out: Path, results: dict, metrics: dict, reference, mask, map
     params = {name: r.parameters for name, r in results.items()}
     write_reconstructions(out / "reconstructions.h5", images, {"modality": "mri", "sampling": how}, params,
                           units="magnitude, scale of the input", extra={"mask": np.asarray(mask, dtype=bool)})
-    with atomic_path(out / "metrics.json") as tmp, open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_metrics(out / "metrics.json", metrics)
     comparison_figure(out / "comparison.png", images, metrics, reference, vmax)
