@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from apps.batch_studies import Study
-from apps.ct import _device
+from apps.ct import _device, ct_memory_bytes
 from data.hdf5 import atomic_path, read_ct, write_reconstructions
+from data.limits import check_memory
 from data.provenance import provenance
 from operators.ct import ct_operator
 from recon.metrics import psnr, ssim
@@ -107,11 +108,20 @@ def _simulate(study: Study, config: dict) -> StudyData:
                          "square pixels")
     mu = np.clip(hu_to_mu(volume.hu, mu_water=config["mu_water"]), 0.0, None).astype(np.float32)
     geom, angles, det = simulation_geometry(config["operator"], mu.shape[1:], float(spacing[1]))
+    _check_memory(study, config, mu.shape, len(angles), det)
     y = ct_operator(geom, angles, det)(torch.as_tensor(mu)[:, None])
     noise_std = config["operator"]["noise"] * float(y.pow(2).mean().sqrt())
     gen = torch.Generator().manual_seed(_seed(config, study.key))
     y = y + noise_std * torch.randn(y.shape, generator=gen)
     return StudyData(y[:, 0].numpy(), angles, geom, mu, noise_std if noise_std > 0 else None, volume)
+
+
+def _check_memory(study: Study, config: dict, shape, views: int, detectors: int) -> None:
+    """Refuse a study whose reconstruction (``chunk_slices`` at a time) would exceed the memory."""
+    slices = min(shape[0], config["chunk_slices"] or shape[0])
+    check_memory(ct_memory_bytes(tuple(int(n) for n in shape[1:]), int(views), int(detectors), slices=int(slices)),
+                 f"study {study.key}: {slices} slice(s) of {shape[1]} x {shape[2]} at once, {views} views x "
+                 f"{detectors} detectors ([operator] views and detectors, chunk_slices)")
 
 
 def load_study(study: Study, config: dict):
@@ -128,6 +138,7 @@ def load_study(study: Study, config: dict):
     stack = data.sinogram.ndim == 3
     sino = data.sinogram if stack else data.sinogram[None]
     ref = None if data.reference is None else (data.reference if stack else data.reference[None])
+    _check_memory(study, config, (len(sino), *data.geometry["image_shape"]), *sino.shape[1:])
     return StudyData(sino, data.angles, data.geometry, ref, data.noise_std)
 
 

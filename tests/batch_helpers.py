@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -139,3 +145,35 @@ def check_kspace_outputs(out: Path, key: str, slices: int = 2, size: int = SIZE)
     m = metrics["methods"]
     assert len(m["cg-sense"]["psnr_slices"]) == slices and m["cg-sense"]["psnr"] > m["zero-filled"]["psnr"] + 1
     return metrics
+
+
+@contextmanager
+def dask_cluster(folder: Path, *worker_options: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A Dask scheduler and one ``dask worker`` (with ``worker_options``, one thread) started as
+    processes here; yields ``(address, worker process)`` once the worker is up, stops both afterwards."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    scheduler_file = folder / "scheduler.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, *worker_options,
+                                       "--nthreads", "1", "--no-dashboard"], env=env, cwd=folder,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from dask.distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(1, timeout=60)
+        yield address, procs[1]
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)

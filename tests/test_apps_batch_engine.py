@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.batch_helpers import CONFIG, REPO, batch, check_outputs, done_mtimes, make_dataset, phantom_series, states
+from tests.batch_helpers import (CONFIG, REPO, batch, check_outputs, dask_cluster, done_mtimes, make_dataset,
+                                 phantom_series, states)
 
 
 @pytest.fixture(scope="module")
@@ -76,32 +77,8 @@ def test_sigkill_mid_run_loses_nothing(tmp_path):
 @pytest.fixture
 def external_cluster(tmp_path):
     """A Dask scheduler and one worker process started here, torn down afterwards."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    scheduler_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                               "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
-        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1",
-                                       "--nthreads", "1", "--no-dashboard"], env=env, cwd=tmp_path,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        from dask.distributed import Client
-
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(1, timeout=60)
+    with dask_cluster(tmp_path, "--nworkers", "1") as (address, _):
         yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
 
 
 @pytest.mark.slow

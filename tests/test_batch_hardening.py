@@ -16,7 +16,7 @@ import pytest
 
 from apps import batch_engine, batch_worker
 from apps.batch_studies import discover
-from tests.batch_helpers import REPO, SIZE, VIEWS, batch, manifest, phantom_series, raw_file, states
+from tests.batch_helpers import REPO, SIZE, VIEWS, batch, dask_cluster, manifest, phantom_series, raw_file, states
 
 FBP_ONLY = f"[operator]\nviews = {VIEWS}\n[methods.fbp]\n"
 
@@ -272,28 +272,8 @@ def test_killing_every_worker_again_and_again_ends_the_run(tmp_path):
 @pytest.fixture
 def lone_worker(tmp_path):
     """A Dask scheduler and one worker without a nanny (nothing restarts it when it is killed)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    scheduler_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                               "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
-        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--no-nanny",
-                                       "--nthreads", "1", "--no-dashboard"], env=env, cwd=tmp_path,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        from dask.distributed import Client
-
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(1, timeout=60)
-        yield address, procs[1]
-    finally:
-        for p in reversed(procs):
-            p.kill()
-            p.wait(timeout=20)
+    with dask_cluster(tmp_path, "--no-nanny") as (address, worker):
+        yield address, worker
 
 
 @pytest.mark.slow
@@ -384,3 +364,17 @@ def test_a_series_with_a_missing_slice_fails_unless_gaps_are_allowed(tmp_path, c
     assert "warning:" in (printed := capsys.readouterr().out) and "slice_03.dcm" in printed
     series = sorted((out / "studies" / entry["name"] / "dicom" / "fbp").glob("*.dcm"))
     assert [float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in series] == [0.0, 2.5, 7.5]
+
+
+def test_a_study_too_large_for_the_memory_fails_before_allocating(tmp_path, monkeypatch):
+    """Issue 19, item 5: views and detectors within their bounds, but 4 x 10^10 sinogram values per slice."""
+    monkeypatch.setenv("RECON_MEMORY_LIMIT", "8G")
+    phantom_series(tmp_path / "in" / "s", seed=1)
+    config = _config(tmp_path, "[operator]\nviews = 100000\ndetectors = 100000\n[methods.fbp]\n")
+    out = tmp_path / "res"
+    started = time.monotonic()
+    assert batch(tmp_path / "in", "--output", out, "--config", config, "--workers", 1, "--no-progress") == 1
+    (entry,) = manifest(out)["studies"].values()
+    assert entry["state"] == "failed" and "MemoryLimitError" in entry["error"], entry
+    assert "100000 views x 100000 detectors" in entry["error"] and "needs about" in entry["error"]
+    assert time.monotonic() - started < 60
