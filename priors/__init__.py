@@ -4,6 +4,7 @@ from priors.base import Functional, ScaledFunctional, SumFunctional, Zero
 from priors.constraints import Box, NonNegativity
 from priors.data import L2Fidelity, SquaredL2Distance
 from priors.denoiser import DenoiserPrior, FixedSigmaDenoiser, noise_level
+from priors.diffusion import DiffusionPrior, VPSchedule
 from priors.graph_laplacian import GraphLaplacian, GraphLaplacianPrior
 from priors.learned_prox import LearnedProximalNetwork, LearnedProxPrior
 from priors.tv import TV, L1Norm, L21Norm, SpaceVariantTV, WeightedNorm, adaptive_tv_weights
@@ -12,5 +13,5 @@ __all__ = [
     "Functional", "ScaledFunctional", "SumFunctional", "Zero",
     "TV", "SpaceVariantTV", "WeightedNorm", "adaptive_tv_weights", "GraphLaplacian", "GraphLaplacianPrior",
     "L1Norm", "L21Norm", "Box", "NonNegativity", "L2Fidelity", "SquaredL2Distance",
-    "DenoiserPrior", "FixedSigmaDenoiser", "noise_level", "LearnedProximalNetwork", "LearnedProxPrior",
+    "DenoiserPrior", "FixedSigmaDenoiser", "noise_level", "DiffusionPrior", "VPSchedule", "LearnedProximalNetwork", "LearnedProxPrior",
 ]
