@@ -1,0 +1,136 @@
+r"""RED-Diff (Mardani, Song, Kautz, Vahdat, ICLR 2024): a diffusion prior as a regulariser of a
+variational problem, for any ``LinearOperator``.
+
+The posterior is approximated by ``N(mu, 0)`` and ``mu`` minimised by Adam over a descending
+sequence of DDPM timesteps; at timestep ``t``, with ``eps ~ N(0, I)``,
+
+.. math:: x_t = \sqrt{\bar\alpha_t}\,\mu + \sqrt{1-\bar\alpha_t}\,\varepsilon,\qquad
+          \nabla_\mu = \lambda\,\frac{\sigma_t}{\alpha_t}\,\frac{\hat\varepsilon(x_t, t) - \varepsilon}{n}
+                       + v\,s\,\frac{A^H (A\mu - y)}{m}
+
+(``n`` pixels and ``m`` measurements per item: both terms are means, as in the reference code;
+``sigma_t / alpha_t`` is the "linear" weighting, the VE noise level of ``t``; ``s`` the scale of a
+``s * L2Fidelity`` data term, ``v`` the observation weight). The network is evaluated without
+gradients: no back-propagation through it. The conversions (``eps_vp``, the schedule) are those of
+``priors.diffusion``.
+
+What it converges to: for a prior ``N(m0, S^2 I)`` the expected regulariser gradient is
+``lambda sigma_t^2 / (S^2 + sigma_t^2) (mu - m0) / n``, so at timesteps where ``sigma_t >> S`` the
+fixed point is the minimiser of ``lambda / (2n) ||mu - m0||^2 + v s / (2m) ||A mu - y||^2``
+(tested against that closed form). At small ``sigma_t`` the regulariser fades and the data term
+takes over: the descending order ends on data consistency.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from priors.diffusion import DiffusionPrior, VPSchedule
+from recon.base import Solver, relative_change
+from recon.params import check_integer, check_number
+from recon.pnp import _least_squares
+from recon.problem import Problem
+
+__all__ = ["REDDiff", "REDDiffState"]
+
+
+@dataclass
+class REDDiffState:
+    """``mu`` (the leaf Adam updates), the optimiser, the index of the next timestep, the last relative
+    change; ``x`` is ``mu`` without its gradient."""
+
+    mu: torch.Tensor
+    optimizer: torch.optim.Adam
+    k: int
+    relative_change: torch.Tensor
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.mu.detach()
+
+
+class REDDiff(Solver):
+    """RED-Diff on ``Problem(L2Fidelity(A, y))`` (or ``s * L2Fidelity``) with a ``DiffusionPrior``.
+
+    Args:
+        prior: the diffusion prior (its ``eps_vp`` is the DDPM noise prediction).
+        steps: timesteps, ``schedule.timesteps(steps)`` (descending); ignored when ``timesteps`` is given.
+        lam: the regulariser's weight (the reference code's ``grad_term_weight``).
+        lr: Adam's learning rate (betas 0.9, 0.99, as in the reference code).
+        obs_weight: the data term's weight ``v``.
+        timesteps: an explicit sequence of timesteps, in the order they are used.
+        schedule: the DDPM schedule (default: linear beta 1e-4 to 0.02, 1000 steps).
+        seed: the noise draws' seed (the same seed gives the same result).
+        progress: a progress bar over the timesteps.
+
+    Defaults are the reference configuration (``_configs/algo/reddiff.yaml``: lambda 0.25, lr 0.1,
+    50 steps from t = 1000).
+
+    Example:
+        >>> import torch
+        >>> from operators import Identity
+        >>> from priors import L2Fidelity
+        >>> prior = DiffusionPrior(lambda x, s: x / (1 + s ** 2), preconditioned=False,   # x0 ~ N(0, I)
+        ...                        sigma_range=(0.001, 200.0))
+        >>> y = torch.ones(1, 1, 4, 4)
+        >>> out = REDDiff(prior, steps=20).run(Problem(L2Fidelity(Identity((1, 4, 4)), y)), y)
+        >>> out.n_iter, out.x.shape
+        (20, torch.Size([1, 1, 4, 4]))
+    """
+
+    def __init__(self, prior: DiffusionPrior, steps: int = 50, lam: float = 0.25, lr: float = 0.1,
+                 obs_weight: float = 1.0, timesteps=None, schedule: VPSchedule | None = None, seed: int = 0,
+                 progress: bool = False) -> None:
+        if not isinstance(prior, DiffusionPrior):
+            raise TypeError(f"prior: expected a DiffusionPrior, got {type(prior).__name__}")
+        self.schedule = schedule if schedule is not None else VPSchedule()
+        if timesteps is None:
+            timesteps = self.schedule.timesteps(check_integer("steps", steps, 1, self.schedule.steps))
+        self.timesteps = [check_integer("timesteps", t, 0, self.schedule.steps - 1) for t in timesteps]
+        if not self.timesteps:
+            raise ValueError("timesteps: expected at least one timestep, got none")
+        super().__init__(max_iter=len(self.timesteps), tol=0.0, progress=progress)
+        self.prior = prior
+        self.lam = check_number("lam", lam, strict=False)
+        self.lr = check_number("lr", lr)
+        self.obs_weight = check_number("obs_weight", obs_weight, strict=False)
+        self.seed = check_integer("seed", seed, 0)
+
+    def init(self, problem: Problem, x0: torch.Tensor) -> REDDiffState:
+        if _least_squares(problem.data) is None:
+            raise TypeError("problem.data: RED-Diff needs a least-squares data term L2Fidelity(A, y) (or s * it), "
+                            f"got {type(problem.data).__name__}")
+        if problem.prior is not None or problem.K is not None:
+            raise ValueError("problem.prior: RED-Diff's regulariser is its DiffusionPrior; expected a problem with "
+                             "a data term only")
+        if x0.is_complex():
+            raise NotImplementedError("x0: RED-Diff with a real-valued diffusion prior takes real images; got a "
+                                      "complex one")
+        self._generator = torch.Generator(device=x0.device).manual_seed(self.seed)
+        mu = x0.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([mu], lr=self.lr, betas=(0.9, 0.99))
+        return REDDiffState(mu, optimizer, 0, torch.zeros(x0.shape[0], device=x0.device))
+
+    def gradient(self, problem: Problem, mu: torch.Tensor, t: int) -> torch.Tensor:
+        """The update's gradient at timestep ``t`` (one noise draw)."""
+        fidelity, scale = _least_squares(problem.data)
+        abar = float(self.schedule.abar[t])
+        eps = torch.randn(mu.shape, generator=self._generator, device=mu.device, dtype=mu.dtype)
+        x_t = math.sqrt(abar) * mu + math.sqrt(1 - abar) * eps
+        with torch.no_grad():
+            eps_hat = self.prior.eps_vp(x_t, t, self.schedule)
+        n, m = mu[0].numel(), fidelity.y[0].numel()
+        weight = self.lam * math.sqrt((1 - abar) / abar)
+        return weight * (eps_hat - eps) / n + (self.obs_weight * scale / m) * fidelity.grad(mu)
+
+    def step(self, problem: Problem, state: REDDiffState) -> REDDiffState:
+        t = self.timesteps[state.k]
+        before = state.x.clone()
+        state.mu.grad = self.gradient(problem, state.x, t)
+        state.optimizer.step()
+        state.relative_change = relative_change(state.x, before)
+        state.k += 1
+        return state
