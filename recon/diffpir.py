@@ -34,6 +34,7 @@ from recon.base import Solver, relative_change
 from recon.params import check_integer, check_number
 from recon.pnp import _least_squares
 from recon.problem import Problem
+from recon.red_diff import check_diffusion_problem
 
 __all__ = ["DiffPIR", "DiffPIRState"]
 
@@ -101,16 +102,7 @@ class DiffPIR(Solver):
         self.renoise = bool(renoise)
 
     def init(self, problem: Problem, x0: torch.Tensor) -> DiffPIRState:
-        if _least_squares(problem.data) is None:
-            raise TypeError("problem.data: DiffPIR needs a least-squares data term L2Fidelity(A, y) (or s * it), "
-                            f"got {type(problem.data).__name__}")
-        if problem.prior is not None or problem.K is not None:
-            raise ValueError("problem.prior: DiffPIR's regulariser is its DiffusionPrior; expected a problem with a "
-                             "data term only")
-        if x0.is_complex():
-            raise NotImplementedError("x0: DiffPIR with a real-valued diffusion prior takes real images; got a "
-                                      "complex one")
-        self._generator = torch.Generator(device=x0.device).manual_seed(self.seed)
+        self._generator = check_diffusion_problem(problem, x0, "DiffPIR", self.seed)
         t = self.timesteps[0]
         x_t = self._noise(x0) if self.renoise else self.schedule.from_ve(x0, t)
         return DiffPIRState(x0.clone(), x_t, 0, torch.zeros(x0.shape[0], device=x0.device))

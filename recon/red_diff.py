@@ -34,7 +34,22 @@ from recon.params import check_integer, check_number
 from recon.pnp import _least_squares
 from recon.problem import Problem
 
-__all__ = ["REDDiff", "REDDiffState"]
+__all__ = ["REDDiff", "REDDiffState", "check_diffusion_problem"]
+
+
+def check_diffusion_problem(problem: Problem, x0: torch.Tensor, solver: str, seed: int) -> torch.Generator:
+    """Check that ``problem`` is a least-squares data term alone and ``x0`` real (the diffusion solvers'
+    regulariser is their ``DiffusionPrior``); return the seeded generator of their noise draws."""
+    if _least_squares(problem.data) is None:
+        raise TypeError(f"problem.data: {solver} needs a least-squares data term L2Fidelity(A, y) (or s * it), "
+                        f"got {type(problem.data).__name__}")
+    if problem.prior is not None or problem.K is not None:
+        raise ValueError(f"problem.prior: {solver}'s regulariser is its DiffusionPrior; expected a problem with "
+                         "a data term only")
+    if x0.is_complex():
+        raise NotImplementedError(f"x0: {solver} with a real-valued diffusion prior takes real images; got a "
+                                  "complex one")
+    return torch.Generator(device=x0.device).manual_seed(seed)
 
 
 @dataclass
@@ -100,16 +115,7 @@ class REDDiff(Solver):
         self.seed = check_integer("seed", seed, 0)
 
     def init(self, problem: Problem, x0: torch.Tensor) -> REDDiffState:
-        if _least_squares(problem.data) is None:
-            raise TypeError("problem.data: RED-Diff needs a least-squares data term L2Fidelity(A, y) (or s * it), "
-                            f"got {type(problem.data).__name__}")
-        if problem.prior is not None or problem.K is not None:
-            raise ValueError("problem.prior: RED-Diff's regulariser is its DiffusionPrior; expected a problem with "
-                             "a data term only")
-        if x0.is_complex():
-            raise NotImplementedError("x0: RED-Diff with a real-valued diffusion prior takes real images; got a "
-                                      "complex one")
-        self._generator = torch.Generator(device=x0.device).manual_seed(self.seed)
+        self._generator = check_diffusion_problem(problem, x0, "RED-Diff", self.seed)
         mu = x0.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([mu], lr=self.lr, betas=(0.9, 0.99))
         return REDDiffState(mu, optimizer, 0, torch.zeros(x0.shape[0], device=x0.device))

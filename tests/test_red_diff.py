@@ -69,3 +69,18 @@ def test_bad_arguments_are_named():
             REDDiff(_gaussian_prior(), **kwargs)
     with pytest.raises(ValueError, match="problem.prior"):
         REDDiff(_gaussian_prior(), steps=2).run(Problem(L2Fidelity(A, y), TV()), A.adjoint(y))
+
+
+@pytest.mark.parametrize("solver", ["red-diff", "diffpir"])
+def test_both_diffusion_solvers_name_a_problem_they_cannot_solve(solver):
+    from recon.diffpir import DiffPIR
+
+    A, y = _problem()
+    make = (lambda: REDDiff(_gaussian_prior(), steps=2)) if solver == "red-diff" else (
+        lambda: DiffPIR(_gaussian_prior(), noise_std=0.1, steps=2))
+    with pytest.raises(TypeError, match="problem.data: .* needs a least-squares data term"):
+        make().run(Problem(TV()), A.adjoint(y))
+    with pytest.raises(ValueError, match="problem.prior"):
+        make().run(Problem(L2Fidelity(A, y), TV()), A.adjoint(y))
+    with pytest.raises(NotImplementedError, match="x0: .* takes real images"):
+        make().run(Problem(L2Fidelity(A, y)), A.adjoint(y).to(torch.complex128))
