@@ -3,6 +3,7 @@
     recon train lpn          --data ellipses --output runs/lpn   [--config lpn.toml]
     recon train svtv-weights --data ellipses --output runs/svtv  [--config svtv.toml]
     recon train denoiser     --data FOLDER|FILE.h5 --output runs/dn
+    recon train score        --data ellipses --output runs/score  (a diffusion prior, priors.diffusion)
 
 ``--data`` is a built-in generator (``ellipses``, ``coule``: no download) or a folder of PNG/NPY
 images, a folder of DICOM files, or an HDF5 file with an ``images`` dataset. The images are read
@@ -10,10 +11,13 @@ once into ``OUTPUT/cache/`` (reused on ``--resume``) and split into training and
 by seed. The config file (TOML or JSON) has up to four tables, each optional:
 
     [data]   count, size, seed, val_fraction       (count and size for the generators)
-    [model]  the network's keyword arguments        (priors.nets.ICNN for lpn, UNet otherwise)
+    [model]  the network's keyword arguments        (priors.nets.ICNN for lpn, NoiseUNet plus sigma_data
+                                                     and sigma_range for score, UNet otherwise)
     [task]   lpn: sigma, patch_size, patches_per_image, pretrain_fraction, pretrain_lr, lr, augment
              denoiser: sigma, patch_size, patches_per_image, augment
              svtv-weights: views, noise, patch_size, patches_per_image
+             score: patch_size, patches_per_image, augment, p_mean, p_std (log-normal noise levels,
+                    clamped to the model's sigma_range), val_sigmas (validation PSNR at each)
     [train]  recon.trainer.TrainConfig fields (steps, batch_size, lr, val_every, checkpoint_every, ...)
 
 Command-line options override the file. Writes ``OUTPUT/model.safetensors`` and
@@ -53,6 +57,11 @@ DEFAULTS = {
                      "train": {"steps": 2000, "batch_size": 8, "lr": 1e-3, "scheduler": "cosine", "val_every": 250,
                                "checkpoint_every": 250}},
 }
+DEFAULTS["score"] = {
+    "model": {"channels": [32, 64, 128], "embedding": 128, "sigma_data": 0.5, "sigma_range": [0.002, 160.0]},
+    "task": {"patch_size": 64, "patches_per_image": 8, "augment": True, "p_mean": -1.0, "p_std": 1.6,
+             "val_sigmas": [0.01, 0.02, 0.05, 0.1]},
+    "train": {"steps": 2000, "batch_size": 16, "lr": 2e-4, "ema": 0.999, "val_every": 250, "checkpoint_every": 250}}
 GENERATORS = ("ellipses", "coule")
 TABLES = ("data", "model", "task", "train")
 
@@ -271,6 +280,8 @@ def build(task: str, cfg: dict, images: torch.Tensor, output: Path, progress: bo
         extra["simulation"] = {"geometry": "parallel", "views": int(t["views"]), "noise": float(t["noise"])}
         return network, loss_fn, train_set, val_set, val_fn, kwargs, extra
 
+    if task == "score":
+        return _score(network, t, images, train_idx, val_idx, seed, extra)
     sigma = float(t["sigma"])
     train_set = NoisyPairs(_patches(Subset(_Stacked(images), train_idx.indices), t, seed, bool(t["augment"])),
                            sigma, seed)
@@ -292,6 +303,31 @@ def build(task: str, cfg: dict, images: torch.Tensor, output: Path, progress: bo
     return network, lpn_loss, train_set, val_set, _psnr_fn(lambda m, x: m(x)), kwargs, extra
 
 
+def _score(network, t: dict, images, train_idx, val_idx, seed: int, extra: dict):
+    """The score task: EDM denoising score matching on clean patches; validation PSNR at ``val_sigmas``."""
+    from priors.diffusion import edm_loss
+    from recon.metrics import psnr
+
+    lo, hi = network.sigma_range
+    train_set = _patches(Subset(_Stacked(images), train_idx.indices), t, seed, bool(t["augment"]))
+    val_set = _patches(Subset(_Stacked(images), val_idx.indices), t, seed + 1, False)
+    sigmas = [float(s) for s in t["val_sigmas"]]
+
+    def loss_fn(model, batch):
+        return edm_loss(model, batch, network.sigma_data, float(t["p_mean"]), float(t["p_std"]), lo, hi)
+
+    def val_fn(model, batch):
+        out = {}
+        for k, sigma in enumerate(sigmas):  # fixed noise per level: comparable across steps
+            gen = torch.Generator(device=batch.device).manual_seed(seed + k)
+            noisy = batch + sigma * torch.randn(batch.shape, generator=gen, device=batch.device, dtype=batch.dtype)
+            out[f"psnr@{sigma:g}"] = float(psnr(model(noisy, sigma).clamp(0, 1), batch, data_range=1.0).mean())
+        return out
+    extra["score"] = {"sigma_data": network.sigma_data, "sigma_range": [lo, hi], "p_mean": float(t["p_mean"]),
+                      "p_std": float(t["p_std"])}
+    return network, loss_fn, train_set, val_set, val_fn, {"monitor": f"psnr@{sigmas[-1]:g}", "mode": "max"}, extra
+
+
 def run(args) -> int:
     from recon.trainer import Trainer, TrainConfig
 
@@ -311,7 +347,9 @@ def run(args) -> int:
         raise ValueError(f"--config: [train] {err}") from None
     print(f"recon train {args.task}: {len(images)} images {tuple(images.shape[-2:])} from {args.data} -> "
           f"{len(train_set)} training / {len(val_set)} validation items, {config.steps} steps of {config.batch_size}")
-    summary = Trainer(network, loss_fn, train_set, val_set, val_fn, config=config, **trainer_kw).fit(resume=args.resume)
+    trainer = Trainer(network, loss_fn, train_set, val_set, val_fn, config=config, **trainer_kw)
+    summary = trainer.fit(resume=args.resume)
+    network = trainer.trained  # the moving average of the weights when [train] ema is set
     command = "recon " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     card = save_model(args.output / "model.safetensors", network.cpu(), args.task, cfg["model"],
                       data={"source": args.data, **cfg["data"], "images": int(len(images)),

@@ -36,7 +36,7 @@ from operators.base import per_item
 from priors.denoiser import DenoiserPrior, FixedSigmaDenoiser
 
 __all__ = ["VPSchedule", "ve_sigmas", "score_from_denoiser", "eps_from_denoiser", "denoiser_from_eps",
-           "edm_scalings", "DiffusionPrior"]
+           "edm_scalings", "edm_loss", "DiffusionPrior"]
 
 
 class VPSchedule:
@@ -125,6 +125,32 @@ def edm_scalings(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, 
     """
     total = sigma ** 2 + sigma_data ** 2
     return sigma_data ** 2 / total, sigma * sigma_data / total.sqrt(), 1 / total.sqrt(), sigma.log() / 4
+
+
+def edm_loss(denoiser, x0: torch.Tensor, sigma_data: float, p_mean: float = -1.2, p_std: float = 1.2,
+             sigma_min: float = 0.002, sigma_max: float = 80.0) -> torch.Tensor:
+    r"""Denoising score matching with EDM's noise levels and weights: a scalar, the batch mean of
+
+    .. math:: \frac{\sigma^2 + \sigma_d^2}{(\sigma \sigma_d)^2}\,
+              \overline{(D(x_0 + \sigma n, \sigma) - x_0)^2},\qquad
+              \ln\sigma \sim N(P_{mean}, P_{std}^2)\ \text{clamped to}\ [\sigma_{min}, \sigma_{max}]
+
+    (one ``sigma`` and one ``n ~ N(0, I)`` per item, from the global RNG). The weight makes the
+    preconditioned network's target unit-variance at every ``sigma``; the loss is 1 for ``D = c_skip x``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> x0 = 0.5 * torch.randn(1024, 1, 8, 8)
+        >>> prior = DiffusionPrior(lambda x, c: torch.zeros_like(x))       # F = 0: D = c_skip x
+        >>> round(float(edm_loss(prior, x0, sigma_data=0.5)), 1)
+        1.0
+    """
+    sigma = (p_mean + p_std * torch.randn(x0.shape[0], device=x0.device, dtype=x0.real.dtype)).exp()
+    sigma = sigma.clamp(sigma_min, sigma_max)
+    noisy = x0 + per_item(sigma, x0.ndim) * torch.randn_like(x0)
+    weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+    err = (denoiser(noisy, sigma) - x0).abs().pow(2).flatten(1).mean(1)
+    return (weight * err).mean()
 
 
 class DiffusionPrior(nn.Module):

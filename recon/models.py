@@ -1,6 +1,6 @@
 """Trained models as files: ``NAME.safetensors`` (the weights) beside ``NAME.json`` (the model card).
 
-The card says what the weights are (``task``: ``"lpn"``, ``"svtv-weights"`` or ``"denoiser"``),
+The card says what the weights are (``task``: ``"lpn"``, ``"svtv-weights"``, ``"denoiser"`` or ``"score"``),
 how to rebuild the network (``architecture``: the class's keyword arguments), what they were
 trained on and how well they did, the command that trained them, and how to use them (e.g.
 ``"pnp": {"rho": ..., "iterations": ...}`` for an LPN in CT). Loading reads JSON and safetensors
@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from data.limits import check_memory
+from priors.diffusion import DiffusionPrior
 from priors.learned_prox import LearnedProximalNetwork
-from priors.nets import ICNN, UNet
+from priors.nets import ICNN, NoiseUNet, UNet
 from priors.weight_net import GradientMagnitudeNet
 from recon.checkpoint import load_weights, write_json, write_model_card
 from recon.params import check_integer, check_number
@@ -32,7 +33,7 @@ from recon.params import check_integer, check_number
 __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "load_model", "save_model", "builtin",
            "BUILTIN", "CT_METHOD", "CARD_SETTINGS"]
 
-TASKS = ("lpn", "svtv-weights", "denoiser")
+TASKS = ("lpn", "svtv-weights", "denoiser", "score")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the models shipped with recon: name (the reconstruction method using it) -> file stem in recon/weights
 BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256"}
@@ -64,7 +65,8 @@ class TrainedModel:
 
 
 def build_network(task: str, architecture: dict) -> torch.nn.Module:
-    """The untrained network of ``task`` with ``architecture`` (keyword arguments of ICNN or UNet).
+    """The untrained network of ``task`` with ``architecture`` (keyword arguments of ICNN or UNet; for
+    ``"score"`` of NoiseUNet plus ``sigma_data`` and ``sigma_range``, giving a ``DiffusionPrior``).
 
     Example:
         >>> net = build_network("lpn", {"hidden": 4, "strides": [1]})
@@ -81,6 +83,9 @@ def build_network(task: str, architecture: dict) -> torch.nn.Module:
             return LearnedProximalNetwork(ICNN(**kwargs))
         if task == "svtv-weights":
             return GradientMagnitudeNet(UNet(**{**kwargs, "residual": False}))
+        if task == "score":
+            prior = {k: kwargs.pop(k) for k in ("sigma_data", "sigma_range") if k in kwargs}
+            return DiffusionPrior(NoiseUNet(**kwargs), **prior)
         return UNet(**{**kwargs, "residual": True})
     except (TypeError, RuntimeError) as err:
         raise ValueError(f"architecture: {err} (task {task!r})") from None

@@ -36,7 +36,7 @@ from recon import checkpoint as ckpt
 __all__ = ["TrainConfig", "TrainSummary", "Trainer", "step_indices"]
 
 #: config fields a resumed run must share with its checkpoint (they shape the trajectory)
-_FIXED = ("batch_size", "lr", "optimizer", "scheduler", "lr_step", "lr_gamma", "grad_clip", "amp", "seed")
+_FIXED = ("batch_size", "lr", "optimizer", "scheduler", "lr_step", "lr_gamma", "grad_clip", "amp", "seed", "ema")
 
 
 @dataclass
@@ -50,6 +50,8 @@ class TrainConfig:
         lr: Adam's learning rate. optimizer: "adam" (the only one for now).
         scheduler: None, "step" (lr times ``lr_gamma`` every ``lr_step`` steps), "cosine" (to 0 at ``steps``).
         grad_clip: max global gradient norm, or None. amp: float16 autocast and grad scaling on CUDA only.
+        ema: decay of an exponential moving average of the weights (``torch.optim.swa_utils``), e.g.
+            0.999, or None; with it, validation and ``Trainer.trained`` use the averaged weights.
         val_every, checkpoint_every, log_every: periods in steps (0: only at the last step). The
             validation set is also evaluated once before the first step.
         keep_checkpoints: newest checkpoints kept (0 keeps all). seed: of the data order and the RNGs.
@@ -69,6 +71,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     grad_clip: float | None = None
     amp: bool = False
+    ema: float | None = None
     val_every: int = 0
     checkpoint_every: int = 0
     log_every: int = 1
@@ -94,6 +97,9 @@ class TrainConfig:
         for name in ("lr", "lr_gamma") + (("grad_clip",) if self.grad_clip is not None else ()):
             if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
                 raise ValueError(f"config.{name}: expected a positive number, got {getattr(self, name)!r}")
+        if self.ema is not None and (isinstance(self.ema, bool) or not isinstance(self.ema, (int, float))
+                                     or not 0 < self.ema < 1):
+            raise ValueError(f"config.ema: expected a decay in (0, 1) or None, got {self.ema!r}")
 
 
 @dataclass
@@ -272,7 +278,11 @@ class Trainer:
         self.scheduler = (sched.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma) if cfg.scheduler == "step" else
                           sched.CosineAnnealingLR(self.optimizer, cfg.steps) if cfg.scheduler == "cosine" else None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
-        self.stateful = {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+        swa = torch.optim.swa_utils
+        self.ema = None if cfg.ema is None else swa.AveragedModel(
+            self.module, multi_avg_fn=swa.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        self.stateful = {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler,
+                         "ema": self.ema}
         self.run, self.t0, self.log = TrainSummary(world_size=world), time.perf_counter(), None
 
     def _fresh(self) -> None:
@@ -319,6 +329,11 @@ class Trainer:
                                         self.config.tensorboard)
         return True
 
+    @property
+    def trained(self) -> torch.nn.Module:
+        """The weights to validate and keep: the moving average with ``config.ema``, else the model."""
+        return self.ema.module if self.ema is not None else self.module
+
     def _batch(self, step: int) -> Any:
         cfg, rank, local = self.config, self.rank, self.config.batch_size // self.world
         indices = step_indices(len(self.train_set), cfg.batch_size, cfg.seed, step - 1)
@@ -349,6 +364,8 @@ class Trainer:
                 self.module.after_step()
             if self.after_step is not None:
                 self.after_step(self.module)
+            if self.ema is not None:
+                self.ema.update_parameters(self.module)
         logged = self._log_loss(step, loss, lr, bar)
         metrics = self._validate() if self.val_set is not None and _due(step, cfg.val_every, cfg.steps) else None
         if logged or metrics is not None:
@@ -371,16 +388,16 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         """Validation metrics (of items rank, rank + W, ... summed over ranks); updates last and best."""
         rng, local = ckpt.capture_rng(), max(self.config.batch_size // self.world, 1)
-        share, totals = list(range(self.rank, len(self.val_set), self.world)), {}
-        self.module.eval()
+        share, totals, model = list(range(self.rank, len(self.val_set), self.world)), {}, self.trained
+        model.eval()
         try:
             for start in range(0, len(share), local):
                 chunk = share[start:start + local]
                 batch = _to(default_collate([self.val_set[i] for i in chunk]), self.device)
-                for key, value in self.val_fn(self.module, batch).items():
+                for key, value in self.val_fn(model, batch).items():
                     totals[key] = totals.get(key, 0.0) + float(value) * len(chunk)
         finally:
-            self.module.train()
+            model.train()
             ckpt.restore_rng(rng)
         keys = list(totals)  # in val_fn's order (the same on every rank)
         sums = _sum(torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.device))

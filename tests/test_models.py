@@ -136,7 +136,7 @@ def test_save_model_refuses_what_could_not_be_loaded_back(tmp_path):
     network = build_network("denoiser", UNET)
     with pytest.raises(ValueError, match=r"path: expected a file name ending in \.safetensors, got .*model\.pt"):
         save_model(tmp_path / "model.pt", network, "denoiser", UNET)
-    with pytest.raises(ValueError, match="task: expected one of lpn, svtv-weights, denoiser, got 'gan'"):
+    with pytest.raises(ValueError, match="task: expected one of lpn, svtv-weights, denoiser, score, got 'gan'"):
         save_model(tmp_path / "model.safetensors", network, "gan", UNET)
     with pytest.raises(ValueError, match="architecture: .*'depth'"):
         save_model(tmp_path / "model.safetensors", network, "denoiser", {**UNET, "depth": 3})
