@@ -5,7 +5,7 @@
     recon train denoiser     --data FOLDER|FILE.h5 --output runs/dn
     recon train score        --data ellipses --output runs/score  (a diffusion prior, priors.diffusion)
 
-``--data`` is a built-in generator (``ellipses``, ``coule``: no download) or a folder of PNG/NPY
+``--data`` is a built-in generator (``ellipses``, ``coule``, ``ellipses+coule``: half each; no download) or a folder of PNG/NPY
 images, a folder of DICOM files, or an HDF5 file with an ``images`` dataset. The images are read
 once into ``OUTPUT/cache/`` (reused on ``--resume``) and split into training and validation sets
 by seed. The config file (TOML or JSON) has up to four tables, each optional:
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from data.patches import Augment, NoisyPairs, RandomPatches, split
 from recon.models import TASKS, build_network, save_model
@@ -62,7 +62,7 @@ DEFAULTS["score"] = {
     "task": {"patch_size": 64, "patches_per_image": 8, "augment": True, "p_mean": -1.0, "p_std": 1.6,
              "val_sigmas": [0.01, 0.02, 0.05, 0.1]},
     "train": {"steps": 2000, "batch_size": 16, "lr": 2e-4, "ema": 0.999, "val_every": 250, "checkpoint_every": 250}}
-GENERATORS = ("ellipses", "coule")
+GENERATORS = ("ellipses", "coule", "ellipses+coule")
 TABLES = ("data", "model", "task", "train")
 
 
@@ -145,8 +145,12 @@ def source_images(source: str, data: dict, progress: bool) -> torch.Tensor:
                                ImageFolderDataset)
 
     if source in GENERATORS:
-        kind = EllipsesDataset if source == "ellipses" else CouleLikeDataset
-        ds = kind(int(data["count"]), size=int(data["size"]), seed=int(data["seed"]))
+        count, size, seed = int(data["count"]), int(data["size"]), int(data["seed"])
+        if source == "ellipses+coule":  # half of each, so that a model is not an ellipse detector
+            ds = ConcatDataset([EllipsesDataset(count - count // 2, size=size, seed=seed),
+                                CouleLikeDataset(count // 2, size=size, seed=seed + 1)])
+        else:
+            ds = (EllipsesDataset if source == "ellipses" else CouleLikeDataset)(count, size=size, seed=seed)
     else:
         path = Path(source)
         if path.is_file() and path.suffix in (".h5", ".hdf5"):

@@ -67,3 +67,13 @@ def test_a_resumed_score_run_ends_with_the_same_averaged_weights(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ema = load_file(str(tmp_path / "straight" / "checkpoints" / "step_00000060" / "model.safetensors"))
     assert any(not torch.equal(ema[k], a[k]) for k in a)  # the card's weights are the average, not the last step
+
+
+def test_the_mixed_generator_gives_half_ellipses_half_coule():
+    from apps.train import source_images
+    from data.training import CouleLikeDataset, EllipsesDataset
+
+    images = source_images("ellipses+coule", {"count": 5, "size": 32, "seed": 3}, progress=False)
+    assert images.shape == (5, 1, 32, 32)
+    torch.testing.assert_close(images[0], EllipsesDataset(3, size=32, seed=3)[0].float())
+    torch.testing.assert_close(images[3], CouleLikeDataset(2, size=32, seed=4)[0].float())
