@@ -195,9 +195,10 @@ def run(args) -> int:
     if args.estimate is not None and "svtv" not in methods:
         raise ValueError("--estimate: only the svtv method uses it; add --method svtv")
     models = _models(args.weights or [], methods)
-    if "pnp" in methods and "pnp" not in models:
-        raise ValueError("--weights: --method pnp needs a trained denoiser (none is shipped): `recon train denoiser "
-                         "--data ... --output DIR`, then --weights DIR/model.safetensors")
+    for method, task in (("pnp", "denoiser"), ("red-diff", "score"), ("diffpir", "score")):
+        if method in methods and method not in models:
+            raise ValueError(f"--weights: --method {method} needs a trained {task} model (none is shipped): `recon "
+                             f"train {task} --data ... --output DIR`, then --weights DIR/model.safetensors")
     if args.estimate is not None and "svtv" in models:
         raise ValueError("--estimate: svtv takes its weights from --weights or from --estimate, not both")
     results, metrics = {}, {}
@@ -219,22 +220,24 @@ def run(args) -> int:
 
 def _models(paths: list, methods: list) -> dict:
     """``{method: TrainedModel}`` for each ``--weights`` file, by the task its card names."""
-    from recon.models import BUILTIN, CT_METHOD, builtin, load_model
+    from recon.models import BUILTIN, CT_METHODS, builtin, load_model
 
     models = {}
     for given in paths:
         path = builtin(given) if given in BUILTIN and not Path(given).exists() else Path(given)
         model = load_model(path)
-        method = CT_METHOD.get(model.task)
-        if method is None:
+        served = CT_METHODS.get(model.task)
+        if served is None:
             raise ValueError(f"--weights: {path} holds a {model.task!r} model; recon ct uses "
-                             f"{' and '.join(repr(t) for t in CT_METHOD)} models")
-        if method not in methods:
-            raise ValueError(f"--weights: {path} is a {model.task!r} model for --method {method}, which is not "
-                             f"among the methods {methods}")
-        if method in models:
-            raise ValueError(f"--weights: two models for --method {method}")
-        models[method] = model
+                             f"{' and '.join(repr(t) for t in CT_METHODS)} models")
+        used = [m for m in served if m in methods]
+        if not used:
+            raise ValueError(f"--weights: {path} is a {model.task!r} model for --method {' or '.join(served)}, "
+                             f"which is not among the methods {methods}")
+        for method in used:
+            if method in models:
+                raise ValueError(f"--weights: two models for --method {method}")
+            models[method] = model
     return models
 
 

@@ -31,14 +31,16 @@ from recon.checkpoint import load_weights, write_json, write_model_card
 from recon.params import check_integer, check_number
 
 __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "load_model", "save_model", "builtin",
-           "BUILTIN", "CT_METHOD", "CARD_SETTINGS"]
+           "BUILTIN", "CT_METHOD", "CT_METHODS", "CARD_SETTINGS"]
 
 TASKS = ("lpn", "svtv-weights", "denoiser", "score")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the models shipped with recon: name (the reconstruction method using it) -> file stem in recon/weights
 BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256"}
 #: the reconstruction method (``recon.reconstruct``) that uses a model of each task
-CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp"}
+CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff"}
+#: every method a model of each task serves (a score model: both diffusion solvers)
+CT_METHODS = {**{task: (method,) for task, method in CT_METHOD.items()}, "score": ("red-diff", "diffpir")}
 #: the card settings ``recon.reconstruct`` uses, each with its check (other card entries are records only):
 #: iteration counts are bounded so that a card cannot ask for days of work
 CARD_SETTINGS = {

@@ -31,6 +31,7 @@ from priors.base import Functional
 from priors.graph_laplacian import GraphLaplacianPrior
 from priors.tv import DEFAULT_ETA, DEFAULT_P, DEFAULT_SPREAD, intensity_scale
 from recon.chambolle_pock import ChambollePock
+from recon.diffusion_recon import DEFAULT_STEPS, DIFFUSION, diffusion_reconstruction
 from recon.discrepancy import DISCREPANCY_TAU, discrepancy_search
 from recon.fbp import fbp
 from recon.lambda_rule import (LAMBDA_FACTORS, TV_LAMBDA_FACTOR, _backprojected_noise_rms, default_lambda,  # noqa: F401
@@ -43,13 +44,14 @@ __all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_no
            "default_lambda"]
 
 METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv", "lpn",
-           "pnp")
+           "pnp", *DIFFUSION)
 PNP = ("lpn", "pnp")  # plug-and-play ADMM with a trained model: a learned proximal network, a denoiser
 ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tik", "graphla-tv")  # priors built from a pre-estimate Psi(y)
 VARIATIONAL = ("tv", *ADAPTIVE)
 ESTIMATES = ("fbp", "tikhonov", "tv")
 DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tikhonov": TIKHONOV_ITERATIONS, "tv": 300, "svtv": 300,
-                      "graphla-fbp": 300, "graphla-tik": 300, "graphla-tv": 300, "lpn": 10, "pnp": 20}
+                      "graphla-fbp": 300, "graphla-tik": 300, "graphla-tv": 300, "lpn": 10, "pnp": 20,
+                      **DEFAULT_STEPS}
 #: PnP-ADMM settings of "lpn" and "pnp" when the model card has none (the card's "pnp" entry wins): rho is
 #: this factor times the MAP rule nu^2 / (sigma^2 ||A||^2) (see _pnp). Measured on the tuning phantoms
 #: (ellipses 100/101, 60 views, 1% noise): 0.5 was best for the shipped LPN (docs/lpn_ct_study.py) and
@@ -87,7 +89,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             ``"tv"`` (Chambolle-Pock, started from FBP), ``"svtv"`` (space-variant TV with weights
             from ``estimate``), ``"graphla-fbp"``, ``"graphla-tik"`` or ``"graphla-tv"``
             (graph-Laplacian prior built from FBP, Tikhonov or TV), ``"lpn"`` (PnP-ADMM with a learned
-            proximal network, started from FBP), ``"pnp"`` (the same with a trained denoiser).
+            proximal network, started from FBP), ``"pnp"`` (the same with a trained denoiser),
+            ``"red-diff"`` or ``"diffpir"`` (a diffusion prior, ``recon.diffusion_recon``).
         lam: the weight: a number, None for the default rule (``default_lambda``), or ``"auto"``
             for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)`` (one weight per batch
             item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate).
@@ -106,7 +109,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         model: a trained model (``recon.models.load_model``) or its weights file: for ``"lpn"`` the
             learned proximal network (None: the shipped one, ``recon.models.builtin("lpn")``); for
             ``"svtv"`` a weight network (task ``svtv-weights``) whose predicted ``|grad x|`` from the
-            FBP replaces ``estimate``; for ``"pnp"`` a denoiser (task ``denoiser``, required). For
+            FBP replaces ``estimate``; for ``"pnp"`` a denoiser (task ``denoiser``, required); for
+            ``"red-diff"`` and ``"diffpir"`` a diffusion prior (task ``score``, required; ``lam`` is
+            their weight and ``iterations`` their number of timesteps). For
             ``"lpn"`` and ``"pnp"``, ``lam`` is the ADMM penalty ``rho`` (the prior's
             weight against the data term ``||A x - y||^2 / (2 ||A||^2)``; default: the card's).
 
@@ -153,8 +158,8 @@ def _check_parameters(method, lam, iterations, noise_std, estimate, model, **num
             checks[name](value)
     if estimate is not None and method not in ADAPTIVE:
         raise ValueError(f"estimate: only svtv and graphla-* use a pre-estimate, not {method!r}")
-    if model is not None and method not in ("svtv", *PNP):
-        raise ValueError(f"model: only lpn, pnp and svtv use a trained model, not {method!r}")
+    if model is not None and method not in ("svtv", *PNP, *DIFFUSION):
+        raise ValueError(f"model: only lpn, pnp, svtv, red-diff and diffpir use a trained model, not {method!r}")
     if model is not None and estimate is not None:
         raise ValueError("estimate: svtv takes its weights from the model or from a pre-estimate, not both")
 
@@ -172,6 +177,11 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
     if method == "tikhonov":
         x = tikhonov(A, y, iterations=n_iter)
         return Reconstruction(x, method, n_iter, time.perf_counter() - start, {"iterations": n_iter, "alpha": "default"})
+    if method in DIFFUSION:
+        x, n, params, history = diffusion_reconstruction(method, A, y, fbp(A, y, filter=filter),
+                                                         _load(model, "score", y.device), lam, iterations, noise_std,
+                                                         progress, start)
+        return Reconstruction(x, method, n, time.perf_counter() - start, params, history)
     if method in PNP:
         return _pnp(method, A, y, fbp(A, y, filter=filter), model, lam, iterations, constraint, progress, start,
                     noise_std)
@@ -261,7 +271,7 @@ def _load(model, task: str, device):
 
     if model is None:
         method = CT_METHOD[task]
-        if method not in BUILTIN:
+        if method not in BUILTIN or task == "score":
             raise ValueError(f"model: {method} needs a trained {task} (none is shipped): train one with `recon train "
                              f"{task} --data ... --output DIR` and pass DIR/model.safetensors")
         model = builtin(method)

@@ -1,0 +1,64 @@
+r"""``reconstruct(A, y, "red-diff" | "diffpir", model=...)``: the diffusion solvers on a CT problem.
+
+Both start from FBP and see the data term ``||A x - y||^2 / (2 ||A||^2)``, so that their weights do
+not depend on the operator's scale (as for the PnP methods). For DiffPIR the measurement noise
+``nu`` (``noise_std``, else the sinogram's estimate) enters as ``nu / ||A||``, which makes its
+``lam = 1`` the MAP weight: the deterministic limit minimises ``||A x - y||^2 / (2 nu^2) + phi(x)``
+for a prior ``exp(-phi)``. The model is a ``recon train score`` model (task ``"score"``); images are
+expected in the range it was trained on (its card's ``trained_on``): a pre-estimate far outside
+``[0, 1]`` warns with that range.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+
+from priors.data import L2Fidelity
+from recon.diffpir import DiffPIR
+from recon.lambda_rule import estimate_noise_std
+from recon.problem import Problem
+from recon.red_diff import REDDiff
+
+__all__ = ["DIFFUSION", "DEFAULT_STEPS", "diffusion_reconstruction"]
+
+DIFFUSION = ("red-diff", "diffpir")
+#: timesteps of each method when ``iterations`` is None: RED-Diff's reference config, DiffPIR's paper
+DEFAULT_STEPS = {"red-diff": 50, "diffpir": 100}
+#: the reference weights: RED-Diff's grad_term_weight; DiffPIR's lambda = 1 is the MAP weight here
+DEFAULT_LAM = {"red-diff": 0.25, "diffpir": 1.0}
+
+
+def _check_range(x: torch.Tensor, card: dict) -> None:
+    high = float(torch.quantile(x.detach().flatten().float()[:1_000_000].cpu(), 0.99))
+    if not 0.1 <= high <= 3.0:
+        warnings.warn(f"the FBP's 99th percentile is {high:.3g}, far from the range the model was trained on "
+                      f"({card.get('trained_on', 'images in [0, 1]')}); scale the data so that images lie in it",
+                      UserWarning, stacklevel=4)
+
+
+def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_fbp: torch.Tensor, model, lam, iterations,
+                             noise_std, progress: bool, start: float):
+    """Run ``method`` (one of ``DIFFUSION``) with the loaded ``model``; returns ``(x, n_iter, params, history)``."""
+    if lam == "auto":
+        raise ValueError(f"lam: 'auto' (the discrepancy principle) is not available for {method}; give a number "
+                         "or None")
+    lam = DEFAULT_LAM[method] if lam is None else float(lam)
+    steps = int(iterations or DEFAULT_STEPS[method])
+    _check_range(x_fbp, model.card)
+    norm_sq = float(A.norm()) ** 2
+    problem = Problem((1.0 / norm_sq) * L2Fidelity(A, y))
+    params = {"iterations": steps, "lam": lam, "data_scale": 1.0 / norm_sq,
+              "weights": str(model.path) if model.path is not None else "in memory"}
+    if method == "red-diff":
+        solver = REDDiff(model.network, steps=steps, lam=lam, progress=progress)
+        params["lr"] = solver.lr
+    else:
+        nu = float(noise_std) if noise_std is not None else float(estimate_noise_std(y).mean())
+        solver = DiffPIR(model.network, noise_std=nu / norm_sq ** 0.5, steps=steps, lam=lam, progress=progress)
+        params.update(noise_std=nu, zeta=solver.zeta)
+    result = solver.run(problem, x_fbp)
+    params["seconds_per_step"] = (time.perf_counter() - start) / max(result.n_iter, 1)
+    return result.x, result.n_iter, params, result.history

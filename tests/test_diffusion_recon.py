@@ -1,0 +1,71 @@
+"""reconstruct() and recon ct with the diffusion solvers: wiring, parameters, errors (the solvers
+themselves are checked against closed forms in test_red_diff.py and test_diffpir.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from apps.cli import main
+from data.phantoms import shepp_logan
+from operators import ParallelBeam2D
+from recon.models import TrainedModel, build_network, save_model
+from recon.reconstruct import reconstruct
+from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
+
+ARCH = {"channels": [8, 16], "embedding": 16, "sigma_data": 0.5, "sigma_range": [0.002, 160.0]}
+
+
+@pytest.fixture(scope="module")
+def problem():
+    A = ParallelBeam2D((32, 32), np.linspace(0, np.pi, 20, endpoint=False), 48)
+    y = A(shepp_logan(32))
+    return A, y + 0.01 * float(y.abs().max()) * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return TrainedModel("score", build_network("score", ARCH), {"trained_on": "images in [0, 1]"})
+
+
+@pytest.mark.parametrize("method, lam", [("red-diff", 0.25), ("diffpir", 1.0)])
+def test_diffusion_methods_run_seeded_with_their_reference_defaults(problem, model, method, lam):
+    A, y = problem
+    r = reconstruct(A, y, method, model=model, iterations=5)
+    assert r.x.shape == (1, 1, 32, 32) and r.iterations == 5 and bool(torch.isfinite(r.x).all())
+    assert r.parameters["lam"] == lam and r.parameters["data_scale"] == pytest.approx(1 / float(A.norm()) ** 2)
+    assert torch.equal(r.x, reconstruct(A, y, method, model=model, iterations=5).x)
+    assert not torch.equal(r.x, reconstruct(A, y, method, model=model, iterations=5, lam=2 * lam).x)
+
+
+def test_diffusion_methods_need_a_score_model(problem, tmp_path):
+    A, y = problem
+    with pytest.raises(ValueError, match=r"needs a trained score .*recon train score"):
+        reconstruct(A, y, "red-diff")
+    lpn = TrainedModel("lpn", build_network("lpn", {"hidden": 4, "strides": [1]}), {})
+    with pytest.raises(ValueError, match="expected a 'score' model, got a 'lpn' model"):
+        reconstruct(A, y, "diffpir", model=lpn)
+    with pytest.raises(ValueError, match="lam: 'auto'"):
+        reconstruct(A, y, "diffpir", model=TrainedModel("score", build_network("score", ARCH), {}), lam="auto")
+
+
+def test_an_image_outside_the_trained_range_warns(problem, model):
+    A, y = problem
+    with pytest.warns(UserWarning, match=r"far from the range the model was trained on \(images in \[0, 1\]\)"):
+        reconstruct(A, 100 * y, "red-diff", model=model, iterations=2)
+
+
+def test_recon_ct_runs_both_diffusion_methods_with_one_score_model(tmp_path, capsys, model):
+    weights = tmp_path / "score.safetensors"
+    save_model(weights, model.network, "score", ARCH, trained_on="images in [0, 1]")
+    out = tmp_path / "out"
+    argv = ["ct", "--phantom", "shepp-logan", "--size", "32", "--views", "12", "--no-progress", "--iterations", "3",
+            "--output", str(out)]
+    assert main([*argv, "--method", "red-diff", "--method", "diffpir", "--weights", str(weights)]) == 0
+    assert set(json.loads((out / "metrics.json").read_text())) == {"red-diff", "diffpir"}
+    assert main([*argv, "--method", "diffpir"]) == 2
+    assert "--method diffpir needs a trained score model" in capsys.readouterr().err
