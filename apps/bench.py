@@ -35,10 +35,11 @@ from apps import bench_speed, bench_tv
 from apps.ct import _device, _metrics, simulate
 from data.hdf5 import CTData, atomic_path
 from operators.ct import ct_operator
+from recon.diffusion_recon import DIFFUSION
 from recon.reconstruct import PNP, reconstruct
 
 QUALITY_METHODS = ("fbp", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
-LEARNED_METHODS = ("svtv-fbp", "svtv-net", "lpn", "pnp")  # run when asked for with --method
+LEARNED_METHODS = ("svtv-fbp", "svtv-net", "lpn", "pnp", *DIFFUSION)  # run when asked for with --method
 DIRECT = ("fbp", "tikhonov")  # no weight, no iteration option
 HTC_VIEWS_FULL = 721
 
@@ -68,6 +69,8 @@ def add_parser(sub) -> None:
     q.add_argument("--lpn-weights", type=Path, default=None, metavar="FILE", help="lpn: the model (default shipped)")
     q.add_argument("--pnp-weights", type=Path, default=None, metavar="FILE",
                    help="pnp: the trained denoiser (required for --method pnp; none is shipped)")
+    q.add_argument("--score-weights", type=Path, default=None, metavar="FILE",
+                   help="red-diff, diffpir: the diffusion prior (required for them; none is shipped)")
     q.add_argument("--svtv-weights", type=Path, default=None, metavar="FILE",
                    help="svtv-net: the weight network (default shipped)")
     q.add_argument("--lam", choices=("default", "auto"), default="default",
@@ -139,14 +142,15 @@ def _run_case(data: CTData, methods, args, device, earlier: dict | None = None,
         extra: dict = {}
         if method in LEARNED_METHODS:
             extra = {"svtv-fbp": {"estimate": "fbp"}, "svtv-net": {"model": models.get("svtv-net")},
-                     "lpn": {"model": models.get("lpn")}, "pnp": {"model": models.get("pnp")}}[method]
+                     "lpn": {"model": models.get("lpn")}, "pnp": {"model": models.get("pnp")},
+                     **{m: {"model": models.get(m)} for m in DIFFUSION}}[method]
         if method in ("svtv", "graphla-tv"):
             def tv_estimate(_y, x=tv_x):
                 return x
             tv_estimate.__name__ = "tv"
             extra["estimate"] = tv_estimate
         run_as = "svtv" if method.startswith("svtv-") else method
-        r = reconstruct(A, y, run_as, lam=lam if method not in DIRECT + PNP else None,
+        r = reconstruct(A, y, run_as, lam=lam if method not in DIRECT + PNP + DIFFUSION else None,
                         **({} if method in DIRECT else {**common, **extra}))
         if method == "tv":
             tv_x, tv_seconds = r.x, r.seconds
@@ -216,10 +220,13 @@ def _models(args, methods) -> dict:
     from recon.models import CT_METHOD, builtin, load_model
 
     wanted = {"lpn": (args.lpn_weights, "lpn"), "svtv-net": (args.svtv_weights, "svtv-weights"),
-              "pnp": (args.pnp_weights, "denoiser")}
+              "pnp": (args.pnp_weights, "denoiser"), **{m: (args.score_weights, "score") for m in DIFFUSION}}
     if "pnp" in methods and args.pnp_weights is None:
         raise ValueError("--pnp-weights: --method pnp needs a trained denoiser (`recon train denoiser`; none is "
                          "shipped)")
+    if any(m in methods for m in DIFFUSION) and args.score_weights is None:
+        raise ValueError("--score-weights: --method red-diff and diffpir need a diffusion prior (`recon train "
+                         "score`; none is shipped)")
     return {m: load_model(path or builtin(CT_METHOD[task]), task=task) for m, (path, task) in wanted.items()
             if m in methods}
 

@@ -158,3 +158,19 @@ def test_speed_and_tv_on_cuda(tmp_path):
     assert report["all_checks_passed"] and set(report["cases"][0]["seconds"]) == {"recon", "astra", "odl"}
     assert main(["bench", "tv", "--device", "cuda", "--size", "64", "--views", "20", "--odl-iterations", "30",
                  "--repeats", "1", "--impl", "recon", "--json", str(tmp_path / "tv.json")]) == 0
+
+
+def test_quality_runs_the_diffusion_methods_with_a_score_model(tmp_path, capsys):
+    from recon.models import build_network, save_model
+
+    arch = {"channels": [8, 16], "embedding": 16, "sigma_data": 0.5, "sigma_range": [0.002, 160.0]}
+    torch.manual_seed(0)
+    weights = tmp_path / "score.safetensors"
+    save_model(weights, build_network("score", arch), "score", arch, trained_on="images in [0, 1]")
+    argv = ("--phantoms", 0, "--datasets", "phantoms", "--size", 32, "--views", 12, "--iterations", 3,
+            "--method", "red-diff", "--method", "diffpir", "--no-progress")
+    assert bench(*argv, "--output", tmp_path / "none") == 2
+    assert "--score-weights: --method red-diff and diffpir need a diffusion prior" in capsys.readouterr().err
+    assert bench(*argv, "--score-weights", weights, "--output", tmp_path / "q") == 0
+    metrics = json.loads((tmp_path / "q" / "quality.json").read_text())["cases"]["shepp-logan"]
+    assert set(metrics) >= {"red-diff", "diffpir"} and all(m["seconds"] > 0 for m in metrics.values())
