@@ -160,8 +160,8 @@ def source_images(source: str, data: dict, progress: bool) -> torch.Tensor:
         elif path.is_dir():
             ds = ImageFolderDataset(path)
         else:
-            raise ValueError(f"--data: expected {' or '.join(GENERATORS)}, a folder of images or an HDF5 file; "
-                             f"{source!r} is none of these")
+            raise ValueError(f"--data: expected a generator ({', '.join(GENERATORS)}), a folder of images or an "
+                             f"HDF5 file; {source!r} is none of these")
     if len(ds) < 2:
         raise ValueError(f"--data: {source} has {len(ds)} image(s); a training/validation split needs at least 2")
     items = [ds[i] for i in tqdm(range(len(ds)), desc=f"reading {source}", disable=not progress)]

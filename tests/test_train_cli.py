@@ -205,7 +205,7 @@ def test_missing_or_unreadable_config_and_bad_data(tmp_path, capsys):
     text.write_text("not images")
     for source in (text, tmp_path / "nowhere"):
         _fails(capsys, _argv("denoiser", tmp_path / "o", good, *STEPS, data=source),
-               rf"--data: expected ellipses or coule, a folder of images or an HDF5 file; '{re.escape(str(source))}' "
+               rf"--data: expected a generator \(ellipses, coule, ellipses\+coule\), a folder of images or an HDF5 file; '{re.escape(str(source))}' "
                "is none of these")
 
 
