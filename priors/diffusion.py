@@ -36,7 +36,7 @@ from operators.base import per_item
 from priors.denoiser import DenoiserPrior, FixedSigmaDenoiser
 
 __all__ = ["VPSchedule", "ve_sigmas", "score_from_denoiser", "eps_from_denoiser", "denoiser_from_eps",
-           "edm_scalings", "edm_loss", "DiffusionPrior"]
+           "edm_scalings", "edm_loss", "complex_noise", "DiffusionPrior"]
 
 
 class VPSchedule:
@@ -77,11 +77,11 @@ class VPSchedule:
 
     def to_ve(self, x_t: torch.Tensor, t) -> torch.Tensor:
         """``x_t / sqrt(abar_t)``: the VP variable on the denoiser's scale."""
-        return x_t / per_item(self.abar[torch.as_tensor(t, dtype=torch.long)].sqrt().to(x_t.dtype), x_t.ndim)
+        return x_t / per_item(self.abar[torch.as_tensor(t, dtype=torch.long)].sqrt().to(x_t.real.dtype), x_t.ndim)
 
     def from_ve(self, x: torch.Tensor, t) -> torch.Tensor:
         """``sqrt(abar_t) * x``: back to the VP variable."""
-        return x * per_item(self.abar[torch.as_tensor(t, dtype=torch.long)].sqrt().to(x.dtype), x.ndim)
+        return x * per_item(self.abar[torch.as_tensor(t, dtype=torch.long)].sqrt().to(x.real.dtype), x.ndim)
 
 
 def ve_sigmas(count: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
@@ -125,6 +125,20 @@ def edm_scalings(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, 
     """
     total = sigma ** 2 + sigma_data ** 2
     return sigma_data ** 2 / total, sigma * sigma_data / total.sqrt(), 1 / total.sqrt(), sigma.log() / 4
+
+
+def complex_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``N(0, I)`` noise shaped like ``like``; for a complex ``like``, real and imaginary parts each
+    ``N(0, 1)`` (``torch.randn`` gives complex noise of variance 1 in total, half per part).
+
+    Example:
+        >>> complex_noise(torch.zeros(2, dtype=torch.complex64)).dtype
+        torch.complex64
+    """
+    kw = {"generator": generator, "device": like.device, "dtype": like.real.dtype}
+    if like.is_complex():
+        return torch.complex(torch.randn(like.shape, **kw), torch.randn(like.shape, **kw))
+    return torch.randn(like.shape, **kw)
 
 
 def edm_loss(denoiser, x0: torch.Tensor, sigma_data: float, p_mean: float = -1.2, p_std: float = 1.2,
@@ -210,8 +224,14 @@ class DiffusionPrior(nn.Module):
         return s
 
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """``D(x, sigma)``: ``x`` of shape ``(B, C, ...)``, ``sigma`` a number or a ``(B,)`` tensor."""
+        """``D(x, sigma)``: ``x`` of shape ``(B, C, ...)``, ``sigma`` a number or a ``(B,)`` tensor.
+
+        A complex ``x`` (MRI) is denoised as its real and imaginary parts, each an image with noise
+        ``sigma`` (complex noise ``sigma * (n1 + i n2)``: see ``complex_noise``)."""
         s = self._sigmas(x, sigma)
+        if x.is_complex():
+            parts = self.denoise(torch.cat([x.real, x.imag]), torch.cat([s, s]))
+            return torch.complex(*parts.chunk(2))
         if not self.preconditioned:
             return self.network(x, per_item(s, x.ndim))
         c_skip, c_out, c_in, c_noise = (per_item(c, x.ndim) for c in edm_scalings(s, self.sigma_data))
@@ -230,7 +250,7 @@ class DiffusionPrior(nn.Module):
 
     def eps_vp(self, x_t: torch.Tensor, t, schedule: VPSchedule) -> torch.Tensor:
         """The DDPM noise prediction ``eps_theta(x_t, t)``: ``eps`` at ``x_t / sqrt(abar_t)``, ``sigma_t``."""
-        return self.eps(schedule.to_ve(x_t, t), schedule.sigma(t).to(x_t.dtype))
+        return self.eps(schedule.to_ve(x_t, t), schedule.sigma(t).to(x_t.real.dtype))
 
     def as_prior(self, lam: float = 1.0) -> DenoiserPrior:
         """A ``DenoiserPrior`` (``sigma = sqrt(lam * tau)``) for the PnP solvers."""

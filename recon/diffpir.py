@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from priors.diffusion import DiffusionPrior, VPSchedule
+from priors.diffusion import DiffusionPrior, VPSchedule, complex_noise
 from recon.base import Solver, relative_change
 from recon.params import check_integer, check_number
 from recon.pnp import _least_squares
@@ -108,7 +108,7 @@ class DiffPIR(Solver):
         return DiffPIRState(x0.clone(), x_t, 0, torch.zeros(x0.shape[0], device=x0.device))
 
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(like.shape, generator=self._generator, device=like.device, dtype=like.dtype)
+        return complex_noise(like, self._generator)
 
     def step(self, problem: Problem, state: DiffPIRState) -> DiffPIRState:
         fidelity, scale = _least_squares(problem.data)

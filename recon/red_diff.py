@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from priors.diffusion import DiffusionPrior, VPSchedule
+from priors.diffusion import DiffusionPrior, VPSchedule, complex_noise
 from recon.base import Solver, relative_change
 from recon.params import check_integer, check_number
 from recon.pnp import _least_squares
@@ -38,17 +38,15 @@ __all__ = ["REDDiff", "REDDiffState", "check_diffusion_problem"]
 
 
 def check_diffusion_problem(problem: Problem, x0: torch.Tensor, solver: str, seed: int) -> torch.Generator:
-    """Check that ``problem`` is a least-squares data term alone and ``x0`` real (the diffusion solvers'
-    regulariser is their ``DiffusionPrior``); return the seeded generator of their noise draws."""
+    """Check that ``problem`` is a least-squares data term alone (the diffusion solvers' regulariser is
+    their ``DiffusionPrior``); return the seeded generator of their noise draws. Complex images (MRI)
+    are welcome: the prior denoises their real and imaginary parts, the noise is ``complex_noise``."""
     if _least_squares(problem.data) is None:
         raise TypeError(f"problem.data: {solver} needs a least-squares data term L2Fidelity(A, y) (or s * it), "
                         f"got {type(problem.data).__name__}")
     if problem.prior is not None or problem.K is not None:
         raise ValueError(f"problem.prior: {solver}'s regulariser is its DiffusionPrior; expected a problem with "
                          "a data term only")
-    if x0.is_complex():
-        raise NotImplementedError(f"x0: {solver} with a real-valued diffusion prior takes real images; got a "
-                                  "complex one")
     return torch.Generator(device=x0.device).manual_seed(seed)
 
 
@@ -124,7 +122,7 @@ class REDDiff(Solver):
         """The update's gradient at timestep ``t`` (one noise draw)."""
         fidelity, scale = _least_squares(problem.data)
         abar = float(self.schedule.abar[t])
-        eps = torch.randn(mu.shape, generator=self._generator, device=mu.device, dtype=mu.dtype)
+        eps = complex_noise(mu, self._generator)
         x_t = math.sqrt(abar) * mu + math.sqrt(1 - abar) * eps
         with torch.no_grad():
             eps_hat = self.prior.eps_vp(x_t, t, self.schedule)
