@@ -32,10 +32,12 @@ from operators.coils import calibration_region, espirit_maps
 from operators.masks import MASK_TYPES, acceleration_of, make_mask
 from operators.mri import CartesianMRI, MultiCoilMRI
 from recon.metrics import psnr, ssim
+from recon.models import load_model
 from recon.mri import MRI_METHODS, data_consistency, reconstruct_mri, zero_filled
 
 AXES = {"columns": -1, "rows": -2}
 COLUMNS = ("psnr", "ssim", "data_consistency", "seconds", "iterations")
+CLASSIC = ("zero-filled", "cg-sense", "tv")  # the default methods; red-diff and diffpir need --weights
 
 
 def add_parser(sub) -> None:
@@ -52,7 +54,9 @@ def add_parser(sub) -> None:
     p.add_argument("--phase-encode", choices=tuple(AXES), default="columns",
                    help="k-space axis whose lines are skipped by 1-D masks (default columns, as fastMRI)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="mask seed (default 0)")
-    add_run_options(p, MRI_METHODS, "all three", "recon.mri", "cg-sense/tv")
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="a score model (`recon train score`) for --method red-diff and diffpir (required for them)")
+    add_run_options(p, MRI_METHODS, ", ".join(CLASSIC), "recon.mri", "cg-sense/tv")
     p.set_defaults(run=run)
 
 
@@ -99,7 +103,14 @@ def run(args) -> int:
         raise ValueError(f"--input: {args.input} holds a stack of {data.kspace.shape[0]} slices; recon mri "
                          "reconstructs one, chosen with --slice K")
     kspace, mask, reference, how = prepare(data, args)
-    methods = list(dict.fromkeys(args.method or list(MRI_METHODS)))
+    methods = list(dict.fromkeys(args.method or list(CLASSIC)))
+    learned = [m for m in methods if m not in CLASSIC]
+    if learned and args.weights is None:
+        raise ValueError(f"--weights: --method {learned[0]} needs a trained score model (none is shipped): `recon "
+                         "train score --data ... --output DIR`, then --weights DIR/model.safetensors")
+    if args.weights is not None and not learned:
+        raise ValueError("--weights: only --method red-diff and diffpir use a model")
+    model = None if not learned else load_model(args.weights, task="score", device=device)
     y = torch.as_tensor(kspace, device=device)[None]
     A, maps = operator(y, torch.as_tensor(mask, device=device))
     A = A.to(device)
@@ -108,7 +119,8 @@ def run(args) -> int:
     results, metrics = {}, {}
     with locked_output(args.output):
         for method in methods:
-            r = reconstruct_mri(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress)
+            r = reconstruct_mri(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress,
+                                **({"model": model} if method in learned else {}))
             results[method] = r
             metrics[method] = _metrics(A, r, y, ref)
         _write_outputs(args.output, results, metrics, reference, mask, maps, how)

@@ -1,24 +1,26 @@
-r"""``reconstruct(A, y, "red-diff" | "diffpir", model=...)``: the diffusion solvers on a CT problem.
+r"""``reconstruct(A, y, "red-diff" | "diffpir", model=...)`` and ``reconstruct_mri`` the same: the
+diffusion solvers on a CT or MRI problem.
 
-Both start from FBP and see the data term ``||A x - y||^2 / (2 ||A||^2)``, so that their weights do
-not depend on the operator's scale (as for the PnP methods). For DiffPIR the measurement noise
-``nu`` (``noise_std``, else the sinogram's estimate) enters as ``nu / ||A||``, which makes its
-``lam = 1`` the MAP weight: the deterministic limit minimises ``||A x - y||^2 / (2 nu^2) + phi(x)``
-for a prior ``exp(-phi)``. The model is a ``recon train score`` model (task ``"score"``); images are
-expected in the range it was trained on (its card's ``trained_on``): a pre-estimate far outside
-``[0, 1]`` warns with that range.
+Both start from a pre-estimate (FBP for CT; for MRI the adjoint, with data and image scaled so that
+its magnitude's 99th percentile is 1) and see the data term ``||A x - y||^2 / (2 ||A||^2)``, so that
+their weights do not depend on the operator's scale (as for the PnP methods). For DiffPIR the
+noise ``nu`` of each real component of the data (given, else estimated) enters as ``nu / ||A||``,
+which makes its ``lam = 1`` the MAP weight: the deterministic limit minimises
+``||A x - y||^2 / (2 nu^2) + phi(x)`` for a prior ``exp(-phi)``. The model is a ``recon train score``
+model (task ``"score"``); images are expected in the range it was trained on (its card's
+``trained_on``): a pre-estimate far outside ``[0, 1]`` warns with that range.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 
 from priors.data import L2Fidelity
 from recon.diffpir import DiffPIR
-from recon.lambda_rule import estimate_noise_std
 from recon.problem import Problem
 from recon.red_diff import REDDiff
 
@@ -32,22 +34,24 @@ DEFAULT_LAM = {"red-diff": 0.25, "diffpir": 1.0}
 
 
 def _check_range(x: torch.Tensor, card: dict) -> None:
-    high = float(torch.quantile(x.detach().flatten().float()[:1_000_000].cpu(), 0.99))
+    high = float(torch.quantile(x.detach().abs().flatten().float()[:1_000_000].cpu(), 0.99))
     if not 0.1 <= high <= 3.0:
-        warnings.warn(f"the FBP's 99th percentile is {high:.3g}, far from the range the model was trained on "
+        warnings.warn(f"the pre-estimate's 99th percentile is {high:.3g}, far from the range the model was trained on "
                       f"({card.get('trained_on', 'images in [0, 1]')}); scale the data so that images lie in it",
                       UserWarning, stacklevel=4)
 
 
-def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_fbp: torch.Tensor, model, lam, iterations,
-                             noise_std, progress: bool, start: float):
-    """Run ``method`` (one of ``DIFFUSION``) with the loaded ``model``; returns ``(x, n_iter, params, history)``."""
+def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Tensor, model, lam, iterations,
+                             noise: Callable[[], float], progress: bool, start: float):
+    """Run ``method`` (one of ``DIFFUSION``) with the loaded ``model`` from ``x_start``; ``noise()`` gives
+    the noise std of each real component of ``y`` (called by DiffPIR only). Returns
+    ``(x, n_iter, params, history)``."""
     if lam == "auto":
         raise ValueError(f"lam: 'auto' (the discrepancy principle) is not available for {method}; give a number "
                          "or None")
     lam = DEFAULT_LAM[method] if lam is None else float(lam)
     steps = int(iterations or DEFAULT_STEPS[method])
-    _check_range(x_fbp, model.card)
+    _check_range(x_start, model.card)
     norm_sq = float(A.norm()) ** 2
     problem = Problem((1.0 / norm_sq) * L2Fidelity(A, y))
     params = {"iterations": steps, "lam": lam, "data_scale": 1.0 / norm_sq,
@@ -56,9 +60,9 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_fbp: torch.Tenso
         solver = REDDiff(model.network, steps=steps, lam=lam, progress=progress)
         params["lr"] = solver.lr
     else:
-        nu = float(noise_std) if noise_std is not None else float(estimate_noise_std(y).mean())
+        nu = float(noise())
         solver = DiffPIR(model.network, noise_std=nu / norm_sq ** 0.5, steps=steps, lam=lam, progress=progress)
         params.update(noise_std=nu, zeta=solver.zeta)
-    result = solver.run(problem, x_fbp)
+    result = solver.run(problem, x_start)
     params["seconds_per_step"] = (time.perf_counter() - start) / max(result.n_iter, 1)
     return result.x, result.n_iter, params, result.history

@@ -38,7 +38,7 @@ from recon.reconstruct import Reconstruction
 __all__ = ["MRI_METHODS", "reconstruct_mri", "zero_filled", "estimate_kspace_noise_std",
            "default_mri_tv_lambda", "data_consistency"]
 
-MRI_METHODS = ("zero-filled", "cg-sense", "tv")
+MRI_METHODS = ("zero-filled", "cg-sense", "tv", "red-diff", "diffpir")
 DEFAULT_MRI_ITERATIONS = {"cg-sense": 10, "tv": 200}
 MRI_TV_LAMBDA_FACTOR = 0.11  # c in lam = c * sigma_hat * rms(A^H eps) (see default_mri_tv_lambda)
 OUTER_FRACTION = 0.1  # share of the sampled positions, farthest from the k-space centre, used for the noise
@@ -119,17 +119,19 @@ def data_consistency(A, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str = "tv",
                     lam: float | None = None, iterations: int | None = None,
-                    noise_std: float | None = None, progress: bool = False) -> Reconstruction:
+                    noise_std: float | None = None, progress: bool = False, model=None) -> Reconstruction:
     """Reconstruct k-space ``y`` with one of ``MRI_METHODS``.
 
     Args:
         A: ``CartesianMRI`` (single coil) or ``MultiCoilMRI`` (coil maps, e.g. from ``espirit_maps``).
         y: k-space ``(B, coils, H, W)`` complex, zero where not sampled.
-        method: ``"zero-filled"``, ``"cg-sense"`` or ``"tv"``.
-        lam: TV weight; None uses ``default_mri_tv_lambda``.
+        method: ``"zero-filled"``, ``"cg-sense"``, ``"tv"``, or ``"red-diff"`` / ``"diffpir"`` (a
+            diffusion prior on the real and imaginary parts, ``recon.diffusion_recon``).
+        lam: TV weight (None uses ``default_mri_tv_lambda``); the diffusion methods' weight.
         iterations: iteration cap (defaults in ``DEFAULT_MRI_ITERATIONS``).
         noise_std: k-space noise std for the default ``lam`` (None: estimated).
         progress: progress bar for iterative methods.
+        model: the diffusion methods' score model (``recon train score``; a file or a loaded model).
 
     Returns:
         A ``Reconstruction`` whose ``x`` is complex ``(B, 1, H, W)`` (real RSS for zero-filled).
@@ -160,17 +162,21 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
     if not (isinstance(y, torch.Tensor) and y.is_complex()):
         raise TypeError(f"y: {type(A).__name__} expects complex k-space (complex64), got "
                         f"{getattr(y, 'dtype', type(y).__name__)}")
-    r = _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress)
+    if model is not None and method not in ("red-diff", "diffpir"):
+        raise ValueError(f"model: only red-diff and diffpir use a trained model, not {method!r}")
+    r = _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model)
     check_finite_result(r.x, method)
     return r
 
 
-def _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress) -> Reconstruction:
+def _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model=None) -> Reconstruction:
     """``reconstruct_mri`` once its arguments are checked."""
     data = L2Fidelity(A, y)  # validates y's shape and values against the operator
     start = time.perf_counter()
     if method == "zero-filled":
         return Reconstruction(zero_filled(y), method, 0, time.perf_counter() - start, {})
+    if method in ("red-diff", "diffpir"):
+        return _diffusion(A, y, method, lam, iterations, noise_std, progress, model, start)
     n_iter = int(iterations or DEFAULT_MRI_ITERATIONS[method])
     params: dict = {"iterations": n_iter}
     x0 = torch.zeros((y.shape[0], *A.in_shape), dtype=y.dtype, device=y.device)
@@ -183,3 +189,21 @@ def _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress) -> Reco
         solver = ChambollePock(max_iter=n_iter, tol=1e-5, progress=progress)
         result = solver.run(Problem(data, lam * TV()), A.adjoint(y))
     return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
+
+
+def _diffusion(A, y, method, lam, iterations, noise_std, progress, model, start) -> Reconstruction:
+    """A diffusion method from the adjoint, data and image scaled so that the adjoint's magnitude has
+    its 99th percentile at 1 (the range of a model trained on images in [0, 1]), then scaled back."""
+    from recon.diffusion_recon import diffusion_reconstruction
+    from recon.reconstruct import _load
+
+    x0 = A.adjoint(y)
+    scale = float(torch.quantile(x0.detach().abs().flatten()[:1_000_000].float().cpu(), 0.99)) or 1.0
+
+    def noise() -> float:  # per real component of the scaled k-space: E|n|^2 = sigma^2, sigma^2 / 2 per part
+        sigma = float(noise_std) if noise_std is not None else float(estimate_kspace_noise_std(y, A.mask).mean())
+        return sigma / scale / 2 ** 0.5
+
+    x, n, params, history = diffusion_reconstruction(method, A, y / scale, x0 / scale, _load(model, "score", y.device),
+                                                     lam, iterations, noise, progress, start)
+    return Reconstruction(x * scale, method, n, time.perf_counter() - start, {**params, "scale": scale}, history)

@@ -178,8 +178,10 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
         x = tikhonov(A, y, iterations=n_iter)
         return Reconstruction(x, method, n_iter, time.perf_counter() - start, {"iterations": n_iter, "alpha": "default"})
     if method in DIFFUSION:
+        def noise() -> float:
+            return float(noise_std) if noise_std is not None else float(estimate_noise_std(y).mean())
         x, n, params, history = diffusion_reconstruction(method, A, y, fbp(A, y, filter=filter),
-                                                         _load(model, "score", y.device), lam, iterations, noise_std,
+                                                         _load(model, "score", y.device), lam, iterations, noise,
                                                          progress, start)
         return Reconstruction(x, method, n, time.perf_counter() - start, params, history)
     if method in PNP:

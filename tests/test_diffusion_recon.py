@@ -69,3 +69,31 @@ def test_recon_ct_runs_both_diffusion_methods_with_one_score_model(tmp_path, cap
     assert set(json.loads((out / "metrics.json").read_text())) == {"red-diff", "diffpir"}
     assert main([*argv, "--method", "diffpir"]) == 2
     assert "--method diffpir needs a trained score model" in capsys.readouterr().err
+
+
+def test_reconstruct_mri_runs_the_diffusion_methods_on_complex_images(model):
+    from operators import CartesianMRI, random_mask
+    from recon.mri import reconstruct_mri
+
+    A = CartesianMRI(random_mask((32, 32), 4, 0.08, seed=0))
+    y = A(shepp_logan(32).to(torch.complex64))
+    y = y + 0.01 * A(torch.randn(1, 1, 32, 32, dtype=torch.complex64, generator=torch.Generator().manual_seed(1)))
+    for method in ("red-diff", "diffpir"):
+        r = reconstruct_mri(A, y, method, model=model, iterations=4)
+        assert r.x.shape == (1, 1, 32, 32) and r.x.is_complex() and bool(torch.isfinite(r.x).all())
+        assert r.parameters["scale"] > 0 and r.iterations == 4
+    with pytest.raises(ValueError, match="model: only red-diff and diffpir use a trained model, not 'tv'"):
+        reconstruct_mri(A, y, "tv", model=model)
+
+
+def test_recon_mri_needs_weights_for_the_diffusion_methods(tmp_path, capsys):
+    from data.mri import write_kspace
+    from tests.mri_helpers import coil_head, noisy_kspace
+
+    maps, phantom = coil_head(32, 1)
+    write_kspace(tmp_path / "scan.h5", noisy_kspace(maps * phantom, 0.01, 0))
+    argv = ["mri", "--input", str(tmp_path / "scan.h5"), "--no-progress", "--output", str(tmp_path / "o")]
+    assert main([*argv, "--method", "diffpir"]) == 2
+    assert "--method diffpir needs a trained score model" in capsys.readouterr().err
+    assert main(argv) == 0  # the default methods need no model
+    assert set(json.loads((tmp_path / "o" / "metrics.json").read_text())) == {"zero-filled", "cg-sense", "tv"}
