@@ -204,6 +204,7 @@ def _diffusion(A, y, method, lam, iterations, noise_std, progress, model, start)
         sigma = float(noise_std) if noise_std is not None else float(estimate_kspace_noise_std(y, A.mask).mean())
         return sigma / scale / 2 ** 0.5
 
-    x, n, params, history = diffusion_reconstruction(method, A, y / scale, x0 / scale, _load(model, "score", y.device),
-                                                     lam, iterations, noise, progress, start)
+    score_model = _load(model, "score", y.device, method)
+    x, n, params, history = diffusion_reconstruction(method, A, y / scale, x0 / scale, score_model, lam, iterations,
+                                                     noise, progress, start)
     return Reconstruction(x * scale, method, n, time.perf_counter() - start, {**params, "scale": scale}, history)

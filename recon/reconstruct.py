@@ -180,9 +180,9 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
     if method in DIFFUSION:
         def noise() -> float:
             return float(noise_std) if noise_std is not None else float(estimate_noise_std(y).mean())
-        x, n, params, history = diffusion_reconstruction(method, A, y, fbp(A, y, filter=filter),
-                                                         _load(model, "score", y.device), lam, iterations, noise,
-                                                         progress, start)
+        score_model = _load(model, "score", y.device, method)
+        x, n, params, history = diffusion_reconstruction(method, A, y, fbp(A, y, filter=filter), score_model, lam,
+                                                         iterations, noise, progress, start)
         return Reconstruction(x, method, n, time.perf_counter() - start, params, history)
     if method in PNP:
         return _pnp(method, A, y, fbp(A, y, filter=filter), model, lam, iterations, constraint, progress, start,
@@ -268,12 +268,12 @@ class _WeightNetwork:
     settings: dict = field(default_factory=dict)  # the card's tuned SV-TV settings (eta, p, spread, lam_factor)
 
 
-def _load(model, task: str, device):
+def _load(model, task: str, device, method: str | None = None):
     from recon.models import BUILTIN, CT_METHOD, TrainedModel, builtin, load_model
 
     if model is None:
-        method = CT_METHOD[task]
-        if method not in BUILTIN or task == "score":
+        method = method or CT_METHOD[task]
+        if method not in BUILTIN:
             raise ValueError(f"model: {method} needs a trained {task} (none is shipped): train one with `recon train "
                              f"{task} --data ... --output DIR` and pass DIR/model.safetensors")
         model = builtin(method)

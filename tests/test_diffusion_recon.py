@@ -97,3 +97,9 @@ def test_recon_mri_needs_weights_for_the_diffusion_methods(tmp_path, capsys):
     assert "--method diffpir needs a trained score model" in capsys.readouterr().err
     assert main(argv) == 0  # the default methods need no model
     assert set(json.loads((tmp_path / "o" / "metrics.json").read_text())) == {"zero-filled", "cg-sense", "tv"}
+
+
+def test_the_missing_model_message_names_the_method_asked_for(problem):
+    A, y = problem
+    with pytest.raises(ValueError, match=r"model: diffpir needs a trained score"):
+        reconstruct(A, y, "diffpir")
