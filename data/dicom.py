@@ -304,27 +304,24 @@ def _gaps(slices: list[_Slice], depth: np.ndarray, broken: list[_Slice], normal:
     line per gap: each broken slice (one where a readable slice is, a broken copy, is skipped with a
     warning), then each step larger than ``GAP_FACTOR`` times the median that
     no broken slice explains. Warns about uneven steps."""
-    lost = []
-    for s in list(broken):
-        d = s.position @ normal if s.position is not None else None
-        if d is not None and np.min(np.abs(depth - d)) <= _SAME_POSITION_MM:
-            warnings.warn(f"skipped corrupt DICOM file {s.path}: {s.problem}; a readable slice is at its position",
-                          DicomWarning, stacklevel=3)
-            broken.remove(s)
-        else:
-            lost.append(d)
+    at = [s.position @ normal if s.position is not None else None for s in broken]
+    copy = [d is not None and np.min(np.abs(depth - d)) <= _SAME_POSITION_MM for d in at]
+    for s in (s for s, c in zip(broken, copy) if c):
+        warnings.warn(f"skipped corrupt DICOM file {s.path}: {s.problem}; a readable slice is at its position",
+                      DicomWarning, stacklevel=3)
+    lost = [(s, d) for s, d, c in zip(broken, at, copy) if not c]
     gaps = [f"missing or unreadable slice: {s.path}: {s.problem}, "
             + (_where(d, depth) if d is not None else "position unknown (ImagePositionPatient unreadable)")
-            for s, d in zip(broken, lost)]
+            for s, d in lost]
     if len(slices) == 1:
         ds = slices[0].ds
         return float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0), gaps
-    steps = np.diff(depth)
-    spans_lost = np.array([any(d is not None and a < d < b for d in lost) for a, b in zip(depth[:-1], depth[1:])])
-    steps = steps[~spans_lost] if not spans_lost.all() else steps
+    all_steps = np.diff(depth)
+    spans_lost = np.array([any(d is not None and a < d < b for _, d in lost) for a, b in zip(depth[:-1], depth[1:])])
+    steps = all_steps[~spans_lost] if not spans_lost.all() else all_steps
     dz = float(np.median(steps))
-    for k in np.flatnonzero((np.diff(depth) > GAP_FACTOR * dz) & ~spans_lost):
-        gaps.append(f"missing slice(s): a gap of {steps[k]:.4g} mm (median spacing {dz:.4g} mm) between "
+    for k in np.flatnonzero((all_steps > GAP_FACTOR * dz) & ~spans_lost):
+        gaps.append(f"missing slice(s): a gap of {all_steps[k]:.4g} mm (median spacing {dz:.4g} mm) between "
                     f"{depth[k]:.3f} and {depth[k + 1]:.3f} mm along the slice normal, after slice {k} at "
                     f"ImagePositionPatient {np.round(slices[k].position, 3).tolist()} ({slices[k].path.name}, "
                     f"then {slices[k + 1].path.name})")

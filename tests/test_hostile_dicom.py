@@ -205,3 +205,12 @@ def test_hostile_set_fails_each_case_with_its_message_and_reads_the_good_ones(tm
     with pytest.warns(DicomWarning, match=r"not DICOM, e.g. .*junk.dcm"):
         infos = list_series(tmp_path)
     assert len({i.study_uid for i in infos}) == len({i.series_uid for i in infos}) == len(infos) == 10
+
+
+def test_a_missing_file_after_an_unreadable_slice_reports_its_own_gap(tmp_path):
+    """z = 0 .. 22.5 every 2.5 mm: slice 3 (z = 5) has no pixel data, slice 8 (z = 17.5) is gone."""
+    write_good_dicom_series(tmp_path, slices=10, edit=lambda k, ds: None if k == 7 else _without(2)(k, ds))
+    with pytest.warns(DicomWarning):
+        vol = read_series(tmp_path, allow_gaps=True)
+    assert len(vol.gaps) == 2 and "slice_03.dcm: no pixel data" in vol.gaps[0]
+    assert "a gap of 5 mm (median spacing 2.5 mm) between 15.000 and 20.000 mm" in vol.gaps[1], vol.gaps
