@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import torch
 
 from priors.diffusion import DiffusionPrior, VPSchedule, complex_noise
-from recon.base import Solver, relative_change
+from recon.base import relative_change
 from recon.params import check_integer, check_number
 from recon.pnp import _least_squares
 from recon.problem import Problem
-from recon.red_diff import check_diffusion_problem
+from recon.red_diff import DiffusionSolver
 
 __all__ = ["DiffPIR", "DiffPIRState"]
 
@@ -50,7 +50,7 @@ class DiffPIRState:
     relative_change: torch.Tensor
 
 
-class DiffPIR(Solver):
+class DiffPIR(DiffusionSolver):
     """DiffPIR on ``Problem(L2Fidelity(A, y))`` with a ``DiffusionPrior``.
 
     Args:
@@ -78,31 +78,27 @@ class DiffPIR(Solver):
         0.506
     """
 
+    label = "DiffPIR"
+
     def __init__(self, prior: DiffusionPrior, noise_std: float, steps: int = 100, lam: float = 7.0,
                  zeta: float = 0.3, renoise: bool = True, timesteps=None, schedule: VPSchedule | None = None,
                  seed: int = 0, progress: bool = False) -> None:
-        if not isinstance(prior, DiffusionPrior):
-            raise TypeError(f"prior: expected a DiffusionPrior, got {type(prior).__name__}")
-        self.schedule = schedule if schedule is not None else VPSchedule()
         if timesteps is None:
-            count = check_integer("steps", steps, 1, self.schedule.steps)
-            last = self.schedule.steps - 1
-            timesteps = [round(last * (1 - k / max(count - 1, 1))) for k in range(count)]  # T - 1 down to 0
-        self.timesteps = [check_integer("timesteps", t, 0, self.schedule.steps - 1) for t in timesteps]
-        if not self.timesteps or any(a <= b for a, b in zip(self.timesteps, self.timesteps[1:])):
-            raise ValueError(f"timesteps: expected a non-empty strictly descending sequence, got {self.timesteps[:8]}")
-        super().__init__(max_iter=len(self.timesteps), tol=0.0, progress=progress)
-        self.prior = prior
+            def timesteps(schedule):  # T - 1 down to 0, evenly spaced
+                count, last = check_integer("steps", steps, 1, schedule.steps), schedule.steps - 1
+                return [round(last * (1 - k / max(count - 1, 1))) for k in range(count)]
+        super().__init__(prior, timesteps, schedule, seed, progress)
+        if any(a <= b for a, b in zip(self.timesteps, self.timesteps[1:])):
+            raise ValueError(f"timesteps: expected a strictly descending sequence, got {self.timesteps[:8]}")
         self.noise_std = check_number("noise_std", noise_std)
         self.lam = check_number("lam", lam)
         self.zeta = check_number("zeta", zeta, strict=False)
         if self.zeta > 1:
             raise ValueError(f"zeta: expected a number in [0, 1], got {zeta}")
-        self.seed = check_integer("seed", seed, 0)
         self.renoise = bool(renoise)
 
     def init(self, problem: Problem, x0: torch.Tensor) -> DiffPIRState:
-        self._generator = check_diffusion_problem(problem, x0, "DiffPIR", self.seed)
+        self._start(problem, x0)
         t = self.timesteps[0]
         x_t = self._noise(x0) if self.renoise else self.schedule.from_ve(x0, t)
         return DiffPIRState(x0.clone(), x_t, 0, torch.zeros(x0.shape[0], device=x0.device))
@@ -113,8 +109,7 @@ class DiffPIR(Solver):
     def step(self, problem: Problem, state: DiffPIRState) -> DiffPIRState:
         fidelity, scale = _least_squares(problem.data)
         t = self.timesteps[state.k]
-        abar = float(self.schedule.abar[t])
-        sigma = math.sqrt((1 - abar) / abar)
+        abar, sigma = float(self.schedule.abar[t]), float(self.schedule.sigma(t))
         x0 = self.prior.denoise(self.schedule.to_ve(state.x_t, t), sigma)
         rho = self.lam * self.noise_std ** 2 / sigma ** 2
         x0_hat = fidelity.prox(x0, scale / rho)  # argmin s/2 ||A x - y||^2 + rho/2 ||x - x0||^2

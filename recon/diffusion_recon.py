@@ -24,7 +24,7 @@ from recon.diffpir import DiffPIR
 from recon.problem import Problem
 from recon.red_diff import REDDiff
 
-__all__ = ["DIFFUSION", "DEFAULT_STEPS", "diffusion_reconstruction"]
+__all__ = ["DIFFUSION", "DEFAULT_STEPS", "diffusion_reconstruction", "magnitude_p99"]
 
 DIFFUSION = ("red-diff", "diffpir")
 #: timesteps of each method when ``iterations`` is None: RED-Diff's reference config, DiffPIR's paper
@@ -33,8 +33,13 @@ DEFAULT_STEPS = {"red-diff": 50, "diffpir": 100}
 DEFAULT_LAM = {"red-diff": 0.25, "diffpir": 1.0}
 
 
+def magnitude_p99(x: torch.Tensor) -> float:
+    """The 99th percentile of ``|x|`` (of its first million values): a robust image maximum."""
+    return float(torch.quantile(x.detach().abs().flatten()[:1_000_000].float().cpu(), 0.99))
+
+
 def _check_range(x: torch.Tensor, card: dict) -> None:
-    high = float(torch.quantile(x.detach().abs().flatten().float()[:1_000_000].cpu(), 0.99))
+    high = magnitude_p99(x)
     if not 0.1 <= high <= 3.0:
         warnings.warn(f"the pre-estimate's 99th percentile is {high:.3g}, far from the range the model was trained on "
                       f"({card.get('trained_on', 'images in [0, 1]')}); scale the data so that images lie in it",

@@ -29,16 +29,17 @@ from operators.fourier import ifft2c
 from operators.mri import CartesianMRI, MultiCoilMRI
 from priors import TV, L2Fidelity
 from recon.chambolle_pock import ChambollePock
+from recon.diffusion_recon import DIFFUSION, diffusion_reconstruction, magnitude_p99
 from recon.lambda_rule import _backprojected_noise_rms
 from recon.linear import CGLS
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
-from recon.reconstruct import Reconstruction
+from recon.reconstruct import Reconstruction, _load
 
 __all__ = ["MRI_METHODS", "reconstruct_mri", "zero_filled", "estimate_kspace_noise_std",
            "default_mri_tv_lambda", "data_consistency"]
 
-MRI_METHODS = ("zero-filled", "cg-sense", "tv", "red-diff", "diffpir")
+MRI_METHODS = ("zero-filled", "cg-sense", "tv", *DIFFUSION)
 DEFAULT_MRI_ITERATIONS = {"cg-sense": 10, "tv": 200}
 MRI_TV_LAMBDA_FACTOR = 0.11  # c in lam = c * sigma_hat * rms(A^H eps) (see default_mri_tv_lambda)
 OUTER_FRACTION = 0.1  # share of the sampled positions, farthest from the k-space centre, used for the noise
@@ -162,7 +163,7 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
     if not (isinstance(y, torch.Tensor) and y.is_complex()):
         raise TypeError(f"y: {type(A).__name__} expects complex k-space (complex64), got "
                         f"{getattr(y, 'dtype', type(y).__name__)}")
-    if model is not None and method not in ("red-diff", "diffpir"):
+    if model is not None and method not in DIFFUSION:
         raise ValueError(f"model: only red-diff and diffpir use a trained model, not {method!r}")
     r = _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model)
     check_finite_result(r.x, method)
@@ -175,7 +176,7 @@ def _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model=N
     start = time.perf_counter()
     if method == "zero-filled":
         return Reconstruction(zero_filled(y), method, 0, time.perf_counter() - start, {})
-    if method in ("red-diff", "diffpir"):
+    if method in DIFFUSION:
         return _diffusion(A, y, method, lam, iterations, noise_std, progress, model, start)
     n_iter = int(iterations or DEFAULT_MRI_ITERATIONS[method])
     params: dict = {"iterations": n_iter}
@@ -194,11 +195,8 @@ def _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model=N
 def _diffusion(A, y, method, lam, iterations, noise_std, progress, model, start) -> Reconstruction:
     """A diffusion method from the adjoint, data and image scaled so that the adjoint's magnitude has
     its 99th percentile at 1 (the range of a model trained on images in [0, 1]), then scaled back."""
-    from recon.diffusion_recon import diffusion_reconstruction
-    from recon.reconstruct import _load
-
     x0 = A.adjoint(y)
-    scale = float(torch.quantile(x0.detach().abs().flatten()[:1_000_000].float().cpu(), 0.99)) or 1.0
+    scale = magnitude_p99(x0) or 1.0
 
     def noise() -> float:  # per real component of the scaled k-space: E|n|^2 = sigma^2, sigma^2 / 2 per part
         sigma = float(noise_std) if noise_std is not None else float(estimate_kspace_noise_std(y, A.mask).mean())

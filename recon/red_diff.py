@@ -11,8 +11,9 @@ sequence of DDPM timesteps; at timestep ``t``, with ``eps ~ N(0, I)``,
 (``n`` pixels and ``m`` measurements per item: both terms are means, as in the reference code;
 ``sigma_t / alpha_t`` is the "linear" weighting, the VE noise level of ``t``; ``s`` the scale of a
 ``s * L2Fidelity`` data term, ``v`` the observation weight). The network is evaluated without
-gradients: no back-propagation through it. The conversions (``eps_vp``, the schedule) are those of
-``priors.diffusion``.
+gradients: no back-propagation through it. ``eps_theta(x_t, t)`` is evaluated on the VE scale,
+``DiffusionPrior.eps(mu + sigma_t eps, sigma_t)`` with ``sigma_t = VPSchedule.sigma(t)`` (the same
+value as ``DiffusionPrior.eps_vp(x_t, t)``, without scaling ``x_t`` there and back).
 
 What it converges to: for a prior ``N(m0, S^2 I)`` the expected regulariser gradient is
 ``lambda sigma_t^2 / (S^2 + sigma_t^2) (mu - m0) / n``, so at timesteps where ``sigma_t >> S`` the
@@ -23,7 +24,6 @@ takes over: the descending order ends on data consistency.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,20 +34,39 @@ from recon.params import check_integer, check_number
 from recon.pnp import _least_squares
 from recon.problem import Problem
 
-__all__ = ["REDDiff", "REDDiffState", "check_diffusion_problem"]
+__all__ = ["DiffusionSolver", "REDDiff", "REDDiffState"]
 
 
-def check_diffusion_problem(problem: Problem, x0: torch.Tensor, solver: str, seed: int) -> torch.Generator:
-    """Check that ``problem`` is a least-squares data term alone (the diffusion solvers' regulariser is
-    their ``DiffusionPrior``); return the seeded generator of their noise draws. Complex images (MRI)
-    are welcome: the prior denoises their real and imaginary parts, the noise is ``complex_noise``."""
-    if _least_squares(problem.data) is None:
-        raise TypeError(f"problem.data: {solver} needs a least-squares data term L2Fidelity(A, y) (or s * it), "
-                        f"got {type(problem.data).__name__}")
-    if problem.prior is not None or problem.K is not None:
-        raise ValueError(f"problem.prior: {solver}'s regulariser is its DiffusionPrior; expected a problem with "
-                         "a data term only")
-    return torch.Generator(device=x0.device).manual_seed(seed)
+class DiffusionSolver(Solver):
+    """What RED-Diff and DiffPIR share: a ``DiffusionPrior``, the DDPM schedule, the timesteps in the
+    order they are used (one per iteration), the seed of the noise draws, and the problem they solve
+    (a least-squares data term alone). Complex images (MRI) are welcome: the prior denoises their
+    real and imaginary parts, and the noise is ``complex_noise``."""
+
+    label = "a diffusion solver"
+
+    def __init__(self, prior: DiffusionPrior, timesteps, schedule: VPSchedule | None, seed: int,
+                 progress: bool) -> None:
+        """``timesteps``: a sequence, or a function of the schedule giving the default ones."""
+        if not isinstance(prior, DiffusionPrior):
+            raise TypeError(f"prior: expected a DiffusionPrior, got {type(prior).__name__}")
+        self.schedule = schedule if schedule is not None else VPSchedule()
+        chosen = timesteps(self.schedule) if callable(timesteps) else timesteps
+        self.timesteps = [check_integer("timesteps", t, 0, self.schedule.steps - 1) for t in chosen]
+        if not self.timesteps:
+            raise ValueError("timesteps: expected at least one timestep, got none")
+        super().__init__(max_iter=len(self.timesteps), tol=0.0, progress=progress)
+        self.prior, self.seed = prior, check_integer("seed", seed, 0)
+
+    def _start(self, problem: Problem, x0: torch.Tensor) -> None:
+        """Check the problem and seed the noise draws (``self._generator``)."""
+        if _least_squares(problem.data) is None:
+            raise TypeError(f"problem.data: {self.label} needs a least-squares data term L2Fidelity(A, y) (or "
+                            f"s * it), got {type(problem.data).__name__}")
+        if problem.prior is not None or problem.K is not None:
+            raise ValueError(f"problem.prior: {self.label}'s regulariser is its DiffusionPrior; expected a problem "
+                             "with a data term only")
+        self._generator = torch.Generator(device=x0.device).manual_seed(self.seed)
 
 
 @dataclass
@@ -65,11 +84,11 @@ class REDDiffState:
         return self.mu.detach()
 
 
-class REDDiff(Solver):
+class REDDiff(DiffusionSolver):
     """RED-Diff on ``Problem(L2Fidelity(A, y))`` (or ``s * L2Fidelity``) with a ``DiffusionPrior``.
 
     Args:
-        prior: the diffusion prior (its ``eps_vp`` is the DDPM noise prediction).
+        prior: the diffusion prior (its ``eps`` gives the DDPM noise prediction).
         steps: timesteps, ``schedule.timesteps(steps)`` (descending); ignored when ``timesteps`` is given.
         lam: the regulariser's weight (the reference code's ``grad_term_weight``).
         lr: Adam's learning rate (betas 0.9, 0.99, as in the reference code).
@@ -94,26 +113,21 @@ class REDDiff(Solver):
         (20, torch.Size([1, 1, 4, 4]))
     """
 
+    label = "RED-Diff"
+
     def __init__(self, prior: DiffusionPrior, steps: int = 50, lam: float = 0.25, lr: float = 0.1,
                  obs_weight: float = 1.0, timesteps=None, schedule: VPSchedule | None = None, seed: int = 0,
                  progress: bool = False) -> None:
-        if not isinstance(prior, DiffusionPrior):
-            raise TypeError(f"prior: expected a DiffusionPrior, got {type(prior).__name__}")
-        self.schedule = schedule if schedule is not None else VPSchedule()
         if timesteps is None:
-            timesteps = self.schedule.timesteps(check_integer("steps", steps, 1, self.schedule.steps))
-        self.timesteps = [check_integer("timesteps", t, 0, self.schedule.steps - 1) for t in timesteps]
-        if not self.timesteps:
-            raise ValueError("timesteps: expected at least one timestep, got none")
-        super().__init__(max_iter=len(self.timesteps), tol=0.0, progress=progress)
-        self.prior = prior
+            def timesteps(schedule):
+                return schedule.timesteps(check_integer("steps", steps, 1, schedule.steps))
+        super().__init__(prior, timesteps, schedule, seed, progress)
         self.lam = check_number("lam", lam, strict=False)
         self.lr = check_number("lr", lr)
         self.obs_weight = check_number("obs_weight", obs_weight, strict=False)
-        self.seed = check_integer("seed", seed, 0)
 
     def init(self, problem: Problem, x0: torch.Tensor) -> REDDiffState:
-        self._generator = check_diffusion_problem(problem, x0, "RED-Diff", self.seed)
+        self._start(problem, x0)
         mu = x0.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([mu], lr=self.lr, betas=(0.9, 0.99))
         return REDDiffState(mu, optimizer, 0, torch.zeros(x0.shape[0], device=x0.device))
@@ -121,14 +135,12 @@ class REDDiff(Solver):
     def gradient(self, problem: Problem, mu: torch.Tensor, t: int) -> torch.Tensor:
         """The update's gradient at timestep ``t`` (one noise draw)."""
         fidelity, scale = _least_squares(problem.data)
-        abar = float(self.schedule.abar[t])
+        sigma = float(self.schedule.sigma(t))  # sigma_t / alpha_t: x_t / alpha_t = mu + sigma eps
         eps = complex_noise(mu, self._generator)
-        x_t = math.sqrt(abar) * mu + math.sqrt(1 - abar) * eps
         with torch.no_grad():
-            eps_hat = self.prior.eps_vp(x_t, t, self.schedule)
+            eps_hat = self.prior.eps(mu + sigma * eps, sigma)  # = eps_theta(x_t, t), priors.diffusion
         n, m = mu[0].numel(), fidelity.y[0].numel()
-        weight = self.lam * math.sqrt((1 - abar) / abar)
-        return weight * (eps_hat - eps) / n + (self.obs_weight * scale / m) * fidelity.grad(mu)
+        return self.lam * sigma * (eps_hat - eps) / n + (self.obs_weight * scale / m) * fidelity.grad(mu)
 
     def step(self, problem: Problem, state: REDDiffState) -> REDDiffState:
         t = self.timesteps[state.k]
