@@ -149,7 +149,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from apps.batch_config import config_hash, load_config
@@ -157,6 +156,7 @@ from apps.batch_engine import execute
 from apps.batch_manifest import MANIFEST, cached_hashes, entry, finished_record, load_manifest, save_manifest, taken_names
 from apps.batch_studies import Study, assign_names, discover
 from apps.batch_worker import PARTIAL
+from apps.outputs import hold_lock
 
 KINDS = ("dicom", "hdf5", "kspace")
 
@@ -173,22 +173,6 @@ def add_parser(sub) -> None:
                    help="run on an existing Dask cluster, e.g. tcp://host:8786 (instead of a local one)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
-
-
-@contextmanager
-def _locked(out: Path):
-    """Hold ``out/.lock`` (released by the OS if the process dies); a second run on ``out`` is refused."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
-        yield
-        return
-    with open(out / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"--output: another recon batch run is writing to {out}") from None
-        yield
 
 
 def kind_hashes(config: dict) -> dict[str, str]:
@@ -268,7 +252,7 @@ def run(args) -> int:
     studies, notes = discover(args.inputs, exclude=out, patient_labels=config["naming"] == "patient",
                               content_cache=cache)
     _prepare_output(out)
-    with _locked(out):
+    with hold_lock(out, f"--output: another recon batch run is writing to {out}", RuntimeError):
         manifest = load_manifest(out)
         previous = {k: e["name"] for k, e in manifest["studies"].items()
                     if e.get("config_hash") == hashes.get(e.get("kind")) and e.get("name")}

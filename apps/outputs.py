@@ -19,7 +19,7 @@ from pathlib import Path
 from data.hdf5 import atomic_path
 from data.provenance import json_safe
 
-__all__ = ["LOCK", "check_output", "locked_output", "remove_stale_images", "write_metrics"]
+__all__ = ["LOCK", "check_output", "hold_lock", "locked_output", "remove_stale_images", "write_metrics"]
 
 LOCK = ".lock"
 
@@ -31,6 +31,26 @@ def check_output(out: Path) -> None:
 
 
 @contextmanager
+def hold_lock(folder: Path, busy: str, error: type[Exception] = ValueError) -> Iterator[None]:
+    """Hold ``folder/.lock`` (exclusive, non-blocking; the OS releases it if the process dies) while the
+    block runs; ``error(busy)`` when another process holds it. Shared by ``recon ct``, ``mri`` and ``batch``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    with open(folder / LOCK, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise error(busy) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
 def locked_output(out: Path) -> Iterator[Path]:
     """Create ``out`` and hold ``out/.lock`` while the block runs; ``ValueError`` if another run holds it.
 
@@ -38,21 +58,9 @@ def locked_output(out: Path) -> Iterator[Path]:
     """
     check_output(out)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
+    with hold_lock(out, f"--output: another run holds {out} (its {LOCK} is locked); wait for it to end or choose "
+                        "another folder"):
         yield out
-        return
-    with open(out / LOCK, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"--output: another run holds {out} (its {LOCK} is locked); wait for it to end or "
-                             "choose another folder") from None
-        try:
-            yield out
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def remove_stale_images(out: Path, known: Iterable[str], produced: Iterable[str]) -> list[Path]:
