@@ -41,9 +41,10 @@ def check_step(tau, name: str = "tau") -> None:
     """
     if isinstance(tau, torch.Tensor):
         if tau.device.type == "cpu" and not tau.is_complex():
-            bad = tau.detach()[~((tau.detach() >= 0) & (tau.detach() < math.inf))]
-            if bad.numel():
-                raise ValueError(f"{name}: expected finite steps >= 0, got a tensor holding {float(bad[0])}")
+            t = tau.detach()
+            bad = ~((t >= 0) & (t < math.inf))
+            if bool(bad.any()):
+                raise ValueError(f"{name}: expected finite steps >= 0, got a tensor holding {float(t[bad][0])}")
         return
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 <= tau < math.inf:
         raise ValueError(f"{name}: expected a finite step >= 0, got {tau!r}")
