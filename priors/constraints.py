@@ -36,12 +36,19 @@ class Box(Functional):
             raise ValueError(f"lower, upper: expected lower <= upper, got lower={lower}, upper={upper}")
         self.lower, self.upper = lo, hi
 
+    def _check_real(self, x: torch.Tensor) -> None:
+        if x.is_complex():
+            raise TypeError(f"x: {type(self).__name__} bounds real values; got a {x.dtype} tensor (complex numbers "
+                            "have no order: constrain a real image, or drop the constraint for complex ones)")
+
     def value(self, x):
+        self._check_real(x)
         tol = 1e-6 * max(1.0, float(x.detach().abs().max()) if x.numel() else 1.0)
         inside = ((x >= self.lower - tol) & (x <= self.upper + tol)).flatten(1).all(1)
         return torch.where(inside, 0.0, math.inf).to(x.real.dtype)
 
     def _prox(self, x, tau):
+        self._check_real(x)
         return torch.clamp(x, min=None if math.isinf(self.lower) else self.lower,
                            max=None if math.isinf(self.upper) else self.upper)
 

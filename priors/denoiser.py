@@ -153,8 +153,14 @@ class DenoiserPrior(Functional):
         return FixedSigmaDenoiser(self, sigma)
 
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """``D(x, sigma)`` in ``x``'s dtype; ``sigma`` a number or a ``(B,)`` or broadcastable tensor."""
+        """``D(x, sigma)`` in ``x``'s dtype; ``sigma`` a number or a ``(B,)`` or broadcastable tensor.
+        A complex ``x`` (MRI) is denoised as its real and imaginary parts, each at ``sigma``: the prox
+        of ``phi(Re x) + phi(Im x)``, since ``||p - x||^2`` splits into the two parts."""
         _check_batched(x)
+        if x.is_complex():
+            if isinstance(sigma, torch.Tensor) and sigma.ndim > 0 and sigma.shape[0] == x.shape[0] > 1:
+                sigma = torch.cat([sigma, sigma])
+            return torch.complex(*self.denoise(torch.cat([x.real, x.imag]), sigma).chunk(2))
         dtype = _network_dtype(self.denoiser)
         inp = x.to(dtype) if dtype is not None and x.is_floating_point() and x.dtype != dtype else x
         if isinstance(sigma, torch.Tensor):

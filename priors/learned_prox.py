@@ -166,7 +166,8 @@ class LearnedProxPrior(Functional):
 
     ``tau`` is ignored, as in the paper: ``f`` is the prox of one fixed regulariser ``R``
     learned at the training noise level, so the strength is set through the data term's
-    scale and the ADMM penalty ``rho``. No ``value``: ``R`` costs an inner solve
+    scale and the ADMM penalty ``rho``. A complex ``x`` (MRI) gets the prox of ``R(Re x) + R(Im x)``,
+    ``f`` applied to each part. No ``value``: ``R`` costs an inner solve
     (``LearnedProximalNetwork.regulariser``) and would not match a ``tau``-free prox.
 
     With ``patch_size``, ``f`` is applied to overlapping square patches
@@ -210,6 +211,8 @@ class LearnedProxPrior(Functional):
     def _prox(self, x: torch.Tensor, tau) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"x: expected a 4-D tensor (B, C, H, W), got shape {tuple(x.shape)}")
+        if x.is_complex():  # the prox of psi(Re x) + psi(Im x): one real image per part
+            return torch.complex(*self._prox(torch.cat([x.real, x.imag]), tau).chunk(2))
         if self.patch_size is None:
             return self.network(x)
         return patchwise(self.network, x, int(self.patch_size), int(self.stride), self.patch_batch)

@@ -45,9 +45,13 @@ def dual_prox(x: torch.Tensor, tau, K, g: Functional, iterations: int) -> torch.
 
 
 class L1Norm(Functional):
-    r"""``||z||_1``, summed per batch item. Prox: soft thresholding.
+    r"""``||z||_1 = sum |z_i|``, summed per batch item. Prox: soft thresholding.
 
     .. math:: \operatorname{prox}_{\tau\|\cdot\|_1}(z) = \operatorname{sign}(z)\max(|z|-\tau, 0)
+
+    For complex ``z`` (MRI) ``|z_i|`` is the modulus, ``sign(z) = z / |z|``, and the conjugate's
+    prox is the projection onto the unit disc per component, ``z / max(1, |z|)``; for real ``z``
+    it is the clamp to ``[-1, 1]``.
 
     Example:
         >>> import torch
@@ -61,9 +65,13 @@ class L1Norm(Functional):
         return z.abs().flatten(1).sum(1)
 
     def _prox(self, z, tau):
+        if z.is_complex():  # shrink the modulus, keep the phase
+            return z * torch.clamp(1 - tau / torch.clamp(z.abs(), min=1e-30), min=0)
         return torch.sign(z) * torch.clamp(z.abs() - tau, min=0)
 
     def conj_prox(self, z, sigma):
+        if z.is_complex():
+            return z / torch.clamp(z.abs(), min=1.0)
         return torch.clamp(z, -1.0, 1.0)
 
 
