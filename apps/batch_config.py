@@ -56,7 +56,7 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
 }
 #: the parameters each MRI method accepts (passed to ``recon.mri.reconstruct_mri``)
 MRI_METHOD_KEYS: dict[str, tuple[str, ...]] = {"zero-filled": (), "cg-sense": ("iterations",),
-                                               "tv": ("lam", "iterations")}
+                                               "tv": ("lam", "iterations", "isotropic")}
 
 
 def _number(v) -> bool:
@@ -112,6 +112,7 @@ _MRI: dict[str, Check] = {
 _MRI_METHOD: dict[str, Check] = {
     "lam": (lambda v: _number(v) and v >= 0, "a non-negative number"),
     "iterations": (lambda v: _integer(v) and v >= 1, "a positive integer"),
+    "isotropic": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 

@@ -56,6 +56,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=nonneg_int, default=0, help="mask seed (default 0)")
     p.add_argument("--weights", type=Path, default=None, metavar="FILE",
                    help="a score model (`recon train score`) for --method red-diff and diffpir (required for them)")
+    p.add_argument("--anisotropic", action="store_true",
+                   help="--method tv with anisotropic TV (the sum of |differences|, as SigPy and BART) instead of "
+                        "the isotropic default")
     add_run_options(p, MRI_METHODS, ", ".join(CLASSIC), "recon.mri", "cg-sense/tv")
     p.set_defaults(run=run)
 
@@ -110,6 +113,8 @@ def run(args) -> int:
                          "train score --data ... --output DIR`, then --weights DIR/model.safetensors")
     if args.weights is not None and not learned:
         raise ValueError("--weights: only --method red-diff and diffpir use a model")
+    if args.anisotropic and "tv" not in methods:
+        raise ValueError(f"--anisotropic: only --method tv has an anisotropic form; the methods are {', '.join(methods)}")
     model = None if not learned else load_model(args.weights, task="score", device=device)
     y = torch.as_tensor(kspace, device=device)[None]
     A, maps = operator(y, torch.as_tensor(mask, device=device))
@@ -120,7 +125,8 @@ def run(args) -> int:
     with locked_output(args.output):
         for method in methods:
             r = reconstruct_mri(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress,
-                                **({"model": model} if method in learned else {}))
+                                **({"model": model} if method in learned else {}),
+                                **({"isotropic": False} if args.anisotropic and method == "tv" else {}))
             results[method] = r
             metrics[method] = _metrics(A, r, y, ref)
         _write_outputs(args.output, results, metrics, reference, mask, maps, how)

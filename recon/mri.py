@@ -120,7 +120,8 @@ def data_consistency(A, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str = "tv",
                     lam: float | None = None, iterations: int | None = None,
-                    noise_std: float | None = None, progress: bool = False, model=None) -> Reconstruction:
+                    noise_std: float | None = None, progress: bool = False, model=None,
+                    isotropic: bool = True) -> Reconstruction:
     """Reconstruct k-space ``y`` with one of ``MRI_METHODS``.
 
     Args:
@@ -133,6 +134,8 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
         noise_std: k-space noise std for the default ``lam`` (None: estimated).
         progress: progress bar for iterative methods.
         model: the diffusion methods' score model (``recon train score``; a file or a loaded model).
+        isotropic: TV's norm of the complex gradient: per pixel over both directions (True), or the
+            sum of the moduli of each difference (False, anisotropic: SigPy's and BART's TV).
 
     Returns:
         A ``Reconstruction`` whose ``x`` is complex ``(B, 1, H, W)`` (real RSS for zero-filled).
@@ -165,12 +168,17 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
                         f"{getattr(y, 'dtype', type(y).__name__)}")
     if model is not None and method not in DIFFUSION:
         raise ValueError(f"model: only red-diff and diffpir use a trained model, not {method!r}")
-    r = _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model)
+    if not isinstance(isotropic, bool):
+        raise TypeError(f"isotropic: expected True or False, got {isotropic!r}")
+    if not isotropic and method != "tv":
+        raise ValueError(f"isotropic: only method 'tv' has an anisotropic form, not {method!r}")
+    r = _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model, isotropic)
     check_finite_result(r.x, method)
     return r
 
 
-def _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model=None) -> Reconstruction:
+def _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model=None,
+                     isotropic: bool = True) -> Reconstruction:
     """``reconstruct_mri`` once its arguments are checked."""
     data = L2Fidelity(A, y)  # validates y's shape and values against the operator
     start = time.perf_counter()
@@ -186,9 +194,9 @@ def _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model=N
     else:
         rule = "default" if lam is None else "given"
         lam = default_mri_tv_lambda(A, y, noise_std) if lam is None else float(lam)
-        params.update(lam=lam, lam_rule=rule)
+        params.update(lam=lam, lam_rule=rule, isotropic=isotropic)
         solver = ChambollePock(max_iter=n_iter, tol=1e-5, progress=progress)
-        result = solver.run(Problem(data, lam * TV()), A.adjoint(y))
+        result = solver.run(Problem(data, lam * TV(isotropic=isotropic)), A.adjoint(y))
     return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
 
 

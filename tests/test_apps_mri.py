@@ -97,3 +97,18 @@ class TestErrors:
         path = simulated_scan(tmp_path / "scan.h5", size=32, coils=2)
         assert run("--input", path, "--acceleration", 0.5, "--output", tmp_path / "o") == 2
         assert "acceleration" in capsys.readouterr().err
+
+
+def test_anisotropic_tv_from_the_command_line(tmp_path, capsys):
+    path = simulated_scan(tmp_path / "scan.h5", size=48, coils=2)
+    for how, extra in (("iso", ()), ("aniso", ("--anisotropic",))):
+        assert run("--input", path, "--acceleration", 3, "--center-fraction", 0.15, "--method", "tv", *extra,
+                   "--output", tmp_path / how, "--no-progress") == 0
+    with h5py.File(tmp_path / "iso" / "reconstructions.h5") as f, h5py.File(tmp_path / "aniso" / "reconstructions.h5") as g:
+        assert not np.allclose(f["tv"][()], g["tv"][()])  # the flag reached the solver
+    iso, aniso = (json.loads((tmp_path / how / "metrics.json").read_text())["tv"]["psnr"] for how in ("iso", "aniso"))
+    assert aniso > iso - 1.0
+    capsys.readouterr()
+    assert run("--input", path, "--method", "cg-sense", "--anisotropic", "--output", tmp_path / "no") == 2
+    assert "--anisotropic: only --method tv has an anisotropic form" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
