@@ -70,7 +70,7 @@ def add_parser(sub) -> None:
     q.add_argument("--pnp-weights", type=Path, default=None, metavar="FILE",
                    help="pnp: the trained denoiser (required for --method pnp; none is shipped)")
     q.add_argument("--score-weights", type=Path, default=None, metavar="FILE",
-                   help="red-diff, diffpir: the diffusion prior (required for them; none is shipped)")
+                   help="red-diff, diffpir, dpir: the diffusion prior (required for them; none is shipped)")
     q.add_argument("--svtv-weights", type=Path, default=None, metavar="FILE",
                    help="svtv-net: the weight network (default shipped)")
     q.add_argument("--lam", choices=("default", "auto"), default="default",
@@ -225,7 +225,7 @@ def _models(args, methods) -> dict:
         raise ValueError("--pnp-weights: --method pnp needs a trained denoiser (`recon train denoiser`; none is "
                          "shipped)")
     if any(m in methods for m in DIFFUSION) and args.score_weights is None:
-        raise ValueError("--score-weights: --method red-diff and diffpir need a diffusion prior (`recon train "
+        raise ValueError("--score-weights: --method red-diff, diffpir and dpir need a diffusion prior (`recon train "
                          "score`; none is shipped)")
     return {m: load_model(path or builtin(CT_METHOD[task]), task=task) for m, (path, task) in wanted.items()
             if m in methods}

@@ -195,7 +195,8 @@ def run(args) -> int:
     if args.estimate is not None and "svtv" not in methods:
         raise ValueError("--estimate: only the svtv method uses it; add --method svtv")
     models = _models(args.weights or [], methods)
-    for method, task in (("pnp", "denoiser"), ("red-diff", "score"), ("diffpir", "score")):
+    for method, task in (("pnp", "denoiser"), ("red-diff", "score"), ("diffpir", "score"),
+                         ("dpir", "score")):
         if method in methods and method not in models:
             raise ValueError(f"--weights: --method {method} needs a trained {task} model (none is shipped): `recon "
                              f"train {task} --data ... --output DIR`, then --weights DIR/model.safetensors")

@@ -37,7 +37,7 @@ from recon.mri import MRI_METHODS, data_consistency, reconstruct_mri, zero_fille
 
 AXES = {"columns": -1, "rows": -2}
 COLUMNS = ("psnr", "ssim", "data_consistency", "seconds", "iterations")
-CLASSIC = ("zero-filled", "cg-sense", "tv")  # the default methods; red-diff and diffpir need --weights
+CLASSIC = ("zero-filled", "cg-sense", "tv")  # the default methods; red-diff, diffpir and dpir need --weights
 
 
 def add_parser(sub) -> None:
@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
                    help="k-space axis whose lines are skipped by 1-D masks (default columns, as fastMRI)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="mask seed (default 0)")
     p.add_argument("--weights", type=Path, default=None, metavar="FILE",
-                   help="a score model (`recon train score`) for --method red-diff and diffpir (required for them)")
+                   help="a score model (`recon train score`) for --method red-diff, diffpir and dpir (required for them)")
     p.add_argument("--anisotropic", action="store_true",
                    help="--method tv with anisotropic TV (the sum of |differences|, as SigPy and BART) instead of "
                         "the isotropic default")
@@ -112,7 +112,7 @@ def run(args) -> int:
         raise ValueError(f"--weights: --method {learned[0]} needs a trained score model (none is shipped): `recon "
                          "train score --data ... --output DIR`, then --weights DIR/model.safetensors")
     if args.weights is not None and not learned:
-        raise ValueError("--weights: only --method red-diff and diffpir use a model")
+        raise ValueError("--weights: only --method red-diff, diffpir and dpir use a model")
     if args.anisotropic and "tv" not in methods:
         raise ValueError(f"--anisotropic: only --method tv has an anisotropic form; the methods are {', '.join(methods)}")
     model = None if not learned else load_model(args.weights, task="score", device=device)

@@ -1,9 +1,11 @@
-r"""``reconstruct(A, y, "red-diff" | "diffpir", model=...)`` and ``reconstruct_mri`` the same: the
-diffusion solvers on a CT or MRI problem.
+r"""``reconstruct(A, y, "red-diff" | "diffpir" | "dpir", model=...)`` and ``reconstruct_mri`` the same:
+the diffusion solvers on a CT or MRI problem. ``"dpir"`` is DiffPIR without re-noising (annealed
+plug-and-play HQS, ``recon.diffpir``) from the pre-estimate, over the timesteps from
+``DPIR_START`` down to 0 (noise levels 0.72 to 0.01: the pre-estimate's errors, not pure noise).
 
 Both start from a pre-estimate (FBP for CT; for MRI the adjoint, with data and image scaled so that
 its magnitude's 99th percentile is 1) and see the data term ``||A x - y||^2 / (2 ||A||^2)``, so that
-their weights do not depend on the operator's scale (as for the PnP methods). For DiffPIR the
+their weights do not depend on the operator's scale (as for the PnP methods). For DiffPIR and DPIR the
 noise ``nu`` of each real component of the data (given, else estimated) enters as ``nu / ||A||``,
 which makes its ``lam = 1`` the MAP weight: the deterministic limit minimises
 ``||A x - y||^2 / (2 nu^2) + phi(x)`` for a prior ``exp(-phi)``. The model is a ``recon train score``
@@ -24,18 +26,32 @@ from recon.diffpir import DiffPIR
 from recon.problem import Problem
 from recon.red_diff import REDDiff
 
-__all__ = ["DIFFUSION", "DEFAULT_STEPS", "diffusion_reconstruction", "magnitude_p99"]
+__all__ = ["DIFFUSION", "DEFAULT_STEPS", "DPIR_START", "diffusion_reconstruction", "dpir_timesteps", "magnitude_p99"]
 
-DIFFUSION = ("red-diff", "diffpir")
+DIFFUSION = ("red-diff", "diffpir", "dpir")
 #: timesteps of each method when ``iterations`` is None: RED-Diff's reference config, DiffPIR's paper
-DEFAULT_STEPS = {"red-diff": 50, "diffpir": 100}
+DEFAULT_STEPS = {"red-diff": 50, "diffpir": 100, "dpir": 50}
 #: the reference weights: RED-Diff's grad_term_weight; DiffPIR's lambda = 1 is the MAP weight here
-DEFAULT_LAM = {"red-diff": 0.25, "diffpir": 1.0}
+DEFAULT_LAM = {"red-diff": 0.25, "diffpir": 1.0, "dpir": 1.0}
+#: DPIR's first timestep (noise level sigma_200 = 0.72 of the default schedule)
+DPIR_START = 200
 
 
 def magnitude_p99(x: torch.Tensor) -> float:
     """The 99th percentile of ``|x|`` (of its first million values): a robust image maximum."""
     return float(torch.quantile(x.detach().abs().flatten()[:1_000_000].float().cpu(), 0.99))
+
+
+def dpir_timesteps(count: int, start: int = DPIR_START) -> list[int]:
+    """``count`` timesteps evenly spaced from ``start`` down to 0 (fewer when ``count > start + 1``).
+
+    Example:
+        >>> dpir_timesteps(5, 200)
+        [200, 150, 100, 50, 0]
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"iterations: expected a positive integer, got {count!r}")
+    return sorted({round(start * (1 - k / max(count - 1, 1))) for k in range(count)}, reverse=True)
 
 
 def _check_range(x: torch.Tensor, card: dict) -> None:
@@ -49,7 +65,7 @@ def _check_range(x: torch.Tensor, card: dict) -> None:
 def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Tensor, model, lam, iterations,
                              noise: Callable[[], float], progress: bool, start: float):
     """Run ``method`` (one of ``DIFFUSION``) with the loaded ``model`` from ``x_start``; ``noise()`` gives
-    the noise std of each real component of ``y`` (called by DiffPIR only). Returns
+    the noise std of each real component of ``y`` (called by DiffPIR and DPIR only). Returns
     ``(x, n_iter, params, history)``."""
     if lam == "auto":
         raise ValueError(f"lam: 'auto' (the discrepancy principle) is not available for {method}; give a number "
@@ -66,8 +82,10 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Ten
         params["lr"] = solver.lr
     else:
         nu = float(noise())
-        solver = DiffPIR(model.network, noise_std=nu / norm_sq ** 0.5, steps=steps, lam=lam, progress=progress)
-        params.update(noise_std=nu, zeta=solver.zeta)
+        timing = {"steps": steps} if method == "diffpir" else {"renoise": False, "timesteps": dpir_timesteps(steps)}
+        solver = DiffPIR(model.network, noise_std=nu / norm_sq ** 0.5, lam=lam, progress=progress, **timing)
+        params.update(noise_std=nu, **({"zeta": solver.zeta} if method == "diffpir" else
+                                       {"sigma_start": float(solver.schedule.sigma(solver.timesteps[0]))}))
     result = solver.run(problem, x_start)
     params["seconds_per_step"] = (time.perf_counter() - start) / max(result.n_iter, 1)
     return result.x, result.n_iter, params, result.history

@@ -40,7 +40,7 @@ BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256"}
 #: the reconstruction method (``recon.reconstruct``) that uses a model of each task
 CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff"}
 #: every method a model of each task serves (a score model: both diffusion solvers)
-CT_METHODS = {**{task: (method,) for task, method in CT_METHOD.items()}, "score": ("red-diff", "diffpir")}
+CT_METHODS = {**{task: (method,) for task, method in CT_METHOD.items()}, "score": ("red-diff", "diffpir", "dpir")}
 #: the card settings ``recon.reconstruct`` uses, each with its check (other card entries are records only):
 #: iteration counts are bounded so that a card cannot ask for days of work
 CARD_SETTINGS = {

@@ -90,7 +90,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             from ``estimate``), ``"graphla-fbp"``, ``"graphla-tik"`` or ``"graphla-tv"``
             (graph-Laplacian prior built from FBP, Tikhonov or TV), ``"lpn"`` (PnP-ADMM with a learned
             proximal network, started from FBP), ``"pnp"`` (the same with a trained denoiser),
-            ``"red-diff"`` or ``"diffpir"`` (a diffusion prior, ``recon.diffusion_recon``).
+            ``"red-diff"``, ``"diffpir"`` or ``"dpir"`` (a diffusion prior, ``recon.diffusion_recon``).
         lam: the weight: a number, None for the default rule (``default_lambda``), or ``"auto"``
             for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)`` (one weight per batch
             item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate).
@@ -110,7 +110,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             learned proximal network (None: the shipped one, ``recon.models.builtin("lpn")``); for
             ``"svtv"`` a weight network (task ``svtv-weights``) whose predicted ``|grad x|`` from the
             FBP replaces ``estimate``; for ``"pnp"`` a denoiser (task ``denoiser``, required); for
-            ``"red-diff"`` and ``"diffpir"`` a diffusion prior (task ``score``, required; ``lam`` is
+            ``"red-diff"``, ``"diffpir"`` and ``"dpir"`` a diffusion prior (task ``score``, required; ``lam`` is
             their weight and ``iterations`` their number of timesteps). For
             ``"lpn"`` and ``"pnp"``, ``lam`` is the ADMM penalty ``rho`` (the prior's
             weight against the data term ``||A x - y||^2 / (2 ||A||^2)``; default: the card's).
@@ -159,7 +159,7 @@ def _check_parameters(method, lam, iterations, noise_std, estimate, model, **num
     if estimate is not None and method not in ADAPTIVE:
         raise ValueError(f"estimate: only svtv and graphla-* use a pre-estimate, not {method!r}")
     if model is not None and method not in ("svtv", *PNP, *DIFFUSION):
-        raise ValueError(f"model: only lpn, pnp, svtv, red-diff and diffpir use a trained model, not {method!r}")
+        raise ValueError(f"model: only lpn, pnp, svtv, red-diff, diffpir and dpir use a trained model, not {method!r}")
     if model is not None and estimate is not None:
         raise ValueError("estimate: svtv takes its weights from the model or from a pre-estimate, not both")
 

@@ -32,7 +32,7 @@ def model():
     return TrainedModel("score", build_network("score", ARCH), {"trained_on": "images in [0, 1]"})
 
 
-@pytest.mark.parametrize("method, lam", [("red-diff", 0.25), ("diffpir", 1.0)])
+@pytest.mark.parametrize("method, lam", [("red-diff", 0.25), ("diffpir", 1.0), ("dpir", 1.0)])
 def test_diffusion_methods_run_seeded_with_their_reference_defaults(problem, model, method, lam):
     A, y = problem
     r = reconstruct(A, y, method, model=model, iterations=5)
@@ -40,6 +40,25 @@ def test_diffusion_methods_run_seeded_with_their_reference_defaults(problem, mod
     assert r.parameters["lam"] == lam and r.parameters["data_scale"] == pytest.approx(1 / float(A.norm()) ** 2)
     assert torch.equal(r.x, reconstruct(A, y, method, model=model, iterations=5).x)
     assert not torch.equal(r.x, reconstruct(A, y, method, model=model, iterations=5, lam=2 * lam).x)
+
+
+def test_dpir_is_diffpir_without_renoising_from_fbp_over_the_low_noise_timesteps(problem, model):
+    from priors import L2Fidelity
+    from recon.diffpir import DiffPIR
+    from recon.diffusion_recon import DPIR_START, dpir_timesteps
+    from recon.fbp import fbp
+    from recon.problem import Problem
+
+    A, y = problem
+    r = reconstruct(A, y, "dpir", model=model, iterations=6, noise_std=0.02)
+    assert dpir_timesteps(6) == [DPIR_START, 160, 120, 80, 40, 0] and r.parameters["sigma_start"] == pytest.approx(0.7236,
+                                                                                                                  abs=1e-4)
+    norm_sq = float(A.norm()) ** 2
+    solver = DiffPIR(model.network, noise_std=0.02 / norm_sq ** 0.5, lam=1.0, renoise=False,
+                     timesteps=dpir_timesteps(6))
+    torch.testing.assert_close(r.x, solver.run(Problem((1 / norm_sq) * L2Fidelity(A, y)), fbp(A, y)).x)
+    with pytest.raises(ValueError, match="iterations: expected a positive integer, got 0"):
+        dpir_timesteps(0)
 
 
 def test_diffusion_methods_need_a_score_model(problem, tmp_path):
@@ -65,8 +84,9 @@ def test_recon_ct_runs_both_diffusion_methods_with_one_score_model(tmp_path, cap
     out = tmp_path / "out"
     argv = ["ct", "--phantom", "shepp-logan", "--size", "32", "--views", "12", "--no-progress", "--iterations", "3",
             "--output", str(out)]
-    assert main([*argv, "--method", "red-diff", "--method", "diffpir", "--weights", str(weights)]) == 0
-    assert set(json.loads((out / "metrics.json").read_text())) == {"red-diff", "diffpir"}
+    assert main([*argv, "--method", "red-diff", "--method", "diffpir", "--method", "dpir", "--weights",
+                 str(weights)]) == 0
+    assert set(json.loads((out / "metrics.json").read_text())) == {"red-diff", "diffpir", "dpir"}
     assert main([*argv, "--method", "diffpir"]) == 2
     assert "--method diffpir needs a trained score model" in capsys.readouterr().err
 
@@ -78,11 +98,11 @@ def test_reconstruct_mri_runs_the_diffusion_methods_on_complex_images(model):
     A = CartesianMRI(random_mask((32, 32), 4, 0.08, seed=0))
     y = A(shepp_logan(32).to(torch.complex64))
     y = y + 0.01 * A(torch.randn(1, 1, 32, 32, dtype=torch.complex64, generator=torch.Generator().manual_seed(1)))
-    for method in ("red-diff", "diffpir"):
+    for method in ("red-diff", "diffpir", "dpir"):
         r = reconstruct_mri(A, y, method, model=model, iterations=4)
         assert r.x.shape == (1, 1, 32, 32) and r.x.is_complex() and bool(torch.isfinite(r.x).all())
         assert r.parameters["scale"] > 0 and r.iterations == 4
-    with pytest.raises(ValueError, match="model: only red-diff and diffpir use a trained model, not 'tv'"):
+    with pytest.raises(ValueError, match="model: only red-diff, diffpir and dpir use a trained model, not 'tv'"):
         reconstruct_mri(A, y, "tv", model=model)
 
 
