@@ -2,6 +2,9 @@ r"""``reconstruct(A, y, "red-diff" | "diffpir" | "dpir", model=...)`` and ``reco
 the diffusion solvers on a CT or MRI problem. ``"dpir"`` is DiffPIR without re-noising (annealed
 plug-and-play HQS, ``recon.diffpir``) from the pre-estimate, over the timesteps from
 ``DPIR_START`` down to 0 (noise levels 0.72 to 0.01: the pre-estimate's errors, not pure noise).
+A model card's table for the method (``"dpir": {"lam", "steps", "start"}``, ``"diffpir": {"lam",
+"zeta", "steps"}``, ``"red-diff": {"lam", "lr", "steps"}``: the settings tuned for that model)
+replaces these defaults; ``lam`` and ``iterations`` given replace both.
 
 Both start from a pre-estimate (FBP for CT; for MRI the adjoint, with data and image scaled so that
 its magnitude's 99th percentile is 1) and see the data term ``||A x - y||^2 / (2 ||A||^2)``, so that
@@ -70,20 +73,26 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Ten
     if lam == "auto":
         raise ValueError(f"lam: 'auto' (the discrepancy principle) is not available for {method}; give a number "
                          "or None")
-    lam = DEFAULT_LAM[method] if lam is None else float(lam)
-    steps = int(iterations or DEFAULT_STEPS[method])
+    tuned = model.card.get(method, {})  # checked by load_model (recon.models.CARD_SETTINGS)
+    lam = float(tuned.get("lam", DEFAULT_LAM[method])) if lam is None else float(lam)
+    steps = int(iterations or tuned.get("steps", DEFAULT_STEPS[method]))
     _check_range(x_start, model.card)
     norm_sq = float(A.norm()) ** 2
     problem = Problem((1.0 / norm_sq) * L2Fidelity(A, y))
     params = {"iterations": steps, "lam": lam, "data_scale": 1.0 / norm_sq,
-              "weights": str(model.path) if model.path is not None else "in memory"}
+              "weights": str(model.path) if model.path is not None else "in memory",
+              "settings": "the model card's" if tuned else "defaults"}
     if method == "red-diff":
-        solver = REDDiff(model.network, steps=steps, lam=lam, progress=progress)
+        extra = {"lr": tuned["lr"]} if "lr" in tuned else {}
+        solver = REDDiff(model.network, steps=steps, lam=lam, progress=progress, **extra)
         params["lr"] = solver.lr
     else:
         nu = float(noise())
-        timing = {"steps": steps} if method == "diffpir" else {"renoise": False, "timesteps": dpir_timesteps(steps)}
-        solver = DiffPIR(model.network, noise_std=nu / norm_sq ** 0.5, lam=lam, progress=progress, **timing)
+        if method == "diffpir":
+            extra = {"steps": steps, **({"zeta": tuned["zeta"]} if "zeta" in tuned else {})}
+        else:
+            extra = {"renoise": False, "timesteps": dpir_timesteps(steps, int(tuned.get("start", DPIR_START)))}
+        solver = DiffPIR(model.network, noise_std=nu / norm_sq ** 0.5, lam=lam, progress=progress, **extra)
         params.update(noise_std=nu, **({"zeta": solver.zeta} if method == "diffpir" else
                                        {"sigma_start": float(solver.schedule.sigma(solver.timesteps[0]))}))
     result = solver.run(problem, x_start)

@@ -123,3 +123,21 @@ def test_the_missing_model_message_names_the_method_asked_for(problem):
     A, y = problem
     with pytest.raises(ValueError, match=r"model: diffpir needs a trained score"):
         reconstruct(A, y, "diffpir")
+
+
+def test_a_cards_tuned_settings_replace_the_defaults_and_are_checked(problem, model, tmp_path):
+    from recon.models import load_model
+
+    A, y = problem
+    card = {**model.card, "dpir": {"lam": 0.5, "steps": 4, "start": 100}, "red-diff": {"lam": 0.05, "lr": 0.03}}
+    tuned = TrainedModel("score", model.network, card)
+    r = reconstruct(A, y, "dpir", model=tuned, noise_std=0.02)
+    assert (r.iterations, r.parameters["lam"], r.parameters["settings"]) == (4, 0.5, "the model card's")
+    assert r.parameters["sigma_start"] == pytest.approx(0.3423, abs=1e-4)  # timestep 100
+    assert reconstruct(A, y, "dpir", model=tuned, noise_std=0.02, lam=2.0, iterations=3).parameters["lam"] == 2.0
+    red = reconstruct(A, y, "red-diff", model=tuned, iterations=2)
+    assert (red.parameters["lam"], red.parameters["lr"]) == (0.05, 0.03)
+    weights = tmp_path / "bad.safetensors"
+    save_model(weights, model.network, "score", ARCH, dpir={"steps": 5000})
+    with pytest.raises(ValueError, match=r"bad.json: dpir.steps: expected an integer in \[1, 1000\], got 5000"):
+        load_model(weights, task="score")
