@@ -3,8 +3,8 @@ the diffusion solvers on a CT or MRI problem. ``"dpir"`` is DiffPIR without re-n
 plug-and-play HQS, ``recon.diffpir``) from the pre-estimate, over the timesteps from
 ``DPIR_START`` down to 0 (noise levels 0.72 to 0.01: the pre-estimate's errors, not pure noise).
 A model card's table for the method (``"dpir": {"lam", "steps", "start"}``, ``"diffpir": {"lam",
-"zeta", "steps"}``, ``"red-diff": {"lam", "lr", "steps"}``: the settings tuned for that model)
-replaces these defaults; ``lam`` and ``iterations`` given replace both.
+"zeta", "steps"}``, ``"red-diff": {"lam", "lr", "steps", "start"}``: the settings tuned for that
+model) replaces these defaults; ``lam`` and ``iterations`` given replace both.
 
 Both start from a pre-estimate (FBP for CT; for MRI the adjoint, with data and image scaled so that
 its magnitude's 99th percentile is 1) and see the data term ``||A x - y||^2 / (2 ||A||^2)``, so that
@@ -13,7 +13,8 @@ noise ``nu`` of each real component of the data (given, else estimated) enters a
 which makes its ``lam = 1`` the MAP weight: the deterministic limit minimises
 ``||A x - y||^2 / (2 nu^2) + phi(x)`` for a prior ``exp(-phi)``. The model is a ``recon train score``
 model (task ``"score"``); images are expected in the range it was trained on (its card's
-``trained_on``): a pre-estimate far outside ``[0, 1]`` warns with that range.
+``trained_on``): a pre-estimate whose 99th percentile is far outside it (below 0.1 or above 3, e.g.
+CT in 1/mm) is reconstructed divided by that percentile and scaled back, with a warning.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from priors.data import L2Fidelity
+from priors.diffusion import VPSchedule
 from recon.diffpir import DiffPIR
 from recon.problem import Problem
 from recon.red_diff import REDDiff
@@ -57,12 +59,15 @@ def dpir_timesteps(count: int, start: int = DPIR_START) -> list[int]:
     return sorted({round(start * (1 - k / max(count - 1, 1))) for k in range(count)}, reverse=True)
 
 
-def _check_range(x: torch.Tensor, card: dict) -> None:
+def _range_scale(x: torch.Tensor, card: dict) -> float:
+    """1, or the pre-estimate's 99th percentile when that is far from the trained range (with a warning)."""
     high = magnitude_p99(x)
-    if not 0.1 <= high <= 3.0:
-        warnings.warn(f"the pre-estimate's 99th percentile is {high:.3g}, far from the range the model was trained on "
-                      f"({card.get('trained_on', 'images in [0, 1]')}); scale the data so that images lie in it",
-                      UserWarning, stacklevel=4)
+    if 0.1 <= high <= 3.0 or high == 0:
+        return 1.0
+    warnings.warn(f"the pre-estimate's 99th percentile is {high:.3g}, far from the range the model was trained on "
+                  f"({card.get('trained_on', 'images in [0, 1]')}); reconstructing the data divided by {high:.3g} and "
+                  "scaling the result back", UserWarning, stacklevel=4)
+    return high
 
 
 def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Tensor, model, lam, iterations,
@@ -76,18 +81,21 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Ten
     tuned = model.card.get(method, {})  # checked by load_model (recon.models.CARD_SETTINGS)
     lam = float(tuned.get("lam", DEFAULT_LAM[method])) if lam is None else float(lam)
     steps = int(iterations or tuned.get("steps", DEFAULT_STEPS[method]))
-    _check_range(x_start, model.card)
+    scale = _range_scale(x_start, model.card)  # e.g. CT in 1/mm with a model of images in [0, 1]
+    y, x_start = y / scale, x_start / scale
     norm_sq = float(A.norm()) ** 2
     problem = Problem((1.0 / norm_sq) * L2Fidelity(A, y))
     params = {"iterations": steps, "lam": lam, "data_scale": 1.0 / norm_sq,
               "weights": str(model.path) if model.path is not None else "in memory",
-              "settings": "the model card's" if tuned else "defaults"}
+              "settings": "the model card's" if tuned else "defaults", "scale": scale}
     if method == "red-diff":
         extra = {"lr": tuned["lr"]} if "lr" in tuned else {}
+        if "start" in tuned:  # RED-Diff's timesteps below the card's start instead of below T
+            extra["timesteps"] = VPSchedule().timesteps(min(steps, tuned["start"]), tuned["start"])
         solver = REDDiff(model.network, steps=steps, lam=lam, progress=progress, **extra)
         params["lr"] = solver.lr
     else:
-        nu = float(noise())
+        nu = float(noise()) / scale
         if method == "diffpir":
             extra = {"steps": steps, **({"zeta": tuned["zeta"]} if "zeta" in tuned else {})}
         else:
@@ -97,4 +105,4 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Ten
                                        {"sigma_start": float(solver.schedule.sigma(solver.timesteps[0]))}))
     result = solver.run(problem, x_start)
     params["seconds_per_step"] = (time.perf_counter() - start) / max(result.n_iter, 1)
-    return result.x, result.n_iter, params, result.history
+    return result.x * scale, result.n_iter, params, result.history

@@ -61,10 +61,10 @@ def test_dpir_is_diffpir_without_renoising_from_fbp_over_the_low_noise_timesteps
         dpir_timesteps(0)
 
 
-def test_diffusion_methods_need_a_score_model(problem, tmp_path):
+def test_diffusion_methods_default_to_the_shipped_model_and_refuse_other_tasks(problem, tmp_path):
     A, y = problem
-    with pytest.raises(ValueError, match=r"needs a trained score .*recon train score"):
-        reconstruct(A, y, "red-diff")
+    r = reconstruct(A, y, "red-diff", iterations=2)
+    assert r.parameters["weights"].endswith("score_ct128.safetensors")
     lpn = TrainedModel("lpn", build_network("lpn", {"hidden": 4, "strides": [1]}), {})
     with pytest.raises(ValueError, match="expected a 'score' model, got a 'lpn' model"):
         reconstruct(A, y, "diffpir", model=lpn)
@@ -72,10 +72,19 @@ def test_diffusion_methods_need_a_score_model(problem, tmp_path):
         reconstruct(A, y, "diffpir", model=TrainedModel("score", build_network("score", ARCH), {}), lam="auto")
 
 
-def test_an_image_outside_the_trained_range_warns(problem, model):
+def test_an_image_outside_the_trained_range_warns_and_is_reconstructed_scaled(problem, model):
+    from recon.diffusion_recon import magnitude_p99
+    from recon.fbp import fbp
+
     A, y = problem
-    with pytest.warns(UserWarning, match=r"far from the range the model was trained on \(images in \[0, 1\]\)"):
-        reconstruct(A, 100 * y, "red-diff", model=model, iterations=2)
+    with pytest.warns(UserWarning, match=r"far from the range the model was trained on \(images in \[0, 1\]\); "
+                                         r"reconstructing the data divided by"):
+        r = reconstruct(A, 100 * y, "dpir", model=model, iterations=3, noise_std=2.0)
+    scale = r.parameters["scale"]
+    assert scale == pytest.approx(magnitude_p99(fbp(A, 100 * y)))
+    inside = reconstruct(A, 100 * y / scale, "dpir", model=model, iterations=3, noise_std=2.0 / scale)
+    assert inside.parameters["scale"] == 1.0
+    torch.testing.assert_close(r.x, scale * inside.x, rtol=0, atol=2e-3 * scale)  # float32 CG, 3 steps
 
 
 def test_recon_ct_runs_both_diffusion_methods_with_one_score_model(tmp_path, capsys, model):
@@ -87,8 +96,9 @@ def test_recon_ct_runs_both_diffusion_methods_with_one_score_model(tmp_path, cap
     assert main([*argv, "--method", "red-diff", "--method", "diffpir", "--method", "dpir", "--weights",
                  str(weights)]) == 0
     assert set(json.loads((out / "metrics.json").read_text())) == {"red-diff", "diffpir", "dpir"}
-    assert main([*argv, "--method", "diffpir"]) == 2
-    assert "--method diffpir needs a trained score model" in capsys.readouterr().err
+    shipped = [*argv[:-1], str(tmp_path / "shipped")]
+    assert main([*shipped, "--method", "diffpir"]) == 0  # the shipped model
+    assert json.loads((tmp_path / "shipped" / "metrics.json").read_text())["diffpir"]["iterations"] == 3
 
 
 def test_reconstruct_mri_runs_the_diffusion_methods_on_complex_images(model):
@@ -106,27 +116,33 @@ def test_reconstruct_mri_runs_the_diffusion_methods_on_complex_images(model):
         reconstruct_mri(A, y, "tv", model=model)
 
 
-def test_recon_mri_needs_weights_for_the_diffusion_methods(tmp_path, capsys):
+def test_recon_mri_diffusion_methods_use_the_shipped_model_or_the_weights_given(tmp_path, capsys):
     from data.mri import write_kspace
     from tests.mri_helpers import coil_head, noisy_kspace
 
     maps, phantom = coil_head(32, 1)
     write_kspace(tmp_path / "scan.h5", noisy_kspace(maps * phantom, 0.01, 0))
     argv = ["mri", "--input", str(tmp_path / "scan.h5"), "--no-progress", "--output", str(tmp_path / "o")]
-    assert main([*argv, "--method", "diffpir"]) == 2
-    assert "--method diffpir needs a trained score model" in capsys.readouterr().err
+    assert main([*argv, "--method", "diffpir", "--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert "none.safetensors" in capsys.readouterr().err
+    assert main([*argv[:-1], str(tmp_path / "d"), "--method", "dpir", "--iterations", "3"]) == 0
+    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["dpir"]["iterations"] == 3
     assert main(argv) == 0  # the default methods need no model
     assert set(json.loads((tmp_path / "o" / "metrics.json").read_text())) == {"zero-filled", "cg-sense", "tv"}
 
 
 def test_the_missing_model_message_names_the_method_asked_for(problem):
     A, y = problem
-    with pytest.raises(ValueError, match=r"model: diffpir needs a trained score"):
-        reconstruct(A, y, "diffpir")
+    with pytest.raises(ValueError, match=r"model: pnp needs a trained denoiser"):
+        reconstruct(A, y, "pnp")
 
 
 def test_a_cards_tuned_settings_replace_the_defaults_and_are_checked(problem, model, tmp_path):
+    from priors import L2Fidelity
+    from recon.fbp import fbp
     from recon.models import load_model
+    from recon.problem import Problem
+    from recon.red_diff import REDDiff
 
     A, y = problem
     card = {**model.card, "dpir": {"lam": 0.5, "steps": 4, "start": 100}, "red-diff": {"lam": 0.05, "lr": 0.03}}
@@ -137,6 +153,12 @@ def test_a_cards_tuned_settings_replace_the_defaults_and_are_checked(problem, mo
     assert reconstruct(A, y, "dpir", model=tuned, noise_std=0.02, lam=2.0, iterations=3).parameters["lam"] == 2.0
     red = reconstruct(A, y, "red-diff", model=tuned, iterations=2)
     assert (red.parameters["lam"], red.parameters["lr"]) == (0.05, 0.03)
+    card["red-diff"]["start"] = 200  # two timesteps below 200: 100 and 0
+    solver = REDDiff(model.network, lam=0.05, lr=0.03, timesteps=[100, 0])
+    norm_sq = float(A.norm()) ** 2
+    torch.testing.assert_close(reconstruct(A, y, "red-diff", model=TrainedModel("score", model.network, card),
+                                           iterations=2).x,
+                               solver.run(Problem((1 / norm_sq) * L2Fidelity(A, y)), fbp(A, y)).x)
     weights = tmp_path / "bad.safetensors"
     save_model(weights, model.network, "score", ARCH, dpir={"steps": 5000})
     with pytest.raises(ValueError, match=r"bad.json: dpir.steps: expected an integer in \[1, 1000\], got 5000"):
