@@ -13,7 +13,8 @@ the TV reconstruction as their pre-estimate, and their time includes it. The lea
 the shipped models unless ``--lpn-weights`` / ``--svtv-weights`` name others: ``lpn`` (PnP-ADMM
 with the learned proximal network), ``svtv-net`` (SV-TV with the weight network's edge map) and,
 for comparison, ``svtv-fbp`` (SV-TV with FBP as the pre-estimate); ``pnp`` is PnP-ADMM with the
-denoiser ``--pnp-weights`` (none is shipped).
+denoiser ``--pnp-weights`` (none is shipped); ``red-diff``, ``diffpir`` and ``dpir`` use the shipped
+diffusion prior unless ``--score-weights`` names another.
 
 Writes ``<output>/quality.json`` (settings, per-case metrics, mean and std per dataset),
 ``quality.md`` (the table), ``quality.png`` (Shepp-Logan and the first HTC2022 case), and
@@ -70,7 +71,7 @@ def add_parser(sub) -> None:
     q.add_argument("--pnp-weights", type=Path, default=None, metavar="FILE",
                    help="pnp: the trained denoiser (required for --method pnp; none is shipped)")
     q.add_argument("--score-weights", type=Path, default=None, metavar="FILE",
-                   help="red-diff, diffpir, dpir: the diffusion prior (required for them; none is shipped)")
+                   help="red-diff, diffpir, dpir: the diffusion prior (default shipped)")
     q.add_argument("--svtv-weights", type=Path, default=None, metavar="FILE",
                    help="svtv-net: the weight network (default shipped)")
     q.add_argument("--lam", choices=("default", "auto"), default="default",
@@ -224,11 +225,8 @@ def _models(args, methods) -> dict:
     if "pnp" in methods and args.pnp_weights is None:
         raise ValueError("--pnp-weights: --method pnp needs a trained denoiser (`recon train denoiser`; none is "
                          "shipped)")
-    if any(m in methods for m in DIFFUSION) and args.score_weights is None:
-        raise ValueError("--score-weights: --method red-diff, diffpir and dpir need a diffusion prior (`recon train "
-                         "score`; none is shipped)")
-    return {m: load_model(path or builtin(CT_METHOD[task]), task=task) for m, (path, task) in wanted.items()
-            if m in methods}
+    return {m: load_model(path or builtin("score" if task == "score" else CT_METHOD[task]), task=task)
+            for m, (path, task) in wanted.items() if m in methods}
 
 
 def summarise(per_case: dict, methods) -> dict:

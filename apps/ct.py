@@ -53,7 +53,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", action="append", metavar="FILE", default=None,
                    help="trained model (.safetensors with its .json card; repeatable): an LPN for --method lpn "
                         "(default: the shipped one), an SV-TV weight network for --method svtv (replaces "
-                        "--estimate), a denoiser for --method pnp (required: none is shipped); 'lpn' and 'svtv' "
+                        "--estimate), a denoiser for --method pnp (required: none is shipped), a score model for "
+                        "--method red-diff, diffpir and dpir (default: the shipped one); 'lpn', 'svtv' and 'score' "
                         "name the shipped models")
     add_run_options(p, METHODS, "fbp and tv", "recon.reconstruct", "the iterative methods", auto_lam=True)
     p.set_defaults(run=run)
@@ -195,11 +196,9 @@ def run(args) -> int:
     if args.estimate is not None and "svtv" not in methods:
         raise ValueError("--estimate: only the svtv method uses it; add --method svtv")
     models = _models(args.weights or [], methods)
-    for method, task in (("pnp", "denoiser"), ("red-diff", "score"), ("diffpir", "score"),
-                         ("dpir", "score")):
-        if method in methods and method not in models:
-            raise ValueError(f"--weights: --method {method} needs a trained {task} model (none is shipped): `recon "
-                             f"train {task} --data ... --output DIR`, then --weights DIR/model.safetensors")
+    if "pnp" in methods and "pnp" not in models:
+        raise ValueError("--weights: --method pnp needs a trained denoiser model (none is shipped): `recon train "
+                         "denoiser --data ... --output DIR`, then --weights DIR/model.safetensors")
     if args.estimate is not None and "svtv" in models:
         raise ValueError("--estimate: svtv takes its weights from --weights or from --estimate, not both")
     results, metrics = {}, {}

@@ -32,7 +32,7 @@ from operators.coils import calibration_region, espirit_maps
 from operators.masks import MASK_TYPES, acceleration_of, make_mask
 from operators.mri import CartesianMRI, MultiCoilMRI
 from recon.metrics import psnr, ssim
-from recon.models import load_model
+from recon.models import builtin, load_model
 from recon.mri import MRI_METHODS, data_consistency, reconstruct_mri, zero_filled
 
 AXES = {"columns": -1, "rows": -2}
@@ -55,7 +55,8 @@ def add_parser(sub) -> None:
                    help="k-space axis whose lines are skipped by 1-D masks (default columns, as fastMRI)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="mask seed (default 0)")
     p.add_argument("--weights", type=Path, default=None, metavar="FILE",
-                   help="a score model (`recon train score`) for --method red-diff, diffpir and dpir (required for them)")
+                   help="a score model (`recon train score`) for --method red-diff, diffpir and dpir (default: the "
+                        "shipped one, recon/weights/score_ct128)")
     p.add_argument("--anisotropic", action="store_true",
                    help="--method tv with anisotropic TV (the sum of |differences|, as SigPy and BART) instead of "
                         "the isotropic default")
@@ -108,14 +109,11 @@ def run(args) -> int:
     kspace, mask, reference, how = prepare(data, args)
     methods = list(dict.fromkeys(args.method or list(CLASSIC)))
     learned = [m for m in methods if m not in CLASSIC]
-    if learned and args.weights is None:
-        raise ValueError(f"--weights: --method {learned[0]} needs a trained score model (none is shipped): `recon "
-                         "train score --data ... --output DIR`, then --weights DIR/model.safetensors")
     if args.weights is not None and not learned:
         raise ValueError("--weights: only --method red-diff, diffpir and dpir use a model")
     if args.anisotropic and "tv" not in methods:
         raise ValueError(f"--anisotropic: only --method tv has an anisotropic form; the methods are {', '.join(methods)}")
-    model = None if not learned else load_model(args.weights, task="score", device=device)
+    model = None if not learned else load_model(args.weights or builtin("score"), task="score", device=device)
     y = torch.as_tensor(kspace, device=device)[None]
     A, maps = operator(y, torch.as_tensor(mask, device=device))
     A = A.to(device)

@@ -9,7 +9,8 @@ network would not fit in memory (``network_memory_bytes``, counted before anythi
 settings out of range (``CARD_SETTINGS``), or weights that do not fit the architecture or hold NaN or
 Inf raise a ``ValueError`` naming the file (and the card key or tensor).
 
-Shipped models live in ``recon/weights/`` (``builtin``): ``lpn_ct256`` and ``svtv_weights_ct256``.
+Shipped models live in ``recon/weights/`` (``builtin``): ``lpn_ct256``, ``svtv_weights_ct256`` and
+``score_ct128`` (the diffusion prior of ``red-diff``, ``diffpir`` and ``dpir``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "lo
 TASKS = ("lpn", "svtv-weights", "denoiser", "score")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the models shipped with recon: name (the reconstruction method using it) -> file stem in recon/weights
-BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256"}
+BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256", "score": "score_ct128"}  # score: red-diff, diffpir, dpir
 #: the reconstruction method (``recon.reconstruct``) that uses a model of each task
 CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff"}
 #: every method a model of each task serves (a score model: both diffusion solvers)
@@ -51,7 +52,7 @@ CARD_SETTINGS = {
              "spread": lambda n, v: check_integer(n, v, 0, 100), "lam_factor": lambda n, v: check_number(n, v)},
     # a score model's tuned solver settings (recon.diffusion_recon), one table per method
     "red-diff": {"lam": lambda n, v: check_number(n, v, strict=False), "lr": lambda n, v: check_number(n, v),
-                 "steps": lambda n, v: check_integer(n, v, 1, 1000)},
+                 "steps": lambda n, v: check_integer(n, v, 1, 1000), "start": lambda n, v: check_integer(n, v, 1, 1000)},
     "diffpir": {"lam": lambda n, v: check_number(n, v), "zeta": lambda n, v: check_number(n, v, strict=False, below=1.0001),
                 "steps": lambda n, v: check_integer(n, v, 1, 1000)},
     "dpir": {"lam": lambda n, v: check_number(n, v), "steps": lambda n, v: check_integer(n, v, 1, 1000),
@@ -191,7 +192,7 @@ def save_model(path: str | os.PathLike, network: torch.nn.Module, task: str, arc
 
 
 def builtin(name: str) -> Path:
-    """The weights file of a shipped model: ``"lpn"`` or ``"svtv"`` (see ``BUILTIN``)."""
+    """The weights file of a shipped model: ``"lpn"``, ``"svtv"`` or ``"score"`` (see ``BUILTIN``)."""
     if name not in BUILTIN:
         raise ValueError(f"name: expected one of the shipped models {', '.join(BUILTIN)}, got {name!r}")
     return WEIGHTS_DIR / f"{BUILTIN[name]}.safetensors"

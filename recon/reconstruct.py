@@ -11,7 +11,9 @@ Tikhonov, TV, or any callable such as a trained network) and build the prior fro
 (``model=``, ``recon train svtv-weights``) builds the weights from the network's prediction of
 ``|grad x|`` instead. ``"lpn"`` is plug-and-play ADMM with a learned proximal network
 (``recon train lpn``; the shipped ``recon/weights/lpn_ct256`` by default), ``"pnp"`` the same with
-a trained denoiser (``recon train denoiser``; none is shipped).
+a trained denoiser (``recon train denoiser``; none is shipped). ``"red-diff"``, ``"diffpir"`` and
+``"dpir"`` use a diffusion prior (``recon train score``; the shipped ``recon/weights/score_ct128`` by
+default).
 ``lam="auto"`` chooses the weight by the discrepancy principle (``recon.discrepancy``).
 """
 
@@ -110,7 +112,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             learned proximal network (None: the shipped one, ``recon.models.builtin("lpn")``); for
             ``"svtv"`` a weight network (task ``svtv-weights``) whose predicted ``|grad x|`` from the
             FBP replaces ``estimate``; for ``"pnp"`` a denoiser (task ``denoiser``, required); for
-            ``"red-diff"``, ``"diffpir"`` and ``"dpir"`` a diffusion prior (task ``score``, required; ``lam`` is
+            ``"red-diff"``, ``"diffpir"`` and ``"dpir"`` a diffusion prior (task ``score``; None: the shipped one; ``lam`` is
             their weight and ``iterations`` their number of timesteps). For
             ``"lpn"`` and ``"pnp"``, ``lam`` is the ADMM penalty ``rho`` (the prior's
             weight against the data term ``||A x - y||^2 / (2 ||A||^2)``; default: the card's).
@@ -272,7 +274,7 @@ def _load(model, task: str, device, method: str | None = None):
     from recon.models import BUILTIN, CT_METHOD, TrainedModel, builtin, load_model
 
     if model is None:
-        method = method or CT_METHOD[task]
+        method = "score" if task == "score" else method or CT_METHOD[task]
         if method not in BUILTIN:
             raise ValueError(f"model: {method} needs a trained {task} (none is shipped): train one with `recon train "
                              f"{task} --data ... --output DIR` and pass DIR/model.safetensors")

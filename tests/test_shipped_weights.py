@@ -25,10 +25,10 @@ def test_shipped_model_is_small_and_carries_its_card(name):
     assert path.is_file() and path.stat().st_size <= MAX_BYTES
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["command"].startswith("recon train ")
-    assert card["data"]["source"] == "ellipses" and card["steps"] > 0
+    assert card["data"]["source"] in ("ellipses", "ellipses+coule") and card["steps"] > 0
     assert all(np.isfinite(v) for v in card["metrics"].values()) and card["metrics"]
     model = load_model(path)
-    assert model.task == {"lpn": "lpn", "svtv": "svtv-weights"}[name]
+    assert model.task == {"lpn": "lpn", "svtv": "svtv-weights", "score": "score"}[name]
     assert not model.network.training
 
 
@@ -76,3 +76,26 @@ def test_svtv_with_the_weight_network_beats_svtv_with_fbp_weights():
     net = float(psnr(reconstruct(A, y, "svtv", model=builtin("svtv")).x, ref, data_range=1.0))
     fbp_weights = float(psnr(reconstruct(A, y, "svtv", estimate="fbp").x, ref, data_range=1.0))
     assert net > fbp_weights + 0.5
+
+
+def test_shipped_score_model_denoises_at_every_noise_level_it_was_validated_at():
+    """A held-out phantom (random ellipses, seed 7, 128^2): D(x + sigma n, sigma) gains at each sigma,
+    more where there is more noise to remove."""
+    prior = load_model(builtin("score")).network
+    x = simulate("ellipses", 128, 60, "parallel", 0.0, 7).reference
+    x = torch.as_tensor(x)[None, None]
+    gen = torch.Generator().manual_seed(0)
+    gains = []
+    for sigma in (0.01, 0.05, 0.2):
+        noisy = x + sigma * torch.randn(x.shape, generator=gen)
+        with torch.no_grad():
+            gains.append(float(psnr(prior.denoise(noisy, sigma), x, 1.0) - psnr(noisy, x, 1.0)))
+    assert gains[0] > 1.0 and gains[1] > 5.0 and gains[2] > 10.0, gains
+
+
+def test_shipped_score_model_reconstructs_with_its_card_settings_out_of_the_box():
+    A, y, ref = _case(128, 7)
+    r = reconstruct(A, y, "dpir")
+    card = load_model(builtin("score")).card["dpir"]
+    assert r.parameters["settings"] == "the model card's" and r.iterations == card["steps"]
+    assert float(psnr(r.x, ref, data_range=1.0)) > float(psnr(fbp(A, y), ref, data_range=1.0)) + 8
