@@ -4,7 +4,8 @@
    ground truth (the oracle of docs/lpn_stability_study.py), at sigma 0.01, 0.02, 0.05, 0.1, on
    held-out phantoms (random ellipses and COULE-like, seeds 1000+, never in a training set).
 2. Reconstruction: parallel beam, 60 views, 1% noise, the same phantoms: TV (default weight),
-   RED-Diff and DiffPIR (reference defaults), PSNR and seconds.
+   RED-Diff, DiffPIR and DPIR (the card's settings when it has them, else the defaults), PSNR and
+   seconds.
 
     python docs/diffusion_pilot_study.py --weights runs/score/model.safetensors [--size 128]
         [--json docs/diffusion_pilot_study.json]
@@ -31,6 +32,7 @@ from recon.models import load_model  # noqa: E402
 from recon.reconstruct import reconstruct  # noqa: E402
 
 SIGMAS = (0.01, 0.02, 0.05, 0.1)
+METHODS = ("tv", "red-diff", "diffpir", "dpir")
 TV_WEIGHTS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12)
 
 
@@ -60,7 +62,7 @@ def reconstruction(model, ref: torch.Tensor, seed: int) -> dict:
     y = A(ref)
     y = y + 0.01 * float(y.pow(2).mean().sqrt()) * torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
     out = {}
-    for method in ("tv", "red-diff", "diffpir"):
+    for method in METHODS:
         started = time.perf_counter()
         r = reconstruct(A, y, method, **({} if method == "tv" else {"model": model}))
         out[method] = {"psnr": db(r.x, ref), "seconds": round(time.perf_counter() - started, 1)}
@@ -84,7 +86,7 @@ def main() -> None:
     means = {s: {key: round(float(np.mean([results["denoising"][n][str(s)][key] for n in results["denoising"]])), 2)
                  for key in ("noisy", "model", "tv_oracle")} for s in SIGMAS}
     recon = {m: round(float(np.mean([results["reconstruction"][n][m]["psnr"] for n in results["reconstruction"]])), 2)
-             for m in ("tv", "red-diff", "diffpir")}
+             for m in METHODS}
     results["mean"] = {"denoising": means, "reconstruction": recon}
     print(json.dumps(results["mean"], indent=1))
     if args.json:
