@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Union
 import h5py
 import numpy as np
 
+from data.files import atomic_path
 from data.limits import array_bytes, check_memory
 from data.provenance import json_safe
 
@@ -371,30 +371,3 @@ def write_reconstructions(path, images: Mapping[str, np.ndarray], geometry: Mapp
                 own = {**record, "method": name, "parameters": json_safe(parameters.get(name, {}))}
                 ds.attrs["provenance"] = json.dumps(own, allow_nan=False)
     return Path(path)
-
-
-class atomic_path:
-    """Context manager yielding a temporary path in the target's folder, renamed on success.
-
-    Example:
-        >>> import tempfile, os
-        >>> target = os.path.join(tempfile.mkdtemp(), "out.txt")
-        >>> with atomic_path(target) as tmp, open(tmp, "w") as f: _ = f.write("done")
-        >>> open(target).read()
-        'done'
-    """
-
-    def __init__(self, path) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> str:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
-            os.unlink(self.tmp)

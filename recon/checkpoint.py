@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from data.hdf5 import atomic_path
+from data.files import atomic_path, readable
 from data.provenance import json_safe, provenance
 
 __all__ = ["load_weights", "write_model_card", "save_checkpoint", "restore_checkpoint", "load_checkpoint",
@@ -233,9 +233,11 @@ def save_checkpoint(output: str | os.PathLike, step: int, model: torch.nn.Module
                         f"for {_list(bad)}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    readable(tmp, directory=True)  # a plain mkdir's mode, not mkdtemp's 0o700
     try:  # clones: safetensors refuses tensors that share memory (tied weights)
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, tmp / MODEL,
                   metadata={"format": "pt"})
+        readable(tmp / MODEL)  # safetensors writes 0o600
         torch.save({k: v.state_dict() for k, v in stateful.items() if v is not None}, tmp / OPTIMIZER)
         write_json(tmp / STATE, {**state, "step": int(step)})
         os.replace(tmp, folder)
