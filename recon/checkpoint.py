@@ -11,8 +11,9 @@ A training output folder (written by ``recon.trainer.Trainer``)::
 
 A checkpoint is written into a hidden temporary folder renamed into place with ``os.replace``;
 ``latest.json`` is replaced (atomically) only afterwards. A process killed at any moment leaves
-``latest.json`` naming a complete checkpoint, plus at most hidden ``.*.tmp`` entries and checkpoint
-folders newer than it, which nothing reads and ``remove_stale`` (called on resume) deletes.
+``latest.json`` naming a complete checkpoint, plus at most hidden ``.*.tmp`` entries and newer
+checkpoint folders, which nothing reads and ``remove_stale`` (on resume) deletes. Modes are a plain
+``mkdir``'s and ``open``'s (``data.files.readable``).
 """
 
 from __future__ import annotations
@@ -199,9 +200,7 @@ def save_checkpoint(output: str | os.PathLike, step: int, model: torch.nn.Module
                     state: Mapping, keep: int = 0) -> Path:
     """Write the checkpoint of ``step`` into ``output/checkpoints``, then point ``latest.json`` at it.
 
-    The files go to a hidden temporary folder renamed into place when complete; ``latest.json`` is
-    replaced (atomically) after that, and only then are checkpoints beyond the newest ``keep``
-    removed (``keep=0`` keeps all).
+    Written as the module says; then checkpoints beyond the newest ``keep`` are removed (0 keeps all).
 
     Args:
         output: the training output folder.
@@ -229,15 +228,14 @@ def save_checkpoint(output: str | os.PathLike, step: int, model: torch.nn.Module
     weights = model.state_dict()
     bad = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise TypeError(f"model: expected a state dict of tensors only (safetensors), found other values "
-                        f"for {_list(bad)}")
+        raise TypeError(f"model: expected a state dict of tensors only (safetensors); non-tensor entries: {_list(bad)}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    readable(tmp, directory=True)  # a plain mkdir's mode, not mkdtemp's 0o700
+    readable(tmp, directory=True)
     try:  # clones: safetensors refuses tensors that share memory (tied weights)
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, tmp / MODEL,
                   metadata={"format": "pt"})
-        readable(tmp / MODEL)  # safetensors writes 0o600
+        readable(tmp / MODEL)
         torch.save({k: v.state_dict() for k, v in stateful.items() if v is not None}, tmp / OPTIMIZER)
         write_json(tmp / STATE, {**state, "step": int(step)})
         os.replace(tmp, folder)
