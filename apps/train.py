@@ -337,6 +337,9 @@ def _score(network, t: dict, images, train_idx, val_idx, seed: int, extra: dict)
 def run(args) -> int:
     from recon.trainer import Trainer, TrainConfig
 
+    from apps.outputs import check_output
+
+    check_output(args.output)
     cfg = settings(args.task, read_config(args.config), args)
     progress = not args.no_progress
     args.output.mkdir(parents=True, exist_ok=True)

@@ -207,6 +207,9 @@ def test_missing_or_unreadable_config_and_bad_data(tmp_path, capsys):
         _fails(capsys, _argv("denoiser", tmp_path / "o", good, *STEPS, data=source),
                rf"--data: expected a generator \(ellipses, coule, ellipses\+coule\), a folder of images or an HDF5 file; '{re.escape(str(source))}' "
                "is none of these")
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    _fails(capsys, _argv("denoiser", taken, good, *STEPS), r"--output: expected a folder, found a file .*taken")
 
 
 @pytest.mark.parametrize("text", ["3", '[{"train": {}}]', "{bad"])
