@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from apps.argtypes import nonneg_int, positive_int
 from data.patches import Augment, NoisyPairs, RandomPatches, split
 from recon.models import TASKS, build_network, save_model
 
@@ -76,9 +77,9 @@ def add_parser(sub) -> None:
                    help="ellipses | coule | a folder of PNG/NPY or DICOM images | an HDF5 file")
     p.add_argument("--output", required=True, type=Path, metavar="DIR", help="run folder (weights, card, log)")
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML or JSON settings (see above)")
-    p.add_argument("--steps", type=int, help="training steps (overrides [train] steps)")
-    p.add_argument("--batch-size", type=int, help="global batch (overrides [train] batch_size)")
-    p.add_argument("--seed", type=int, help="seed of the data, split and training (overrides both tables)")
+    p.add_argument("--steps", type=positive_int, help="training steps (overrides [train] steps)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch (overrides [train] batch_size)")
+    p.add_argument("--seed", type=nonneg_int, help="seed of the data, split and training (overrides both tables)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

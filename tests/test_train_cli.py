@@ -210,6 +210,10 @@ def test_missing_or_unreadable_config_and_bad_data(tmp_path, capsys):
     taken = tmp_path / "taken"
     taken.write_text("")
     _fails(capsys, _argv("denoiser", taken, good, *STEPS), r"--output: expected a folder, found a file .*taken")
+    for flag, value in (("--steps", "-5"), ("--batch-size", "0"), ("--seed", "-1")):
+        with pytest.raises(SystemExit):  # argparse: the flag, the expectation and the value
+            main(_argv("denoiser", tmp_path / "o", good, flag, value))
+        assert f"argument {flag}: expected an integer >= " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["3", '[{"train": {}}]', "{bad"])
