@@ -33,6 +33,7 @@ from apps.ct import simulate  # noqa: E402
 from operators import ParallelBeam2D  # noqa: E402
 from priors import L2Fidelity  # noqa: E402
 from recon.diffpir import DiffPIR  # noqa: E402
+from recon.diffusion_recon import dpir_timesteps  # noqa: E402
 from recon.fbp import fbp  # noqa: E402
 from recon.lambda_rule import estimate_noise_std  # noqa: E402
 from recon.metrics import psnr  # noqa: E402
@@ -92,8 +93,7 @@ def main() -> None:
             settings["renoise"] = bool(settings["renoise"])
         if "t_start" in settings:  # timesteps evenly spaced from t_start down to 0
             first, count = int(settings.pop("t_start")), int(settings.pop("steps", 50))
-            settings["timesteps"] = sorted({round(first * (1 - k / max(count - 1, 1))) for k in range(count)},
-                                           reverse=True)
+            settings["timesteps"] = dpir_timesteps(count, first)
         scores, seconds = [], []
         for A, y, ref in cases.values():
             started = time.perf_counter()

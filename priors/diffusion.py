@@ -75,6 +75,17 @@ class VPSchedule:
             raise ValueError(f"count: expected an integer in [1, {start}], got {count!r}")
         return list(range(0, start, start // count))[:count][::-1]
 
+    def descending(self, count: int, start: int | None = None) -> list[int]:
+        """``count`` timesteps evenly spaced from ``start`` (default ``steps - 1``) down to 0, rounded;
+        fewer when ``count > start + 1`` (each at most once). DiffPIR's order.
+
+        Example:
+            >>> VPSchedule().descending(5, 200)
+            [200, 150, 100, 50, 0]
+        """
+        start = self.steps - 1 if start is None else start
+        return sorted({round(start * (1 - k / max(count - 1, 1))) for k in range(count)}, reverse=True)
+
     def to_ve(self, x_t: torch.Tensor, t) -> torch.Tensor:
         """``x_t / sqrt(abar_t)``: the VP variable on the denoiser's scale."""
         return x_t / per_item(self.abar[torch.as_tensor(t, dtype=torch.long)].sqrt().to(x_t.real.dtype), x_t.ndim)

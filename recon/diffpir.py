@@ -85,8 +85,7 @@ class DiffPIR(DiffusionSolver):
                  seed: int = 0, progress: bool = False) -> None:
         if timesteps is None:
             def timesteps(schedule):  # T - 1 down to 0, evenly spaced
-                count, last = check_integer("steps", steps, 1, schedule.steps), schedule.steps - 1
-                return [round(last * (1 - k / max(count - 1, 1))) for k in range(count)]
+                return schedule.descending(check_integer("steps", steps, 1, schedule.steps))
         super().__init__(prior, timesteps, schedule, seed, progress)
         if any(a <= b for a, b in zip(self.timesteps, self.timesteps[1:])):
             raise ValueError(f"timesteps: expected a strictly descending sequence, got {self.timesteps[:8]}")

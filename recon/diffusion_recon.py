@@ -56,7 +56,7 @@ def dpir_timesteps(count: int, start: int = DPIR_START) -> list[int]:
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"iterations: expected a positive integer, got {count!r}")
-    return sorted({round(start * (1 - k / max(count - 1, 1))) for k in range(count)}, reverse=True)
+    return VPSchedule().descending(count, start)
 
 
 def _range_scale(x: torch.Tensor, card: dict) -> float:
