@@ -90,8 +90,8 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Ten
               "settings": "the model card's" if tuned else "defaults", "scale": scale}
     if method == "red-diff":
         extra = {"lr": tuned["lr"]} if "lr" in tuned else {}
-        if "start" in tuned:  # RED-Diff's timesteps below the card's start instead of below T
-            extra["timesteps"] = VPSchedule().timesteps(min(steps, tuned["start"]), tuned["start"])
+        if "start" in tuned:  # evenly spaced from the card's start down to 0, as dpir (and as tuned)
+            extra["timesteps"] = dpir_timesteps(steps, int(tuned["start"]))
         solver = REDDiff(model.network, steps=steps, lam=lam, progress=progress, **extra)
         params["lr"] = solver.lr
     else:

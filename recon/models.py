@@ -52,7 +52,7 @@ CARD_SETTINGS = {
              "spread": lambda n, v: check_integer(n, v, 0, 100), "lam_factor": lambda n, v: check_number(n, v)},
     # a score model's tuned solver settings (recon.diffusion_recon), one table per method
     "red-diff": {"lam": lambda n, v: check_number(n, v, strict=False), "lr": lambda n, v: check_number(n, v),
-                 "steps": lambda n, v: check_integer(n, v, 1, 1000), "start": lambda n, v: check_integer(n, v, 1, 1000)},
+                 "steps": lambda n, v: check_integer(n, v, 1, 1000), "start": lambda n, v: check_integer(n, v, 1, 999)},
     "diffpir": {"lam": lambda n, v: check_number(n, v), "zeta": lambda n, v: check_number(n, v, strict=False, below=1.0001),
                 "steps": lambda n, v: check_integer(n, v, 1, 1000)},
     "dpir": {"lam": lambda n, v: check_number(n, v), "steps": lambda n, v: check_integer(n, v, 1, 1000),

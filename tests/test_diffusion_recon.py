@@ -153,8 +153,8 @@ def test_a_cards_tuned_settings_replace_the_defaults_and_are_checked(problem, mo
     assert reconstruct(A, y, "dpir", model=tuned, noise_std=0.02, lam=2.0, iterations=3).parameters["lam"] == 2.0
     red = reconstruct(A, y, "red-diff", model=tuned, iterations=2)
     assert (red.parameters["lam"], red.parameters["lr"]) == (0.05, 0.03)
-    card["red-diff"]["start"] = 200  # two timesteps below 200: 100 and 0
-    solver = REDDiff(model.network, lam=0.05, lr=0.03, timesteps=[100, 0])
+    card["red-diff"]["start"] = 200  # two timesteps from 200 down to 0, as dpir's
+    solver = REDDiff(model.network, lam=0.05, lr=0.03, timesteps=[200, 0])
     norm_sq = float(A.norm()) ** 2
     torch.testing.assert_close(reconstruct(A, y, "red-diff", model=TrainedModel("score", model.network, card),
                                            iterations=2).x,
