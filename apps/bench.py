@@ -218,15 +218,14 @@ def run_quality(args) -> int:
 
 def _models(args, methods) -> dict:
     """The trained models of the learned methods among ``methods`` (shipped ones by default)."""
-    from recon.models import CT_METHOD, builtin, load_model
+    from recon.models import load_model, shipped
 
     wanted = {"lpn": (args.lpn_weights, "lpn"), "svtv-net": (args.svtv_weights, "svtv-weights"),
               "pnp": (args.pnp_weights, "denoiser"), **{m: (args.score_weights, "score") for m in DIFFUSION}}
     if "pnp" in methods and args.pnp_weights is None:
         raise ValueError("--pnp-weights: --method pnp needs a trained denoiser (`recon train denoiser`; none is "
                          "shipped)")
-    return {m: load_model(path or builtin("score" if task == "score" else CT_METHOD[task]), task=task)
-            for m, (path, task) in wanted.items() if m in methods}
+    return {m: load_model(path or shipped(task), task=task) for m, (path, task) in wanted.items() if m in methods}
 
 
 def summarise(per_case: dict, methods) -> dict:

@@ -32,7 +32,7 @@ from recon.checkpoint import load_weights, write_json, write_model_card
 from recon.params import check_integer, check_number
 
 __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "load_model", "save_model", "builtin",
-           "BUILTIN", "CT_METHOD", "CT_METHODS", "CARD_SETTINGS"]
+           "BUILTIN", "shipped", "CT_METHOD", "CT_METHODS", "CARD_SETTINGS"]
 
 TASKS = ("lpn", "svtv-weights", "denoiser", "score")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -189,6 +189,17 @@ def save_model(path: str | os.PathLike, network: torch.nn.Module, task: str, arc
         save_file(state, os.fspath(tmp))
     fields = {"data": None, "steps": 0, "metrics": {}, "command": None, **card}
     return write_model_card(_card_path(path), task=task, architecture=architecture, **fields)
+
+
+def shipped(task: str) -> Path | None:
+    """The weights file of the shipped model of ``task``, or None when none is shipped.
+
+    Example:
+        >>> shipped("score").name, shipped("denoiser")
+        ('score_ct128.safetensors', None)
+    """
+    name = "score" if task == "score" else CT_METHOD.get(task)  # the others are named by their method
+    return builtin(name) if name in BUILTIN else None
 
 
 def builtin(name: str) -> Path:

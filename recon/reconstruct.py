@@ -271,14 +271,13 @@ class _WeightNetwork:
 
 
 def _load(model, task: str, device, method: str | None = None):
-    from recon.models import BUILTIN, CT_METHOD, TrainedModel, builtin, load_model
+    from recon.models import CT_METHOD, TrainedModel, load_model, shipped
 
     if model is None:
-        method = "score" if task == "score" else method or CT_METHOD[task]
-        if method not in BUILTIN:
-            raise ValueError(f"model: {method} needs a trained {task} (none is shipped): train one with `recon train "
-                             f"{task} --data ... --output DIR` and pass DIR/model.safetensors")
-        model = builtin(method)
+        model = shipped(task)
+        if model is None:
+            raise ValueError(f"model: {method or CT_METHOD[task]} needs a trained {task} (none is shipped): train one "
+                             f"with `recon train {task} --data ... --output DIR` and pass DIR/model.safetensors")
     if not isinstance(model, TrainedModel):
         model = load_model(model, task=task)
     elif model.task != task:
