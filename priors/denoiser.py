@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from operators.base import per_item
-from priors.base import Functional
+from priors.base import Functional, on_parts
 
 __all__ = ["DenoiserPrior", "FixedSigmaDenoiser", "noise_level"]
 
@@ -160,7 +160,7 @@ class DenoiserPrior(Functional):
         if x.is_complex():
             if isinstance(sigma, torch.Tensor) and sigma.ndim > 0 and sigma.shape[0] == x.shape[0] > 1:
                 sigma = torch.cat([sigma, sigma])
-            return torch.complex(*self.denoise(torch.cat([x.real, x.imag]), sigma).chunk(2))
+            return on_parts(lambda parts: self.denoise(parts, sigma), x)
         dtype = _network_dtype(self.denoiser)
         inp = x.to(dtype) if dtype is not None and x.is_floating_point() and x.dtype != dtype else x
         if isinstance(sigma, torch.Tensor):

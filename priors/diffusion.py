@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from operators.base import per_item
+from priors.base import on_parts
 from priors.denoiser import DenoiserPrior, FixedSigmaDenoiser
 
 __all__ = ["VPSchedule", "ve_sigmas", "score_from_denoiser", "eps_from_denoiser", "denoiser_from_eps",
@@ -241,8 +242,7 @@ class DiffusionPrior(nn.Module):
         ``sigma`` (complex noise ``sigma * (n1 + i n2)``: see ``complex_noise``)."""
         s = self._sigmas(x, sigma)
         if x.is_complex():
-            parts = self.denoise(torch.cat([x.real, x.imag]), torch.cat([s, s]))
-            return torch.complex(*parts.chunk(2))
+            return on_parts(lambda parts: self.denoise(parts, torch.cat([s, s])), x)
         if not self.preconditioned:
             return self.network(x, per_item(s, x.ndim))
         c_skip, c_out, c_in, c_noise = (per_item(c, x.ndim) for c in edm_scalings(s, self.sigma_data))

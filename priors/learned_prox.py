@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from operators.base import conjugate_gradient, inner, per_item
-from priors.base import Functional
+from priors.base import Functional, on_parts
 
 __all__ = ["LearnedProximalNetwork", "LearnedProxPrior", "GammaSchedule", "ScheduleStep",
            "proximal_matching_loss", "l1_loss", "l2_loss", "patchwise"]
@@ -212,7 +212,7 @@ class LearnedProxPrior(Functional):
         if x.dim() != 4:
             raise ValueError(f"x: expected a 4-D tensor (B, C, H, W), got shape {tuple(x.shape)}")
         if x.is_complex():  # the prox of psi(Re x) + psi(Im x): one real image per part
-            return torch.complex(*self._prox(torch.cat([x.real, x.imag]), tau).chunk(2))
+            return on_parts(lambda parts: self._prox(parts, tau), x)
         if self.patch_size is None:
             return self.network(x)
         return patchwise(self.network, x, int(self.patch_size), int(self.stride), self.patch_batch)
