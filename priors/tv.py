@@ -66,13 +66,19 @@ class L1Norm(Functional):
 
     def _prox(self, z, tau):
         if z.is_complex():  # shrink the modulus, keep the phase
-            return z * torch.clamp(1 - tau / torch.clamp(z.abs(), min=1e-30), min=0)
+            return shrink(z, z.abs(), tau)
         return torch.sign(z) * torch.clamp(z.abs() - tau, min=0)
 
     def conj_prox(self, z, sigma):
         if z.is_complex():
             return z / torch.clamp(z.abs(), min=1.0)
         return torch.clamp(z, -1.0, 1.0)
+
+
+def shrink(z: torch.Tensor, magnitude: torch.Tensor, threshold) -> torch.Tensor:
+    """``z`` with its ``magnitude`` lowered by ``threshold`` (to 0 at most): the prox of a (group,
+    weighted or complex) l1 norm, ``z * max(0, 1 - threshold / magnitude)``."""
+    return z * torch.clamp(1 - threshold / torch.clamp(magnitude, min=1e-30), min=0)
 
 
 def group_magnitude(z: torch.Tensor, dim: int = 1, keepdim: bool = True) -> torch.Tensor:
@@ -111,8 +117,7 @@ class L21Norm(Functional):
         return self._magnitude(z).flatten(1).sum(1)
 
     def _prox(self, z, tau):
-        mag = self._magnitude(z)
-        return z * torch.clamp(1 - tau / torch.clamp(mag, min=1e-30), min=0)
+        return shrink(z, self._magnitude(z), tau)
 
     def conj_prox(self, z, sigma):
         return z / torch.clamp(self._magnitude(z), min=1.0)
@@ -198,8 +203,7 @@ class WeightedNorm(Functional):
         return (self._w(z) * self._magnitude(z)).flatten(1).sum(1)
 
     def _prox(self, z, tau):
-        mag = self._magnitude(z)
-        return z * torch.clamp(1 - tau * self._w(z) / torch.clamp(mag, min=1e-30), min=0)
+        return shrink(z, self._magnitude(z), tau * self._w(z))
 
     def conj_prox(self, z, sigma):
         # z / max(|z| / w, 1): with w = 1 this is L21Norm's projection to the last bit
