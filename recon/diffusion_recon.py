@@ -95,12 +95,12 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Ten
         solver = REDDiff(model.network, steps=steps, lam=lam, progress=progress, **extra)
         params["lr"] = solver.lr
     else:
-        nu = float(noise()) / scale
+        nu = float(noise())  # in the data's units; the solver sees the scaled data
         if method == "diffpir":
             extra = {"steps": steps, **({"zeta": tuned["zeta"]} if "zeta" in tuned else {})}
         else:
             extra = {"renoise": False, "timesteps": dpir_timesteps(steps, int(tuned.get("start", DPIR_START)))}
-        solver = DiffPIR(model.network, noise_std=nu / norm_sq ** 0.5, lam=lam, progress=progress, **extra)
+        solver = DiffPIR(model.network, noise_std=nu / scale / norm_sq ** 0.5, lam=lam, progress=progress, **extra)
         params.update(noise_std=nu, **({"zeta": solver.zeta} if method == "diffpir" else
                                        {"sigma_start": float(solver.schedule.sigma(solver.timesteps[0]))}))
     result = solver.run(problem, x_start)

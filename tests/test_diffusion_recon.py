@@ -83,7 +83,7 @@ def test_an_image_outside_the_trained_range_warns_and_is_reconstructed_scaled(pr
     scale = r.parameters["scale"]
     assert scale == pytest.approx(magnitude_p99(fbp(A, 100 * y)))
     inside = reconstruct(A, 100 * y / scale, "dpir", model=model, iterations=3, noise_std=2.0 / scale)
-    assert inside.parameters["scale"] == 1.0
+    assert inside.parameters["scale"] == 1.0 and r.parameters["noise_std"] == 2.0  # reported in the data's units
     torch.testing.assert_close(r.x, scale * inside.x, rtol=0, atol=2e-3 * scale)  # float32 CG, 3 steps
 
 
