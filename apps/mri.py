@@ -37,7 +37,7 @@ from recon.mri import MRI_METHODS, data_consistency, reconstruct_mri, zero_fille
 
 AXES = {"columns": -1, "rows": -2}
 COLUMNS = ("psnr", "ssim", "data_consistency", "seconds", "iterations")
-CLASSIC = ("zero-filled", "cg-sense", "tv")  # the default methods; red-diff, diffpir and dpir need --weights
+CLASSIC = ("zero-filled", "cg-sense", "tv")  # the default methods; red-diff, diffpir and dpir run when asked for
 
 
 def add_parser(sub) -> None:
