@@ -4,6 +4,7 @@
     recon train svtv-weights --data ellipses --output runs/svtv  [--config svtv.toml]
     recon train denoiser     --data FOLDER|FILE.h5 --output runs/dn
     recon train score        --data ellipses --output runs/score  (a diffusion prior, priors.diffusion)
+    recon train denoiser     --data ellipses --count 40 --size 128 --steps 50 --output runs/try  (a quick try)
 
 ``--data`` is a built-in generator (``ellipses``, ``coule``, ``ellipses+coule``: half each; no download) or a folder of PNG/NPY
 images, a folder of DICOM files, or an HDF5 file with an ``images`` dataset. The images are read
@@ -20,7 +21,8 @@ by seed. The config file (TOML or JSON) has up to four tables, each optional:
                     clamped to the model's sigma_range), val_sigmas (validation PSNR at each)
     [train]  recon.trainer.TrainConfig fields (steps, batch_size, lr, val_every, checkpoint_every, ...)
 
-Command-line options override the file. Writes ``OUTPUT/model.safetensors`` and
+Command-line options override the file (``--count`` and ``--size`` the ``[data]`` table's
+``count`` and ``size``). Writes ``OUTPUT/model.safetensors`` and
 ``OUTPUT/model.json`` (the card: task, architecture, data, steps, validation metrics, the command,
 the settings), plus the trainer's log, checkpoints and ``summary.json``.
 """
@@ -79,6 +81,10 @@ def add_parser(sub) -> None:
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML or JSON settings (see above)")
     p.add_argument("--steps", type=positive_int, help="training steps (overrides [train] steps)")
     p.add_argument("--batch-size", type=positive_int, help="global batch (overrides [train] batch_size)")
+    p.add_argument("--count", type=positive_int, metavar="N",
+                   help="images to generate (overrides [data] count; generators only)")
+    p.add_argument("--size", type=positive_int, metavar="PIXELS",
+                   help="side of the generated images (overrides [data] size; generators only)")
     p.add_argument("--seed", type=nonneg_int, help="seed of the data, split and training (overrides both tables)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
@@ -137,7 +143,25 @@ def settings(task: str, config: dict, args) -> dict:
             merged["train"][key] = value
     if args.seed is not None:
         merged["data"]["seed"] = args.seed
+    for key in ("count", "size"):
+        value = getattr(args, key, None)
+        if value is not None and args.data not in GENERATORS:
+            raise ValueError(f"--{key}: applies to the generated data ({', '.join(GENERATORS)}); "
+                             f"--data {args.data} is read as it is")
+        merged["data"][key] = merged["data"][key] if value is None else value
+    _check_generated(merged["data"], args)
     return merged
+
+
+def _check_generated(data: dict, args) -> None:
+    """The generators' count and size, named as the flag when given there and as the key otherwise."""
+    if args.data not in GENERATORS:
+        return
+    for key, low in (("count", 2), ("size", 16)):
+        value = data[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            where = f"--{key}" if getattr(args, key, None) is not None else f"--config: [data] {key}"
+            raise ValueError(f"{where}: expected an integer >= {low} for --data {args.data}, got {value!r}")
 
 
 def source_images(source: str, data: dict, progress: bool) -> torch.Tensor:

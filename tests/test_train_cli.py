@@ -143,6 +143,32 @@ def test_command_line_overrides_the_file(tmp_path):
     assert settings["train"]["seed"] == settings["data"]["seed"] == 5
 
 
+
+def test_count_and_size_flags_set_the_generated_data(tmp_path, capsys):
+    # a quick try needs no config file: --count and --size override [data] count and size
+    config = _config(tmp_path, {**TINY["denoiser"], "data": {"count": 50, "size": 64}})
+    assert main(_argv("denoiser", tmp_path / "o", config, "--count", "5", "--size", "32", *STEPS)) == 0
+    card = json.loads((tmp_path / "o" / "model.json").read_text())
+    assert (card["data"]["count"], card["data"]["size"], card["data"]["images"]) == (5, 32, 5)
+    assert card["data"]["image_shape"] == [32, 32]
+
+
+def test_count_and_size_errors_name_the_flag_or_the_key(tmp_path, capsys):
+    config = _config(tmp_path, TINY["denoiser"])
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(_smooth_images(3)):
+        np.save(folder / f"{i}.npy", image)
+    _fails(capsys, _argv("denoiser", tmp_path / "o", config, "--count", "3", *STEPS, data=folder),
+           r"--count: applies to the generated data \(ellipses, coule, ellipses\+coule\); --data .*images is read as")
+    _fails(capsys, _argv("denoiser", tmp_path / "o", config, "--size", "8", *STEPS),
+           r"--size: expected an integer >= 16 for --data ellipses, got 8")
+    _fails(capsys, _argv("denoiser", tmp_path / "o", config, "--count", "1", *STEPS),
+           r"--count: expected an integer >= 2 for --data ellipses, got 1")
+    small = _config(tmp_path, {**TINY["denoiser"], "data": {"count": 6, "size": 12.5}}, "small.json")
+    _fails(capsys, _argv("denoiser", tmp_path / "o", small, *STEPS),
+           r"--config: \[data\] size: expected an integer >= 16 for --data ellipses, got 12\.5")
+
 # ---------------------------------------------------------------------------------- data sources
 def _smooth_images(n: int, size: int = 32) -> np.ndarray:
     gen = torch.Generator().manual_seed(7)
