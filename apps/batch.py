@@ -77,7 +77,8 @@ allowed.
 
     DIR/manifest.json                every study's state (below)
     DIR/studies/NAME/                one folder per finished study
-        reconstructions.h5           per method a dataset (slices, H, W) in 1/mm with its parameters;
+        reconstructions.h5           per method a dataset (slices, H, W) in 1/mm with its parameters
+                                     (max_iterations: the cap; iterations_run: the most any chunk ran);
                                      geometry, angles, the reference if any, provenance (k-space:
                                      magnitude images; the mask (H, W) or (slices, H, W), the
                                      sampling, coils and k-space shape instead of the geometry)

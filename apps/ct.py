@@ -270,7 +270,7 @@ def _write_outputs(out: Path, data: CTData, results: dict, metrics: dict, ref) -
     for name, image in images.items():
         save_image(out / f"{name}.png", image, 0.0, vmax)
     geometry = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.geometry.items()}
-    params = {name: r.parameters for name, r in results.items()}
+    params = {name: {**r.parameters, "iterations_run": r.iterations} for name, r in results.items()}
     write_reconstructions(out / "reconstructions.h5", images, {**geometry, "angles": data.angles}, params)
     write_metrics(out / "metrics.json", metrics)
     reference = None if ref is None else ref[0, 0].cpu().numpy()

@@ -157,7 +157,7 @@ def _write_outputs(out: Path, results: dict, metrics: dict, reference, mask, map
     save_image(out / "mask.png", np.asarray(mask, dtype=np.float32), 0.0, 1.0)
     if maps is not None:
         save_panels(out / "maps.png", {f"coil {c}": m for c, m in enumerate(maps[0].abs().cpu().numpy())}, 0.0, 1.0)
-    params = {name: r.parameters for name, r in results.items()}
+    params = {name: {**r.parameters, "iterations_run": r.iterations} for name, r in results.items()}
     write_reconstructions(out / "reconstructions.h5", images, {"modality": "mri", "sampling": how}, params,
                           units="magnitude, scale of the input", extra={"mask": np.asarray(mask, dtype=bool)})
     write_metrics(out / "metrics.json", metrics)

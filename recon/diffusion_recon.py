@@ -85,7 +85,7 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Ten
     y, x_start = y / scale, x_start / scale
     norm_sq = float(A.norm()) ** 2
     problem = Problem((1.0 / norm_sq) * L2Fidelity(A, y))
-    params = {"iterations": steps, "lam": lam, "data_scale": 1.0 / norm_sq,
+    params = {"max_iterations": steps, "lam": lam, "data_scale": 1.0 / norm_sq,
               "weights": str(model.path) if model.path is not None else "in memory",
               "settings": "the model card's" if tuned else "defaults", "scale": scale}
     if method == "red-diff":

@@ -187,7 +187,7 @@ def _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model=N
     if method in DIFFUSION:
         return _diffusion(A, y, method, lam, iterations, noise_std, progress, model, start)
     n_iter = int(iterations or DEFAULT_MRI_ITERATIONS[method])
-    params: dict = {"iterations": n_iter}
+    params: dict = {"max_iterations": n_iter}
     x0 = torch.zeros((y.shape[0], *A.in_shape), dtype=y.dtype, device=y.device)
     if method == "cg-sense":
         result = CGLS(max_iter=n_iter, progress=progress).run(Problem(data), x0)

@@ -66,7 +66,11 @@ GRAPHLA_ESTIMATES = {"graphla-fbp": "fbp", "graphla-tik": "tikhonov", "graphla-t
 
 @dataclass
 class Reconstruction:
-    """A reconstruction with what produced it."""
+    """A reconstruction with what produced it.
+
+    ``iterations`` is the number of iterations run (fewer than the cap when the solver met its
+    tolerance); ``parameters["max_iterations"]`` is the cap it was given.
+    """
 
     x: torch.Tensor
     method: str
@@ -175,10 +179,10 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
         return Reconstruction(x, method, 0, time.perf_counter() - start, {"filter": filter})
     n_iter = int(iterations or DEFAULT_ITERATIONS[method])
     constraint = NonNegativity() if nonneg and method != "cgls" else None
-    params: dict = {"iterations": n_iter, "nonneg": constraint is not None}
+    params: dict = {"max_iterations": n_iter, "nonneg": constraint is not None}
     if method == "tikhonov":
         x = tikhonov(A, y, iterations=n_iter)
-        return Reconstruction(x, method, n_iter, time.perf_counter() - start, {"iterations": n_iter, "alpha": "default"})
+        return Reconstruction(x, method, n_iter, time.perf_counter() - start, {"max_iterations": n_iter, "alpha": "default"})
     if method in DIFFUSION:
         def noise() -> float:
             return float(noise_std) if noise_std is not None else float(estimate_noise_std(y).mean())
@@ -336,7 +340,7 @@ def _pnp(method, A, y, x_fbp, model, lam, iterations, constraint, progress, star
     solver = PnPADMM(rho=rho, max_iter=n_iter, tol=0.0, cg_iterations=int(pnp.get("cg_iterations", PNP_CG_ITERATIONS)),
                      progress=progress)
     result = solver.run(problem, x_fbp)
-    params = {"iterations": n_iter, "nonneg": constraint is not None, "rho": rho, "lam_rule": rule,
+    params = {"max_iterations": n_iter, "nonneg": constraint is not None, "rho": rho, "lam_rule": rule,
               "weights": str(m.path) if m.path is not None else "in memory", "data_scale": 1.0 / norm_sq,
               "cg_iterations": solver.cg_iterations}
     return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)

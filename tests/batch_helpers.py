@@ -117,7 +117,8 @@ def check_outputs(out: Path, key: str, dicom: bool, slices: int = SLICES, size: 
     with h5py.File(folder / "reconstructions.h5") as f:
         assert f["tv"].shape == (slices, size, size) and f["reference"].shape == (slices, size, size)
         assert json.loads(f.attrs["provenance"])["parameters"]["study"] == key
-        assert f["tv"].attrs["iterations"] <= iterations and np.isfinite(f["tv"][()]).all()
+        assert f["tv"].attrs["max_iterations"] == iterations and np.isfinite(f["tv"][()]).all()
+        assert f["tv"].attrs["iterations_run"] == metrics["methods"]["tv"]["iterations"] <= iterations
     assert (folder / "preview.png").stat().st_size > 0
     assert json.loads((folder / "provenance.json").read_text())["method"] == "recon batch"
     assert (folder / "dicom").is_dir() == dicom

@@ -31,6 +31,10 @@ def test_phantom_run_writes_every_output(tmp_path, capsys):
     with h5py.File(out / "reconstructions.h5") as f:
         assert f["tv"].shape == (48, 48) and f.attrs["geometry"] == "parallel"
         assert f["tv"].attrs["lam"] == pytest.approx(metrics["tv"]["lam"])
+        for name in ("tv", "cgls"):  # the cap asked for and the iterations run, each under its own name
+            assert f[name].attrs["max_iterations"] == 60
+            assert f[name].attrs["iterations_run"] == metrics[name]["iterations"]
+        assert "iterations" not in f["tv"].attrs
     printed = capsys.readouterr().out
     assert f"{metrics['tv']['psnr']}" in printed and "method" in printed
 

@@ -39,6 +39,8 @@ def test_simulated_run_writes_every_output(tmp_path, capsys):
     with h5py.File(out / "reconstructions.h5") as f:
         assert f["tv"].shape == (64, 64) and f.attrs["modality"] == "mri"
         assert f["mask"].shape == (64, 64) and 0.3 < f["mask"][()].mean() < 0.37
+        assert f["tv"].attrs["iterations_run"] == metrics["tv"]["iterations"] <= f["tv"].attrs["max_iterations"]
+        assert f["zero-filled"].attrs["iterations_run"] == 0 and "iterations" not in f["cg-sense"].attrs
     printed = capsys.readouterr().out
     assert "retrospective random mask, R = 3.05" in printed and f"{metrics['tv']['psnr']}" in printed
 

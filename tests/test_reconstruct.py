@@ -87,7 +87,7 @@ def test_tikhonov_method_and_estimate(setup):
     A, x, y, _ = setup
     tik, f = reconstruct(A, y, "tikhonov"), reconstruct(A, y, "fbp")
     assert float(psnr(tik.x, x)) > float(psnr(f.x, x)) + 1
-    assert tik.iterations == 20 and tik.parameters["iterations"] == 20
+    assert tik.iterations == 20 and tik.parameters["max_iterations"] == 20
     r = reconstruct(A, y, "svtv", estimate="tikhonov", iterations=50)
     assert r.parameters["estimate"] == "tikhonov" and float(psnr(r.x, x)) > float(psnr(tik.x, x))
     assert r.parameters["lam_rule"] == "default" and r.parameters["lam"] > 0
