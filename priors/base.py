@@ -138,7 +138,10 @@ class ScaledFunctional(Functional):
         return self.lam * self.f.grad(x)
 
     def conj_prox(self, z, sigma):
-        # (lam f)*(z) = lam f*(z / lam)  =>  prox_{sigma (lam f)*}(z) = lam prox_{(sigma/lam) f*}(z / lam)
+        # (lam f)*(z) = lam f*(z / lam)  =>  prox_{sigma (lam f)*}(z) = lam prox_{(sigma/lam) f*}(z / lam);
+        # for lam = 0, (0 f)* is the indicator of {0}, whose prox is 0
+        if self.lam == 0:
+            return torch.zeros_like(z)
         return self.lam * self.f.conj_prox(z / self.lam, sigma / self.lam)
 
     def split(self, in_shape):

@@ -120,6 +120,17 @@ def test_scaling_and_sums():
         -1.0 * tv
 
 
+def test_zero_weight_is_the_zero_functional():
+    # 0 * f: value 0, prox the identity, and the conjugate the indicator of {0} (its prox is 0), which
+    # Chambolle-Pock needs for a zero TV weight (it divided by the weight)
+    x, z = randn((1, 6, 6), torch.float64), randn((1, 2, 6, 6), torch.float64, seed=3)
+    zero = 0.0 * L21Norm()
+    assert float(zero.value(z).abs().max()) == 0.0 and torch.equal((0.0 * TV()).prox(x, 2.0), x)
+    assert torch.equal(zero.conj_prox(z, 0.7), torch.zeros_like(z))
+    # Moreau: prox_{s f*}(z) = z - s prox_{f/s}(z/s)
+    assert float((z - 0.7 * zero.prox(z / 0.7, 1 / 0.7)).abs().max()) < 1e-14
+
+
 def test_split_of_scaled_tv():
     K, g = (0.5 * TV()).split((1, 4, 4))
     x = randn((1, 4, 4), torch.float64)

@@ -57,6 +57,14 @@ def test_every_method_improves_on_nothing_and_records_parameters(setup, method):
         assert reconstruct(A, y, "tv", lam=0.1, iterations=2).parameters["lam_rule"] == "given"
 
 
+def test_zero_tv_weight_is_nonnegative_least_squares(setup):
+    # lam = 0 is allowed (no regularisation): the fit to the data is closer than with any weight, not a crash
+    A, x, y, _ = setup
+    free, regularised = (reconstruct(A, y, "tv", lam=lam, iterations=50) for lam in (0.0, None))
+    assert torch.isfinite(free.x).all() and float(free.x.min()) >= 0 and free.parameters["lam"] == 0.0
+    assert float((A(free.x) - y).norm()) < float((A(regularised.x) - y).norm())
+
+
 def test_tv_beats_fbp_on_fan_beam():
     x = shepp_logan(64)
     A = FanBeam2D((64, 64), np.linspace(0, 2 * np.pi, 40, endpoint=False), 128, 128.0, 64.0, detector_spacing=1.5)
