@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 
 __all__ = ["positive_int", "nonneg_int", "finite_float", "positive_float", "nonneg_float", "fraction",
-           "open_fraction"]
+           "open_fraction", "torch_device"]
 
 
 def _integer(text: str, minimum: int) -> int:
@@ -80,3 +81,27 @@ def fraction(text: str) -> float:
 def open_fraction(text: str) -> float:
     """A number in ``(0, 1)`` (a share of k-space lines)."""
     return _real(text, lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
+def torch_device(text: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``, naming a device this machine has.
+
+    Example:
+        >>> torch_device("cpu")
+        'cpu'
+        >>> torch_device("gpu0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected cpu, cuda or cuda:N, got 'gpu0'
+    """
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    if text != "cpu":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(text.partition(":")[2] or 0)
+        if index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA device(s)"
+                                             + (" (use cpu)" if count == 0 else ""))
+    return text

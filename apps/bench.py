@@ -45,6 +45,10 @@ DIRECT = ("fbp", "tikhonov")  # no weight, no iteration option
 HTC_VIEWS_FULL = 721
 
 
+#: the library's argument names (in error messages) that this command's options set
+FLAGS = {"iterations": "--iterations"}
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="measured comparisons (quality, speed)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -9,8 +9,9 @@ file, a request too large for the memory). Failures are reported on one line,
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from apps import batch, bench, ct, mri, train
 
@@ -30,6 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_names(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with the library's argument names replaced by the command's flags.
+
+    The library names an argument as ``name: ...`` (or suggests ``name=None``); a command lists in
+    its module's ``FLAGS`` which of those its options set, so the user reads the flag they typed.
+
+    Example:
+        >>> flag_names("scan.h5: slices: one slice, not a stack; leave slices=None", {"slices": "--slice"})
+        'scan.h5: --slice: one slice, not a stack; leave out --slice'
+        >>> flag_names("noise_std: got 0.0 (noise-free data: pass lam explicitly)", {"noise_std": "--noise-std",
+        ...                                                                       "lam": "--lam"})
+        '--noise-std: got 0.0 (noise-free data: pass --lam explicitly)'
+    """
+    message = re.sub(r"\bleave (\w+)=None", lambda m: f"leave out {flags[m[1]]}" if m[1] in flags else m[0], message)
+    message = re.sub(r"\bpass (\w+)\b", lambda m: f"pass {flags[m[1]]}" if m[1] in flags else m[0], message)
+    return re.sub(r"(?<![\w.\-\[])(\w+): ", lambda m: f"{flags[m[1]]}: " if m[1] in flags else m[0], message)
+
+
 def _report(command: str, message: str, status: int) -> int:
     print(f"recon {command}: error: {' '.join(message.split())}", file=sys.stderr)
     return status
@@ -39,10 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command as typed (recorded by `recon train` in its model card)
+    flags = getattr(SUBCOMMANDS[args.command], "FLAGS", {})
     try:
         return int(args.run(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
-        return _report(args.command, str(err), 2)
+        return _report(args.command, flag_names(str(err), flags), 2)
     except MemoryError as err:
         return _report(args.command, f"out of memory{': ' + str(err) if str(err) else ''} (a smaller problem, "
                                      "fewer methods, or a machine with more memory may do)", 1)

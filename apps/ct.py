@@ -29,6 +29,11 @@ from recon.reconstruct import ESTIMATES, METHODS, reconstruct
 PHANTOMS = ("shepp-logan", "ellipses")
 
 
+#: the library's argument names (in error messages) that this command's options set
+FLAGS = {"input": "--input", "slices": "--slice", "lam": "--lam", "iterations": "--iterations",
+         "noise_std": "--noise-std", "model": "--weights"}
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("ct", help="reconstruct a 2D CT slice (file or phantom)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

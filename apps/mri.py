@@ -40,6 +40,11 @@ COLUMNS = ("psnr", "ssim", "data_consistency", "seconds", "iterations")
 CLASSIC = ("zero-filled", "cg-sense", "tv")  # the default methods; red-diff, diffpir and dpir run when asked for
 
 
+#: the library's argument names (in error messages) that this command's options set
+FLAGS = {"input": "--input", "slices": "--slice", "acceleration": "--acceleration",
+         "center_fraction": "--center-fraction", "lam": "--lam", "iterations": "--iterations", "model": "--weights"}
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("mri", help="reconstruct a 2D MRI slice from Cartesian k-space",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

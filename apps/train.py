@@ -33,6 +33,7 @@ import argparse
 import copy
 import hashlib
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from apps.argtypes import nonneg_int, positive_int
+from apps.argtypes import nonneg_int, positive_int, torch_device
 from data.patches import Augment, NoisyPairs, RandomPatches, split
 from recon.models import TASKS, build_network, save_model
 
@@ -86,7 +87,8 @@ def add_parser(sub) -> None:
     p.add_argument("--size", type=positive_int, metavar="PIXELS",
                    help="side of the generated images (overrides [data] size; generators only)")
     p.add_argument("--seed", type=nonneg_int, help="seed of the data, split and training (overrides both tables)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--device", type=torch_device, default=None,
+                   help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
@@ -379,6 +381,9 @@ def run(args) -> int:
         config = TrainConfig(**train)
     except TypeError as err:
         raise ValueError(f"--config: [train] {err}") from None
+    except ValueError as err:  # TrainConfig names its fields config.NAME: the device is a flag, the rest the file's
+        raise ValueError(re.sub(r"\bconfig\.(\w+)", lambda m: "--device" if m[1] == "device" else f"--config: [train] {m[1]}",
+                                str(err))) from None
     print(f"recon train {args.task}: {len(images)} images {tuple(images.shape[-2:])} from {args.data} -> "
           f"{len(train_set)} training / {len(val_set)} validation items, {config.steps} steps of {config.batch_size}")
     trainer = Trainer(network, loss_fn, train_set, val_set, val_fn, config=config, **trainer_kw)

@@ -107,6 +107,8 @@ def open_hdf5(path: str | os.PathLike, kind: str = "HDF5 file") -> h5py.File:
         ValueError: .../b.h5: '/y' is an external link to '/x' in .../a.h5: ...
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"input: {path} is a folder; expected an {kind}")
     if not path.is_file():
         raise FileNotFoundError(f"input: no such file {path}")
     try:

@@ -159,7 +159,8 @@ def read_kspace(path: str | os.PathLike, slices: Slices = None) -> KSpaceData:
     mask = reference = None
     if path.suffix == ".npy":
         if not path.is_file():
-            raise FileNotFoundError(f"input: no such file {path}")
+            raise (ValueError(f"input: {path} is a folder; expected a .npy file") if path.is_dir() else
+                   FileNotFoundError(f"input: no such file {path}"))
         k, index = _read_kspace(_load_npy(path), path, slices)
     else:
         with open_hdf5(path, "HDF5 or .npy file") as f:

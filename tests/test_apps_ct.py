@@ -74,6 +74,21 @@ def test_stack_input_needs_a_slice(tmp_path, capsys):
         np.testing.assert_array_equal(f1["fbp"][()], f2["fbp"][()])
 
 
+def test_input_errors_name_the_flags(tmp_path, capsys):
+    """Messages name the options the user typed, not the library's arguments (slices=None, input)."""
+    data = simulate("ellipses", 32, 20, "parallel", 0.0, seed=1)
+    single = tmp_path / "single.h5"
+    write_ct(single, data.sinogram, data.angles, data.geometry)
+    assert run("--input", single, "--slice", 3, "--method", "fbp", "--output", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "--slice: the file holds one 2-D sinogram" in err and err.rstrip().endswith("leave out --slice")
+    assert "slices=" not in err
+    assert run("--input", tmp_path, "--method", "fbp", "--output", tmp_path / "o") == 2
+    assert f"recon ct: error: --input: {tmp_path} is a folder; expected an HDF5 file" in capsys.readouterr().err
+    assert run("--input", tmp_path / "none.h5", "--method", "fbp", "--output", tmp_path / "o") == 2
+    assert "recon ct: error: --input: no such file" in capsys.readouterr().err
+
+
 def test_unknown_method_is_rejected(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run("--phantom", "shepp-logan", "--method", "magic", "--output", tmp_path)

@@ -100,6 +100,18 @@ class TestErrors:
         assert run("--input", path, "--acceleration", 0.5, "--output", tmp_path / "o") == 2
         assert "acceleration" in capsys.readouterr().err
 
+    def test_errors_name_the_flags(self, tmp_path, capsys):
+        # the library says acceleration: / center_fraction: / slices=None; the command says what was typed
+        path = simulated_scan(tmp_path / "scan.h5", size=32, coils=2)
+        for argv, message in ((("--acceleration", 100), "recon mri: error: --acceleration: 100 leaves no line"),
+                              (("--center-fraction", 0.9), "recon mri: error: --center-fraction: 0.9 asks for 29"),
+                              (("--slice", 2), "--slice: the file holds one slice")):
+            assert run("--input", path, *map(str, argv), "--output", tmp_path / "o") == 2
+            err = capsys.readouterr().err
+            assert message in err and "center_fraction" not in err and "slices=None" not in err, err
+        assert run("--input", tmp_path, "--output", tmp_path / "o") == 2
+        assert f"--input: {tmp_path} is a folder" in capsys.readouterr().err
+
 
 def test_anisotropic_tv_from_the_command_line(tmp_path, capsys):
     path = simulated_scan(tmp_path / "scan.h5", size=48, coils=2)

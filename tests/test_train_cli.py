@@ -236,6 +236,14 @@ def test_missing_or_unreadable_config_and_bad_data(tmp_path, capsys):
     taken = tmp_path / "taken"
     taken.write_text("")
     _fails(capsys, _argv("denoiser", taken, good, *STEPS), r"--output: expected a folder, found a file .*taken")
+    _fails(capsys, _argv("denoiser", tmp_path / "o", _config(tmp_path, {**TINY["denoiser"], "train": {"lr": -1}},
+                                                              "lr.json"), *STEPS),
+           r"--config: \[train\] lr: expected a positive number, got -1")
+    for flag, value, message in (("--device", "gpu0", "expected cpu, cuda or cuda:N, got 'gpu0'"),
+                                 ("--device", "cuda:64", "cuda:64: this machine has")):
+        with pytest.raises(SystemExit):
+            main(_argv("denoiser", tmp_path / "o", good, flag, value))
+        assert f"argument {flag}: {message}" in capsys.readouterr().err
     for flag, value in (("--steps", "-5"), ("--batch-size", "0"), ("--seed", "-1")):
         with pytest.raises(SystemExit):  # argparse: the flag, the expectation and the value
             main(_argv("denoiser", tmp_path / "o", good, flag, value))
