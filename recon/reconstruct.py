@@ -51,6 +51,8 @@ PNP = ("lpn", "pnp")  # plug-and-play ADMM with a trained model: a learned proxi
 ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tik", "graphla-tv")  # priors built from a pre-estimate Psi(y)
 VARIATIONAL = ("tv", *ADAPTIVE)
 ESTIMATES = ("fbp", "tikhonov", "tv")
+#: reconstructions the discrepancy search (``lam="auto"``) may try per batch item
+AUTO_TRIALS = 8
 DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tikhonov": TIKHONOV_ITERATIONS, "tv": 300, "svtv": 300,
                       "graphla-fbp": 300, "graphla-tik": 300, "graphla-tv": 300, "lpn": 10, "pnp": 20,
                       **DEFAULT_STEPS}
@@ -347,14 +349,18 @@ def _pnp(method, A, y, x_fbp, model, lam, iterations, constraint, progress, star
 
 
 def _auto(method, A, y, prior, x_fbp, noise_std, solve, progress):
-    """Discrepancy-principle weight per batch item: ``(x, [lam per item], total iterations)``."""
+    """Discrepancy-principle weight per batch item: ``(x, [lam per item], total iterations)``.
+
+    The progress bar counts the search's trials (a full reconstruction each, up to
+    ``AUTO_TRIALS`` per item) and shows the last weight tried and its residual ratio."""
     from tqdm.auto import tqdm
 
     sigmas = estimate_noise_std(y) if noise_std is None else torch.full((y.shape[0],), float(noise_std))
     m = y[0].numel()
     xs, lams, iters = [], [], 0
-    items = tqdm(range(y.shape[0]), desc=f"{method}: lam by discrepancy", disable=not progress)
-    for i in items:
+    bar = tqdm(total=y.shape[0] * AUTO_TRIALS, desc=f"{method}: lam by discrepancy", unit="trial",
+               disable=not progress)
+    for i in range(y.shape[0]):
         yi, pi = y[i:i + 1], _item(prior, i)
         s = float(sigmas[i])
         count = [0]
@@ -364,13 +370,23 @@ def _auto(method, A, y, prior, x_fbp, noise_std, solve, progress):
             # the previous trial left 300 iterations short of it (measured: up to 1.6 dB lower on ellipses)
             r = solve(weight, x_fbp[i:i + 1], yi, pi)
             count[0] += r.n_iter
+            bar.set_postfix_str(f"lam {weight:.3g}", refresh=False)
             return r.x
 
+        def residual(x):
+            value = float((A(x) - yi).norm())
+            bar.set_postfix_str(f"{bar.postfix}, residual / noise {value / (s * math.sqrt(m)):.3f}", refresh=False)
+            bar.update(1)
+            return value
+
         lam0 = default_lambda(method, A, yi, s, pi)
-        found = discrepancy_search(solve_i, lambda x: float((A(x) - yi).norm()), s * math.sqrt(m), lam0)
+        found = discrepancy_search(solve_i, residual, s * math.sqrt(m), lam0, max_evaluations=AUTO_TRIALS)
+        bar.total -= AUTO_TRIALS - len(found.evaluations)  # the search met its tolerance early
+        bar.refresh()
         xs.append(found.x)
         lams.append(found.lam)
         iters += count[0]
+    bar.close()
     return torch.cat(xs), lams, iters
 
 

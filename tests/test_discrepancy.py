@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from data.phantoms import shepp_logan
 from operators import ParallelBeam2D
 from recon.discrepancy import DISCREPANCY_TAU, discrepancy_search
-from recon.reconstruct import reconstruct
+from recon.reconstruct import AUTO_TRIALS, reconstruct
 
 
 @pytest.mark.parametrize("target, lam0", [(1.0, 1.0), (0.2, 50.0), (3.0, 1e-4)])
@@ -77,6 +78,18 @@ def test_auto_lambda_batched_equals_looped(ct):
     both = reconstruct(A, y, "tv", lam="auto", iterations=100)
     assert both.parameters["lam"] == pytest.approx([r.parameters["lam"] for r in one], rel=1e-6)
     assert torch.allclose(both.x, torch.cat([r.x for r in one]), rtol=0, atol=1e-6 * float(x.max()))
+
+
+def test_auto_lambda_progress_counts_the_trials(ct, capsys):
+    # the bar advances once per reconstruction the search tries (not once per batch item) and ends
+    # full, with the last weight and residual ratio shown
+    A, x, y, sigmas = ct
+    reconstruct(A, y[:1], "tv", lam="auto", noise_std=sigmas[0], iterations=40, progress=True)
+    frames = [f for f in capsys.readouterr().err.replace("\r", "\n").splitlines() if "lam by discrepancy" in f]
+    counts = [tuple(map(int, re.search(r"(\d+)/(\d+) \[", f).groups())) for f in frames]
+    done, total = counts[-1]
+    assert done == total >= 2 and counts[0][1] == AUTO_TRIALS and "trial" in frames[-1]
+    assert re.search(r"lam [0-9.e-]+, residual / noise 0\.9\d\d", frames[-1]), frames[-1]
 
 
 def test_auto_lambda_bad_input(ct):
