@@ -3,15 +3,18 @@
 Exit status: 0 when the command did its work; 1 for a run failure (a file that cannot be written,
 a full disk, no memory); 2 for bad arguments (an option out of range, a missing or malformed input
 file, a request too large for the memory). Failures are reported on one line,
-``recon <command>: error: <what went wrong>``, without a traceback.
+``recon <command>: error: <what went wrong>``, without a traceback; warnings likewise, as
+``recon <command>: warning: <message>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 
 from apps import batch, bench, ct, mri, train
 
@@ -54,13 +57,28 @@ def _report(command: str, message: str, status: int) -> int:
     return status
 
 
+@contextlib.contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """Warnings as ``recon <command>: warning: <message>`` on stderr, not Python's file:line form."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"recon {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command as typed (recorded by `recon train` in its model card)
     flags = getattr(SUBCOMMANDS[args.command], "FLAGS", {})
     try:
-        return int(args.run(args) or 0)
+        with _one_line_warnings(args.command):
+            return int(args.run(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         return _report(args.command, flag_names(str(err), flags), 2)
     except MemoryError as err:

@@ -16,7 +16,9 @@ Shipped models live in ``recon/weights/`` (``builtin``): ``lpn_ct256``, ``svtv_w
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,7 +261,54 @@ def load_model(path: str | os.PathLike, task: str | None = None, device=None) ->
     network.eval()
     if device is not None:
         network.to(device)
+    for message in card_warnings(card, path):
+        warnings.warn(message, UserWarning, stacklevel=2)
     return TrainedModel(card["task"], network, card, path)
+
+
+#: a model trained for fewer than this share of the shipped model's steps is flagged on load
+SHORT_TRAINING = 0.1
+
+
+def card_warnings(card: dict, path: Path) -> list[str]:
+    """What a model card says against using the model: a training run far shorter than the shipped
+    model's of the task (below ``SHORT_TRAINING`` of its steps), or a validation PSNR at a noise
+    level below that of the noisy input itself, ``20 log10(1 / sigma)`` for images in [0, 1] (the
+    network makes its training inputs worse).
+
+    Example:
+        >>> card_warnings({"task": "lpn", "steps": 5, "sigma": 0.05, "trained_on": "images in [0, 1]",
+        ...                "metrics": {"psnr": 9.0}}, Path("runs/lpn/model.safetensors"))[1]
+        'runs/lpn/model.safetensors: validation PSNR 9.00 dB at sigma = 0.05, below the 26.02 dB of the noisy input'
+    """
+    found = []
+    reference = shipped(str(card.get("task")))
+    steps = card.get("steps")
+    # steps 0: not recorded (save_model's default for a network trained outside recon train)
+    if reference is not None and reference.resolve() != path.resolve() and isinstance(steps, int) and steps > 0:
+        shipped_steps = json.loads(_card_path(reference).read_text()).get("steps", 0)
+        if steps < SHORT_TRAINING * shipped_steps:
+            found.append(f"{path}: trained for {steps} steps, the shipped {card['task']} model for {shipped_steps}; "
+                         f"expect poor results (train longer: recon train {card['task']} --steps N)")
+    if card.get("trained_on") != "images in [0, 1]":
+        return found
+    metrics = card.get("metrics") or {}
+    levels = {}  # metric -> the noise level it was measured at
+    for key in metrics:
+        try:
+            levels[key] = float(key.split("@", 1)[1]) if key.startswith("psnr@") else None
+        except ValueError:
+            continue
+    if "psnr" in metrics:
+        levels["psnr"] = card.get("sigma")
+    for key, sigma in levels.items():
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and isinstance(sigma, (int, float)) and sigma > 0:
+            noisy = 20 * math.log10(1 / sigma)
+            if value < noisy:
+                found.append(f"{path}: validation PSNR {value:.2f} dB at sigma = {sigma:g}, below the "
+                             f"{noisy:.2f} dB of the noisy input")
+    return found
 
 
 def update_card(path: str | os.PathLike, **entries: Any) -> Path:

@@ -21,7 +21,7 @@ from priors.nets import ICNN, UNet
 from priors.tv import SpaceVariantTV, adaptive_tv_weights, intensity_scale, magnitude_tv_weights
 from priors.weight_net import GradientMagnitudeNet, gradient_magnitude
 from recon.checkpoint import load_weights
-from recon.models import TrainedModel, build_network, load_model, save_model, update_card
+from recon.models import TrainedModel, build_network, card_warnings, load_model, save_model, update_card
 from recon.reconstruct import reconstruct
 from tests.contracts import rel_diff
 
@@ -518,3 +518,69 @@ def test_recon_ct_weights_errors(tmp_path, models, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("recon ct: error: ") and re.search(message, err), err
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------ card warnings
+def test_shipped_models_load_without_warnings():
+    import warnings
+
+    from recon.models import BUILTIN, builtin
+
+    for name in BUILTIN:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_model(builtin(name))
+
+
+def test_short_or_harmful_training_is_flagged_on_load(tmp_path):
+    """A card of a 5-step run whose validation PSNR is below the noisy input's: both named on load."""
+    import shutil
+
+    from recon.models import builtin
+
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(builtin("lpn").with_suffix(suffix), tmp_path / f"model{suffix}")
+    card = json.loads((tmp_path / "model.json").read_text())
+    with warnings_as_list() as caught:
+        load_model(tmp_path)
+    assert caught == []  # the shipped card copied elsewhere: its own steps, its own PSNR
+    card.update(steps=5, metrics={"psnr": 9.0})
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    with warnings_as_list() as caught:
+        load_model(tmp_path)
+    shipped_steps = json.loads(builtin("lpn").with_suffix(".json").read_text())["steps"]
+    assert f"trained for 5 steps, the shipped lpn model for {shipped_steps}" in caught[0]
+    assert "validation PSNR 9.00 dB at sigma = 0.05, below the 26.02 dB of the noisy input" in caught[1]
+    card.update(task="score", metrics={"psnr@0.1": 12.0, "psnr@0.01": 45.0})
+    assert [m.split(": ", 1)[1] for m in card_warnings(card, tmp_path / "model.safetensors")][-1] == \
+        "validation PSNR 12.00 dB at sigma = 0.1, below the 20.00 dB of the noisy input"
+
+
+def test_the_command_line_shows_the_warning_on_one_line(tmp_path, capsys):
+    import shutil
+
+    from recon.models import builtin
+
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(builtin("lpn").with_suffix(suffix), tmp_path / f"model{suffix}")
+    card = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**card, "steps": 5}))
+    assert main(["ct", "--phantom", "shepp-logan", "--size", "32", "--views", "10", "--method", "lpn", "--iterations",
+                 "2", "--weights", str(tmp_path), "--output", str(tmp_path / "out"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"recon ct: warning: {tmp_path / 'model.safetensors'}: trained for 5 steps" in err
+    assert "UserWarning" not in err
+
+
+def warnings_as_list():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def caught():
+        with warnings.catch_warnings(record=True) as found:
+            warnings.simplefilter("always")
+            messages: list[str] = []
+            yield messages
+            messages.extend(str(w.message) for w in found)
+    return caught()
