@@ -46,6 +46,7 @@ correctness check fails.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -80,6 +81,14 @@ def add_parser(bench) -> None:
     p.set_defaults(run=run_speed)
 
 
+ODL_HINT = "pip install 'recon[bench]' (or `pip install odl`) adds it"
+
+
+def odl_installed() -> bool:
+    """Whether ODL, the optional comparison the ``bench`` extra installs, can be imported."""
+    return importlib.util.find_spec("odl") is not None
+
+
 def _settings(args) -> dict:
     quick, cuda = args.quick, getattr(args, "device", "cpu") == "cuda"
     if cuda and "skimage" in (args.impl or ()):
@@ -89,6 +98,11 @@ def _settings(args) -> dict:
     s = {"sizes": args.sizes or ([256] if quick else [256, 512]), "views": args.views or views,
          "batches": args.batches or batches, "repeats": args.repeats, "device": "cuda" if cuda else "cpu",
          "impls": list(dict.fromkeys(["recon", *(args.impl or (CUDA_IMPLS if cuda else IMPLS))]))}
+    if "odl" in s["impls"] and not odl_installed():
+        if args.impl:
+            raise ValueError(f"--impl odl: ODL is not installed; {ODL_HINT}")
+        s["impls"].remove("odl")
+        print(f"odl: not installed, left out ({ODL_HINT})")
     for key in ("sizes", "views", "batches", "repeats"):
         values = s[key] if isinstance(s[key], list) else [s[key]]
         if any(v < 1 for v in values):

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.bench_speed import PeakRSS, _median_time
+from apps.bench_speed import ODL_HINT, PeakRSS, _median_time, odl_installed
 from data.hdf5 import atomic_path
 from data.phantoms import shepp_logan
 from operators.ct import ParallelBeam2D
@@ -261,6 +261,9 @@ def run_tv(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available")
     impls = list(dict.fromkeys(args.impl or (("recon", "odl-tuned") if args.quick else IMPLS)))
+    missing = [i for i in impls if i.startswith("odl")] if not odl_installed() else []
+    if missing:
+        raise ValueError(f"--impl {missing[0]}: ODL is not installed; {ODL_HINT}, or run --impl recon alone")
     t = time.perf_counter()
     problem, x_true = make_problem(args.size, args.views, args.noise, device=args.device)  # A's first call builds it
     setup = time.perf_counter() - t

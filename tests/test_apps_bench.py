@@ -110,6 +110,24 @@ def test_speed_bad_arguments(capsys):
 
 
 
+def test_without_odl_the_benches_name_the_extra(monkeypatch, capsys):
+    """ODL is an optional extra (recon[bench]): asked for, it is named; by default bench speed leaves it out."""
+    import argparse
+
+    import apps.bench_speed
+    import apps.bench_tv
+
+    for module in (apps.bench_speed, apps.bench_tv):
+        monkeypatch.setattr(module, "odl_installed", lambda: False)
+    assert main(["bench", "tv", "--quick"]) == 2
+    assert "--impl odl-tuned: ODL is not installed; pip install 'recon[bench]'" in capsys.readouterr().err
+    assert main(["bench", "speed", "--impl", "odl"]) == 2
+    assert "--impl odl: ODL is not installed; pip install 'recon[bench]'" in capsys.readouterr().err
+    args = argparse.Namespace(quick=True, device="cpu", impl=None, sizes=None, views=None, batches=None, repeats=1)
+    assert apps.bench_speed._settings(args)["impls"] == ["recon", "astra", "skimage"]
+    assert "odl: not installed, left out (pip install 'recon[bench]'" in capsys.readouterr().out
+
+
 def test_speed_cuda_options(capsys):
     assert main(["bench", "speed", "--device", "cuda", "--impl", "skimage"]) == 2
     assert "--impl skimage: scikit-image runs on CPU only" in capsys.readouterr().err
