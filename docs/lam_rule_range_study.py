@@ -1,0 +1,183 @@
+"""Study: the default TV weight across image size, views, geometry and noise (issue 20, item 2).
+
+For each case (phantom, size, views, geometry, relative noise, seed) it simulates the sinogram as
+``recon ct --phantom`` does (``apps.ct.simulate``: pixel 1 mm, noise relative to the sinogram's RMS),
+reconstructs with ``reconstruct(A, y, "tv", lam=m * centre)`` (300 Chambolle-Pock iterations from
+FBP, x >= 0, the product's defaults) and searches m on the grid 2^(k/2): m = 1, 1/2, 2, then
+doubling towards the better side until the best is bracketed, then the two sqrt(2) neighbours of
+the best. ``centre`` is the default rule's weight, with the noise estimated from the sinogram as
+``recon ct`` does. Each evaluation also records the residual ratio ||A x - y|| / (sigma sqrt m),
+the quantity the discrepancy principle (``lam="auto"``) sets to tau.
+
+    PYTHONPATH=. .venv/bin/python docs/lam_rule_range_study.py --set fit --workers 2 --out docs/lam_rule_range_study.jsonl
+    PYTHONPATH=. .venv/bin/python docs/lam_rule_range_study.py --set fit --check --out docs/lam_rule_range_check.jsonl
+
+Appends one JSON line per case to ``--out`` (a case already there is skipped, so an interrupted run
+resumes). One torch thread per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+#: (phantom, size, views, geometry, noise, seed): the fitting cases cover sizes 64-256, views
+#: 30-180, both geometries and noise 0.5-5%, phantoms alternating
+FIT = [(ph, n, v, geo, nz, 0)
+       for i, (n, v, nz) in enumerate((n, v, nz) for n in (64, 128, 256) for v in (30, 60, 180)
+                                      for nz in (0.005, 0.02, 0.05))
+       for ph, geo in [(("shepp-logan", "ellipses")[i % 2], ("parallel", "fan")[(i // 2) % 2])]]
+#: held out: sizes, views, noise levels and seeds not used for fitting, up to 512
+HELD_OUT = [("ellipses", 96, 45, "parallel", 0.01, 5), ("shepp-logan", 96, 120, "fan", 0.03, 0),
+            ("shepp-logan", 192, 90, "fan", 0.01, 0), ("ellipses", 192, 30, "parallel", 0.005, 6),
+            ("ellipses", 128, 60, "parallel", 0.01, 7), ("shepp-logan", 128, 60, "parallel", 0.01, 0),
+            ("shepp-logan", 384, 60, "parallel", 0.01, 0), ("ellipses", 384, 120, "fan", 0.02, 8),
+            ("ellipses", 512, 30, "fan", 0.01, 9), ("shepp-logan", 512, 60, "parallel", 0.01, 0),
+            ("ellipses", 64, 180, "fan", 0.03, 10), ("shepp-logan", 256, 45, "fan", 0.01, 0)]
+SETS = {"fit": FIT, "held-out": HELD_OUT}
+
+
+def operator(data):
+    """The CT operator of ``apps.ct.simulate``'s geometry."""
+    import numpy as np
+
+    from operators import FanBeam2D, ParallelBeam2D
+
+    g, shape = data.geometry, tuple(data.geometry["image_shape"])
+    det = data.sinogram.shape[1]
+    if g["geometry"] == "parallel":
+        return ParallelBeam2D(shape, np.asarray(data.angles), det)
+    return FanBeam2D(shape, np.asarray(data.angles), det, g["source_origin"], g["origin_detector"],
+                     detector_spacing=g["detector_spacing"])
+
+
+def problem(case):
+    """``(data, A, y, x_true)`` of a case, as ``recon ct --phantom`` simulates it."""
+    import torch
+
+    from apps.ct import simulate
+
+    torch.set_num_threads(1)
+    data = simulate(*case)
+    y = torch.from_numpy(data.sinogram)[None, None].float()
+    return data, operator(data), y, torch.from_numpy(data.reference)[None, None].float()
+
+
+def check_case(case) -> dict:
+    """The default rule as it is now (``reconstruct`` with ``lam=None``) on one case."""
+    from recon.metrics import psnr
+    from recon.reconstruct import reconstruct
+
+    data, A, y, x_true = problem(case)
+    r = reconstruct(A, y, "tv")
+    return dict(zip(("phantom", "size", "views", "geometry", "noise", "seed"), case),
+                rule_lam=r.parameters["lam"], rule_psnr=float(psnr(r.x, x_true)))
+
+
+def run_case(case) -> dict:
+    from recon.lambda_rule import _backprojected_noise_rms, default_tv_lambda, estimate_noise_std
+    from recon.metrics import psnr
+    from recon.reconstruct import reconstruct
+
+    phantom, size, views, geometry, noise, seed = case
+    started = time.perf_counter()
+    data, A, y, x_true = problem(case)
+    sigma_hat = float(estimate_noise_std(y).mean())
+    centre = default_tv_lambda(A, y)
+    m = y[0].numel()
+    evals: dict[float, dict] = {}
+
+    def at(k: int) -> float:  # PSNR at m = 2^(k/2)
+        if k not in evals:
+            r = reconstruct(A, y, "tv", lam=centre * 2 ** (k / 2))
+            ratio = float((A(r.x) - y).norm()) / (data.noise_std * math.sqrt(m))
+            evals[k] = {"multiple": 2 ** (k / 2), "lam": centre * 2 ** (k / 2), "psnr": float(psnr(r.x, x_true)),
+                        "residual_ratio": ratio, "iterations": r.iterations}
+        return evals[k]["psnr"]
+
+    for k in (0, -2, 2):
+        at(k)
+    while True:
+        best = max(evals, key=at)
+        if best == min(evals) and best > -12:
+            at(best - 2)
+        elif best == max(evals) and best < 12:
+            at(best + 2)
+        else:
+            break
+    best = max(evals, key=at)
+    at(best - 1), at(best + 1)
+    best = max(evals, key=at)
+    return {"phantom": phantom, "size": size, "views": views, "geometry": geometry, "noise": noise, "seed": seed,
+            "noise_std": data.noise_std, "sigma_hat": sigma_hat, "sinogram_rms": float(y.pow(2).mean().sqrt()),
+            "bp_noise_rms": _backprojected_noise_rms(A, y), "measurements": m, "pixels": size * size,
+            "rule_lam": centre, "best_multiple": evals[best]["multiple"], "best_psnr": evals[best]["psnr"],
+            "evaluations": [evals[k] for k in sorted(evals)], "seconds": time.perf_counter() - started}
+
+
+KEYS = ("phantom", "size", "views", "geometry", "noise", "seed")
+
+
+def table(search: Path, check: Path) -> str:
+    """Markdown: per case the best weight on the grid, the rule as checked, and the previous rule."""
+    rows = [json.loads(line) for line in search.read_text().splitlines() if line.strip()]
+    checked = {tuple(r[k] for k in KEYS): r for r in map(json.loads, check.read_text().splitlines()) if r}
+    lines = ["| set | phantom | size | views | geometry | noise | best on grid (x previous rule) | best PSNR | "
+             "rule: x previous | rule PSNR | loss | previous rule PSNR | previous loss |", "|" + "---|" * 13]
+    summary: dict[str, list[float]] = {}
+    for r in sorted(rows, key=lambda r: (r["set"] != "fit", r["size"], r["views"], r["noise"])):
+        c = checked[tuple(r[k] for k in KEYS)]
+        previous = next(e["psnr"] for e in r["evaluations"] if e["multiple"] == 1.0)
+        best = max(r["best_psnr"], c["rule_psnr"])
+        loss = best - c["rule_psnr"]
+        summary.setdefault(r["set"], []).append((loss, best - previous))
+        lines.append(f"| {r['set']} | {r['phantom']} | {r['size']} | {r['views']} | {r['geometry']} | {r['noise']:.1%} | "
+                     f"x{r['best_multiple']:.3g} | {r['best_psnr']:.2f} | x{c['rule_lam'] / r['rule_lam']:.3g} | "
+                     f"{c['rule_psnr']:.2f} | {loss:.2f} | {previous:.2f} | {best - previous:.2f} |")
+    for name, pairs in summary.items():
+        for label, losses in (("rule", [a for a, _ in pairs]), ("previous rule", [b for _, b in pairs])):
+            lines.append(f"\n{name}, {label}: {len(losses)} cases, loss max {max(losses):.2f} dB, mean "
+                         f"{sum(losses) / len(losses):.2f} dB, {sum(v <= 1.0 for v in losses)} within 1 dB")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--set", choices=SETS)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--table", nargs=2, type=Path, metavar=("SEARCH", "CHECK"),
+                   help="print the markdown table of a search file and a check file, and stop")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--check", action="store_true",
+                   help="reconstruct each case once at the default rule as it is now (no search)")
+    args = p.parse_args()
+    if args.table:
+        print(table(*args.table), end="")
+        return
+    done = set()
+    if args.out.exists():
+        done = {tuple(json.loads(line)[k] for k in ("phantom", "size", "views", "geometry", "noise", "seed"))
+                for line in args.out.read_text().splitlines() if line.strip()}
+    todo = [c for c in SETS[args.set] if c not in done]
+    todo.sort(key=lambda c: -c[1] ** 2 * c[2])  # the longest first, so the workers finish together
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        if args.check:
+            for row in pool.imap_unordered(check_case, todo):
+                with args.out.open("a") as f:
+                    f.write(json.dumps({"set": args.set, **row}) + "\n")
+                print(*[row[k] for k in ("phantom", "size", "views", "geometry", "noise")],
+                      f"rule {row['rule_psnr']:.2f} dB", flush=True)
+            return
+        for row in pool.imap_unordered(run_case, todo):
+            with args.out.open("a") as f:
+                f.write(json.dumps({"set": args.set, **row}) + "\n")
+            print(row["phantom"], row["size"], row["views"], row["geometry"], row["noise"],
+                  f"best x{row['best_multiple']:.3g} {row['best_psnr']:.2f} dB ({row['seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
