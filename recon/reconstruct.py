@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 from collections.abc import Callable
@@ -51,16 +52,16 @@ PNP = ("lpn", "pnp")  # plug-and-play ADMM with a trained model: a learned proxi
 ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tik", "graphla-tv")  # priors built from a pre-estimate Psi(y)
 VARIATIONAL = ("tv", *ADAPTIVE)
 ESTIMATES = ("fbp", "tikhonov", "tv")
-#: reconstructions the discrepancy search (``lam="auto"``) may try per batch item
-AUTO_TRIALS = 8
+#: ``lam="auto"``: reconstructions its search may try per item, and the share of the default rule's weight
+#: below which it warns (there the principle fails: docs/lam_rule_range_study.md), not a better weight
+AUTO_TRIALS, AUTO_FLOOR = 8, 0.25
 DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tikhonov": TIKHONOV_ITERATIONS, "tv": 300, "svtv": 300,
                       "graphla-fbp": 300, "graphla-tik": 300, "graphla-tv": 300, "lpn": 10, "pnp": 20,
                       **DEFAULT_STEPS}
 #: PnP-ADMM settings of "lpn" and "pnp" when the model card has none (the card's "pnp" entry wins): rho is
-#: this factor times the MAP rule nu^2 / (sigma^2 ||A||^2) (see _pnp). Measured on the tuning phantoms
-#: (ellipses 100/101, 60 views, 1% noise): 0.5 was best for the shipped LPN (docs/lpn_ct_study.py) and
-#: within 0.1 dB of best for a U-Net denoiser trained at sigma 0.03; ADMM with the LPN degrades past
-#: 10-30 iterations (docs/lpn_stability_study.py), the denoiser's is steady by 20
+#: this factor times the MAP rule nu^2 / (sigma^2 ||A||^2) (see _pnp): on the tuning phantoms (ellipses 100/101,
+#: 60 views, 1% noise) best for the shipped LPN (docs/lpn_ct_study.py), within 0.1 dB of best for a U-Net
+#: denoiser at sigma 0.03; ADMM with the LPN degrades past 10-30 iterations (docs/lpn_stability_study.py)
 PNP_RHO_FACTOR, PNP_CG_ITERATIONS = 0.5, 10
 #: each graphLa method's default pre-estimate
 GRAPHLA_ESTIMATES = {"graphla-fbp": "fbp", "graphla-tik": "tikhonov", "graphla-tv": "tv"}
@@ -383,6 +384,10 @@ def _auto(method, A, y, prior, x_fbp, noise_std, solve, progress):
         found = discrepancy_search(solve_i, residual, s * math.sqrt(m), lam0, max_evaluations=AUTO_TRIALS)
         bar.total -= AUTO_TRIALS - len(found.evaluations)  # the search met its tolerance early
         bar.refresh()
+        if found.lam < AUTO_FLOOR * lam0:
+            warnings.warn(f"lam='auto' chose {found.lam:.3g} for item {i}, below {AUTO_FLOOR:g}x the default rule's "
+                          f"{lam0:.3g}: with many measurements per pixel the discrepancy principle under-regularises "
+                          "(docs/lam_rule_range_study.md); the default weight (lam=None) is safer here", stacklevel=3)
         xs.append(found.x)
         lams.append(found.lam)
         iters += count[0]

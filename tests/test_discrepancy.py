@@ -92,6 +92,20 @@ def test_auto_lambda_progress_counts_the_trials(ct, capsys):
     assert re.search(r"lam [0-9.e-]+, residual / noise 0\.9\d\d", frames[-1]), frames[-1]
 
 
+def test_auto_lambda_warns_where_the_principle_under_regularises():
+    # many measurements per pixel (120 views of 32^2): the residual at the best weight is above 0.93 sigma
+    # sqrt(m), so the principle's weight is far below it (measured 0.004 against the rule's 0.49, 5 dB lower)
+    from apps.ct import simulate
+    from recon.reconstruct import AUTO_FLOOR, default_tv_lambda
+
+    data = simulate("shepp-logan", 32, 120, "parallel", 0.05, 0)
+    A = ParallelBeam2D((32, 32), data.angles, data.sinogram.shape[1])
+    y = torch.from_numpy(data.sinogram)[None, None]
+    with pytest.warns(UserWarning, match=r"lam='auto' chose .* below 0.25x the default rule's"):
+        r = reconstruct(A, y, "tv", lam="auto", noise_std=data.noise_std)
+    assert r.parameters["lam"] < AUTO_FLOOR * default_tv_lambda(A, y, data.noise_std)
+
+
 def test_auto_lambda_bad_input(ct):
     A, x, y, _ = ct
     with pytest.raises(ValueError, match="lam: expected a number, None .* or 'auto'"):
