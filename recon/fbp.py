@@ -15,12 +15,15 @@ Steps:
    over a zero-padded power-of-two length ``>= 2 * detectors`` (no DC bias, no wrap-around),
    multiplied by a window (``FILTERS``) and zeroed above ``cutoff`` x Nyquist.
 3. **Angular weights** (:func:`angle_weights`): each view's share of the angular coverage (midpoint
-   rule on the sorted angles), scaled by ``pi / max(C, pi)`` with ``C`` the total coverage: a parallel
-   scan over 180 deg sums to ``pi``; a full fan scan over 360 deg gets the factor 1/2 of the fan-beam
-   formula. A duplicated end view (0 deg and 360 deg) closes the circle and the two share one weight.
-   Short scans (less than 360 deg, more than 180 deg) are only rescaled on average: there is **no
-   Parker weighting**, so a fan-beam short scan shows low-frequency shading. Limited-angle scans
-   (coverage below 180 deg) are not rescaled at all.
+   rule on the sorted angles), scaled by ``pi / C`` with ``C`` the total coverage, so they always sum
+   to ``pi``: a parallel scan over 180 deg is unchanged; a full fan scan over 360 deg gets the factor
+   1/2 of the fan-beam formula. A duplicated end view (0 deg and 360 deg) closes the circle and the
+   two share one weight. Short scans (less than 360 deg, more than 180 deg) are only rescaled on
+   average: there is **no Parker weighting**, so a fan-beam short scan shows low-frequency shading.
+   Limited-angle scans (coverage below 180 deg) cannot be made exact by any weighting (a wedge of
+   directions is missing); scaled to ``pi`` the kept directions stand in for the missing ones, which
+   makes the value at the centre of an object isotropic about that point exact (an unscaled 90 deg
+   arc returned half of it).
 4. **Back-projection**, pixel-driven, in torch (any device, differentiable): linear interpolation
    along the detector (bilinear for cone beam), zero outside it, with the distance weight ``1/U^2``,
    ``U = (D + r) / D``, for fan and cone beam (``r`` = the pixel's distance from the isocentre along the
@@ -139,7 +142,8 @@ def angle_weights(angles: np.ndarray) -> np.ndarray:
     closes the circle (``2 pi - span``) is no larger than the largest gap between views, the scan is a
     full circle and that gap is shared like the others (so 0 and 360 deg share one view's weight);
     otherwise the two end views get half their inner gap on the open side. The weights, whose sum
-    is the coverage ``C``, are then scaled by ``pi / max(C, pi)``. Only the 2 pi periodicity is
+    is the coverage ``C``, are then scaled by ``pi / C`` (limited arcs included: module docstring,
+    step 3). Only the 2 pi periodicity is
     detected: a parallel scan over 0..180 deg *inclusive* counts that direction twice (a faint extra
     back-projection of one view); drop the duplicate if it matters.
 
@@ -171,7 +175,7 @@ def angle_weights(angles: np.ndarray) -> np.ndarray:
     total = w.sum()
     if total <= 0.0:  # all views at the same angle: no coverage to share
         return np.full_like(a, math.pi / a.size)
-    return w * (math.pi / max(total, math.pi))
+    return w * (math.pi / total)
 
 
 # ------------------------------------------------------------------------------------ filtering
