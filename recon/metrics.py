@@ -1,4 +1,5 @@
-"""Batched image-quality metrics in torch: PSNR, SSIM and relative error.
+"""Batched image-quality metrics in torch: PSNR, SSIM and relative error; Otsu segmentation
+and the Matthews correlation coefficient (the HTC2022 challenge's score).
 
 All metrics take ``(B, C, H, W)`` tensors ``x`` (estimate) and ``ref``
 (ground truth) of the same shape and return one value per batch item, shape
@@ -14,16 +15,16 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "relative_error", "ssim"]
+__all__ = ["psnr", "relative_error", "ssim", "otsu_threshold", "mcc"]
 
 _SSIM_WIN = 7
 _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03
 
 
-def _check_pair(x: object, ref: object) -> None:
-    """Raise unless ``x`` and ``ref`` are 4-D tensors of the same shape."""
-    for name, t in (("x", x), ("ref", ref)):
+def _check_pair(x: object, ref: object, names: tuple[str, str] = ("x", "ref")) -> None:
+    """Raise unless ``x`` and ``ref`` are 4-D tensors of the same shape (errors use ``names``)."""
+    for name, t in zip(names, (x, ref)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
@@ -34,7 +35,7 @@ def _check_pair(x: object, ref: object) -> None:
             raise TypeError(f"{name}: expected a real tensor, got dtype {t.dtype}")
     if x.shape != ref.shape:  # type: ignore[union-attr]
         raise ValueError(
-            f"x: expected the same shape as ref {tuple(ref.shape)}, "  # type: ignore[union-attr]
+            f"{names[0]}: expected the same shape as {names[1]} {tuple(ref.shape)}, "  # type: ignore[union-attr]
             f"got {tuple(x.shape)}"  # type: ignore[union-attr]
         )
 
@@ -183,3 +184,71 @@ def relative_error(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     xw, rw = x.to(work), ref.to(work)
     err = torch.linalg.vector_norm((xw - rw).flatten(1), dim=1)
     return (err / torch.linalg.vector_norm(rw.flatten(1), dim=1)).to(_out_dtype(x, ref))
+
+
+def otsu_threshold(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """Otsu's threshold per batch item: the histogram split that maximises the between-class variance.
+
+    The histogram has ``bins`` equal bins over the item's ``[min, max]``; the threshold is the centre
+    of the last bin of the lower class (as ``skimage.filters.threshold_otsu``), so ``x > t`` is the
+    upper class. A constant item returns its value.
+
+    Args:
+        x: Images, shape ``(B, C, H, W)`` (real).
+        bins: Histogram bins (>= 2).
+
+    Returns:
+        Tensor of shape ``(B,)``.
+
+    Example:
+        >>> x = torch.tensor([0.0, 0.1, 0.2, 0.9, 1.0]).reshape(1, 1, 1, 5)
+        >>> bool(0.2 <= float(otsu_threshold(x)[0]) < 0.9)
+        True
+    """
+    if x.dim() != 4 or x.is_complex():
+        raise ValueError(f"x: expected a real (B, C, H, W) tensor, got shape {tuple(x.shape)} and dtype {x.dtype}")
+    if not (isinstance(bins, numbers.Integral) and bins >= 2):
+        raise ValueError(f"bins: expected an integer >= 2, got {bins!r}")
+    out = []
+    for item in x.detach().flatten(1).double().cpu():
+        lo, hi = float(item.min()), float(item.max())
+        if hi <= lo:
+            out.append(lo)
+            continue
+        counts = torch.histc(item, bins=bins, min=lo, max=hi)
+        centres = lo + (torch.arange(bins, dtype=torch.float64) + 0.5) * (hi - lo) / bins
+        w0 = torch.cumsum(counts, 0)[:-1]
+        w1 = counts.sum() - w0
+        m0 = torch.cumsum(counts * centres, 0)[:-1] / w0.clamp_min(1)
+        m1 = (torch.sum(counts * centres) - torch.cumsum(counts * centres, 0)[:-1]) / w1.clamp_min(1)
+        between = w0 * w1 * (m0 - m1) ** 2
+        out.append(float(centres[int(torch.argmax(between))]))
+    return torch.tensor(out, dtype=x.dtype if x.is_floating_point() else torch.float64)
+
+
+def mcc(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    r"""Matthews correlation coefficient of two binary segmentations, per batch item.
+
+    .. math:: \frac{TP\,TN - FP\,FN}{\sqrt{(TP + FP)(TP + FN)(TN + FP)(TN + FN)}}
+
+    1 for identical masks, 0 for no better than chance, -1 for complementary ones; 0 when a
+    factor of the denominator is 0 (a mask that is all one class).
+
+    Args:
+        pred: Segmentation, ``(B, C, H, W)``, boolean or 0/1.
+        ref: Reference segmentation, the same shape.
+
+    Returns:
+        float64 tensor of shape ``(B,)``.
+
+    Example:
+        >>> ref = torch.tensor([[1, 1, 0, 0]]).reshape(1, 1, 1, 4).bool()
+        >>> mcc(ref, ref).tolist(), mcc(~ref, ref).tolist()
+        ([1.0], [-1.0])
+    """
+    _check_pair(pred, ref, ("pred", "ref"))
+    p, r = pred.flatten(1).bool(), ref.flatten(1).bool()
+    tp, tn = (p & r).sum(1).double(), (~p & ~r).sum(1).double()
+    fp, fn = (p & ~r).sum(1).double(), (~p & r).sum(1).double()
+    den = ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)).sqrt()
+    return torch.where(den > 0, (tp * tn - fp * fn) / den.clamp_min(1e-300), torch.zeros_like(den))

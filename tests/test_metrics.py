@@ -165,3 +165,34 @@ def test_bad_data_range(metric, data_range: object, exc: type[Exception]) -> Non
 def test_ssim_too_small() -> None:
     with pytest.raises(ValueError, match=r"^x: expected height and width >= 7"):
         ssim(torch.zeros(1, 1, 6, 20), torch.zeros(1, 1, 6, 20), data_range=1.0)
+
+
+# ------------------------------------------------------------------------- segmentation scores
+def test_otsu_matches_scikit_image():
+    from skimage.filters import threshold_otsu
+
+    from recon.metrics import otsu_threshold
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([0.2 * torch.rand(3, 1, 32, 32, generator=gen),
+                   0.5 + 0.3 * torch.rand(3, 1, 32, 32, generator=gen)], dim=-1).double()
+    x[1] = x[1] ** 3  # skewed classes
+    ours = otsu_threshold(x)
+    for i in range(3):
+        assert float(ours[i]) == pytest.approx(threshold_otsu(x[i, 0].numpy()), rel=1e-12)
+    assert otsu_threshold(torch.full((1, 1, 4, 4), 0.3)).tolist() == pytest.approx([0.3])
+
+
+def test_mcc_is_the_correlation_of_the_masks():
+    from recon.metrics import mcc
+
+    gen = torch.Generator().manual_seed(1)
+    ref = torch.rand(4, 1, 16, 16, generator=gen) > 0.6
+    pred = ref ^ (torch.rand(4, 1, 16, 16, generator=gen) > 0.85)  # flip about 15% of the pixels
+    for i, value in enumerate(mcc(pred, ref).tolist()):
+        expected = np.corrcoef(pred[i].flatten().double().numpy(), ref[i].flatten().double().numpy())[0, 1]
+        assert value == pytest.approx(expected, rel=1e-12)
+    assert mcc(ref, ref).tolist() == [1.0] * 4 and mcc(~ref, ref).tolist() == [-1.0] * 4
+    assert mcc(torch.ones_like(ref), ref).tolist() == [0.0] * 4  # one class only: 0, not NaN
+    with pytest.raises(ValueError, match=r"pred: expected the same shape as ref"):
+        mcc(ref[:, :, :8], ref)
