@@ -2,7 +2,8 @@
 
 ``recon bench speed`` times the CT operators against ASTRA, ODL and scikit-image
 (``apps/bench_speed.py``); ``recon bench tv`` times TV reconstruction to the same objective
-against ODL's pdhg (``apps/bench_tv.py``).
+against ODL's pdhg (``apps/bench_tv.py``); ``recon bench htc`` scores the HTC2022 limited-angle
+task as the challenge did (``apps/bench_htc.py``).
 
 ``recon bench quality`` reconstructs simulated phantoms (Shepp-Logan and seeded random
 ellipses, parallel beam over 180 deg with Gaussian noise relative to the sinogram's RMS)
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps import bench_speed, bench_tv
+from apps import bench_htc, bench_speed, bench_tv
 from apps.ct import _device, _metrics, simulate
 from data.hdf5 import CTData, atomic_path
 from operators.ct import ct_operator
@@ -56,6 +57,7 @@ def add_parser(sub) -> None:
     bench.required = True
     bench_speed.add_parser(bench)
     bench_tv.add_parser(bench)
+    bench_htc.add_parser(bench)
     q = bench.add_parser("quality", help="PSNR/SSIM/time of the CT methods on phantoms and HTC2022",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--phantoms", type=int, default=20, help="random-ellipse phantoms (seeds 0..N-1), besides "

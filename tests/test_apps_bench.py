@@ -192,3 +192,13 @@ def test_quality_runs_the_diffusion_methods_with_a_score_model(tmp_path, capsys)
     assert bench(*argv, "--score-weights", weights, "--output", tmp_path / "q") == 0
     metrics = json.loads((tmp_path / "q" / "quality.json").read_text())["cases"]["shepp-logan"]
     assert set(metrics) >= {"red-diff", "diffpir"} and all(m["seconds"] > 0 for m in metrics.values())
+
+
+def test_bench_htc_names_a_missing_folder_or_files(tmp_path, capsys):
+    assert main(["bench", "htc", "--htc", str(tmp_path / "none")]) == 2
+    assert "--htc: no such folder" in capsys.readouterr().err
+    assert main(["bench", "htc", "--htc", str(tmp_path)]) == 2
+    assert "--htc: no HTC2022 *_limited.mat files under" in capsys.readouterr().err
+    (tmp_path / "htc2022_01a_limited.mat").write_bytes(b"")
+    assert main(["bench", "htc", "--htc", str(tmp_path)]) == 2
+    assert "lacks htc2022_01a_full.mat, htc2022_01a_recon_fbp.mat, htc2022_01a_recon_fbp_seg.mat" in capsys.readouterr().err

@@ -1,0 +1,167 @@
+"""``recon bench htc``: the HTC2022 challenge's limited-angle task, scored as the challenge scored it.
+
+    recon bench htc --htc ../shared/data/real/htc2022 --method fbp --method tv --output bench_htc
+
+For each test phantom with a ``*_limited.mat`` file (01a, 04a, 07a: arcs of 90, 60 and 30 deg) every
+method reconstructs two tasks: the challenge's arc (the limited file as it is) and 60 of the 721
+views over 360 deg (the sparse-view task of ``recon bench quality``). The score is the challenge's:
+the reconstruction, brought to the organisers' 512 x 512 grid (bilinear) when ``--size`` is smaller,
+is split into two classes by Otsu's threshold (``recon.metrics.otsu_threshold``) and compared with
+the organisers' segmentation of their full-data FBP (``*_recon_fbp_seg.mat``) by the Matthews
+correlation coefficient (``recon.metrics.mcc``), without any flip: our images are oriented like
+theirs. PSNR against the organisers' full-data FBP (block-averaged onto ``--size``) is the second
+figure. Every method runs at its defaults (the default weight rule, 300 iterations).
+
+Writes ``<output>/htc.json`` (settings and per case and method: MCC, PSNR, seconds),
+``htc.md`` (the table) and ``htc.png`` (the reference segmentation and each method's, per case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from apps.argtypes import positive_int
+
+HTC_PIXEL_MM, HTC_SIZE, HTC_VIEWS_FULL, SPARSE_VIEWS = 0.14832232, 512, 721, 60
+METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
+
+
+def add_parser(bench) -> None:
+    p = bench.add_parser("htc", help="HTC2022 limited-angle task: MCC of Otsu segmentations, as the challenge",
+                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--htc", type=Path, required=True, metavar="DIR",
+                   help="folder with the HTC2022 test files (*_limited.mat, *_full.mat, *_recon_fbp*.mat)")
+    p.add_argument("--size", type=positive_int, default=256, help="reconstruction grid over the 75.9 mm field "
+                                                                  "of view (default 256; the challenge's is 512)")
+    p.add_argument("--method", action="append", choices=METHODS, help="repeatable (default: fbp and tv)")
+    p.add_argument("--output", type=Path, default=Path("bench_htc"), help="output folder")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(run=run)
+
+
+def cases(folder: Path) -> list[tuple[str, Path, Path, Path, Path]]:
+    """``(name, limited, full, reference FBP, reference segmentation)`` for each test phantom in ``folder``."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--htc: no such folder {folder}")
+    found = []
+    for limited in sorted(folder.rglob("htc2022_*_limited.mat")):
+        name = limited.name.removeprefix("htc2022_").removesuffix("_limited.mat")
+        others = [limited.with_name(f"htc2022_{name}_{s}.mat") for s in ("full", "recon_fbp", "recon_fbp_seg")]
+        missing = [p.name for p in others if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"--htc: {limited.name} lacks {', '.join(missing)} beside it")
+        found.append((name, limited, *others))
+    if not found:
+        raise FileNotFoundError(f"--htc: no HTC2022 *_limited.mat files under {folder}")
+    return found
+
+
+def _mat(path: Path) -> np.ndarray:
+    from scipy import io as scipy_io
+
+    arrays = [v for k, v in scipy_io.loadmat(path).items() if not k.startswith("__")]
+    return np.asarray(arrays[0], dtype=np.float64)
+
+
+def segment(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``image`` on the organisers' grid ``shape`` (bilinear when it differs), split by Otsu: ``(1, 1, H, W)`` bool."""
+    from recon.metrics import otsu_threshold
+
+    x = image.detach().double().cpu().reshape(1, 1, *image.shape[-2:])
+    if tuple(x.shape[-2:]) != tuple(shape):
+        x = F.interpolate(x, size=tuple(shape), mode="bilinear", align_corners=False)
+    return x > otsu_threshold(x).reshape(-1, 1, 1, 1)
+
+
+def score(image: torch.Tensor, segmentation: np.ndarray) -> float:
+    """The challenge's score: MCC of ``image``'s Otsu segmentation against the organisers' ``segmentation``."""
+    from recon.metrics import mcc
+
+    ours = segment(image, segmentation.shape)
+    return float(mcc(ours, torch.as_tensor(segmentation > 0.5)[None, None])[0])
+
+
+def _tasks(name: str, limited: Path, full: Path, size: int) -> dict:
+    """The challenge's arc and the sparse-view task, as ``{task: CTData}``."""
+    from data.htc2022 import read_htc2022
+
+    arc = read_htc2022(limited, image_size=size)
+    degrees = np.rad2deg(arc.angles)
+    data = read_htc2022(full, image_size=size)
+    keep = np.floor(np.arange(SPARSE_VIEWS) * (HTC_VIEWS_FULL - 1) / SPARSE_VIEWS).astype(int)
+    sparse = type(data)(data.sinogram[keep], data.angles[keep], data.geometry, None, data.source)
+    return {f"arc {degrees.min():.0f}-{degrees.max():.0f} deg": arc, f"{SPARSE_VIEWS} views": sparse}
+
+
+def run(args) -> int:
+    from apps.figures import plt
+    from apps.outputs import write_metrics
+    from data.hdf5 import atomic_path
+    from operators.ct import ct_operator
+    from recon.metrics import mcc, psnr
+    from recon.reconstruct import reconstruct
+
+    found = cases(args.htc)
+    methods = list(dict.fromkeys(args.method or ["fbp", "tv"]))
+    args.output.mkdir(parents=True, exist_ok=True)
+    results, panels = {}, []
+    for name, limited, full, ref_fbp, ref_seg in found:
+        segmentation = _mat(ref_seg)
+        truth = torch.as_tensor(segmentation > 0.5)[None, None]
+        f = HTC_SIZE // args.size if HTC_SIZE % args.size == 0 else None
+        reference = _mat(ref_fbp) / HTC_PIXEL_MM  # 1/mm
+        reference = reference.reshape(args.size, f, args.size, f).mean(axis=(1, 3)) if f else None
+        for task, data in _tasks(name, limited, full, args.size).items():
+            A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1])
+            y = torch.as_tensor(data.sinogram)[None, None]
+            row, segs = {}, {"reference": segmentation > 0.5}
+            for method in methods:
+                start = time.perf_counter()
+                x = reconstruct(A, y, method, progress=not args.no_progress).x
+                seconds = time.perf_counter() - start
+                mask = segment(x, segmentation.shape)
+                row[method] = {"mcc": round(float(mcc(mask, truth)[0]), 4), "seconds": round(seconds, 2)}
+                if reference is not None:
+                    ref = torch.as_tensor(reference, dtype=x.dtype)[None, None]
+                    row[method]["psnr"] = round(float(psnr(x, ref, data_range=float(ref.max()))), 2)
+                segs[method] = mask[0, 0].numpy()
+                print(f"{name} {task}: {method} MCC {row[method]['mcc']:.3f}"
+                      + (f", {row[method]['psnr']:.2f} dB" if "psnr" in row[method] else "")
+                      + f", {row[method]['seconds']:.1f} s", flush=True)
+            results.setdefault(name, {})[task] = row
+            panels.append((f"{name}, {task}", segs))
+    table = format_table(results, methods)
+    write_metrics(args.output / "htc.json", {"settings": {"size": args.size, "methods": methods}, "results": results})
+    with atomic_path(args.output / "htc.md") as tmp, open(tmp, "w") as f:
+        f.write(table)
+    columns = len(panels[0][1])
+    fig, axes = plt.subplots(len(panels), columns, figsize=(2.2 * columns, 2.3 * len(panels)), squeeze=False)
+    for row_axes, (title, segs) in zip(axes, panels):
+        for ax, (method, mask) in zip(row_axes, segs.items()):
+            ax.imshow(mask, cmap="gray")
+            ax.set_title(f"{title}\n{method}" if method == "reference" else method, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(args.output / "htc.png") as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    print(table)
+    print(f"outputs in {args.output}/")
+    return 0
+
+
+def format_table(results: dict, methods: list[str]) -> str:
+    """Markdown: one row per case and task, the MCC (PSNR, seconds) of each method."""
+    lines = ["| case | task | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for name, tasks in results.items():
+        for task, row in tasks.items():
+            cells = [f"{row[m]['mcc']:.3f} ({row[m]['psnr']:.2f} dB, {row[m]['seconds']:.1f} s)" if "psnr" in row[m]
+                     else f"{row[m]['mcc']:.3f} ({row[m]['seconds']:.1f} s)" for m in methods]
+            lines.append(f"| {name} | {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
