@@ -30,7 +30,7 @@ PHANTOMS = ("shepp-logan", "ellipses")
 
 
 #: the library's argument names (in error messages) that this command's options set
-FLAGS = {"input": "--input", "slices": "--slice", "lam": "--lam", "iterations": "--iterations",
+FLAGS = {"input": "--input", "path": "--input", "image_size": "--size", "slices": "--slice", "lam": "--lam", "iterations": "--iterations",
          "noise_std": "--noise-std", "model": "--weights"}
 
 
@@ -38,11 +38,13 @@ def add_parser(sub) -> None:
     p = sub.add_parser("ct", help="reconstruct a 2D CT slice (file or phantom)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", type=Path, metavar="FILE.h5", help="sinogram in the raw-data layout (data/hdf5.py)")
+    src.add_argument("--input", type=Path, metavar="FILE", help="sinogram in the raw-data layout (data/hdf5.py), "
+                                                              "or an HTC2022 challenge .mat file (full or limited)")
     src.add_argument("--phantom", choices=PHANTOMS, help="simulate data from a built-in phantom")
     p.add_argument("--slice", type=nonneg_int, default=None, metavar="K",
                    help="input holding a stack of slices: reconstruct slice K (0-based)")
-    p.add_argument("--size", type=positive_int, default=256, help="phantom size in pixels (default 256)")
+    p.add_argument("--size", type=positive_int, default=256,
+                   help="phantom size in pixels, or the grid over an HTC2022 file's 75.9 mm field of view (default 256)")
     p.add_argument("--views", type=positive_int, default=None,
                    help="phantom: number of views (default 60); input: keep this many evenly spaced views")
     p.add_argument("--geometry", choices=("parallel", "fan"), default="parallel",
@@ -168,8 +170,15 @@ def _subsample(data: CTData, views: int | None) -> CTData:
 
 def load(args) -> CTData:
     """The data ``args`` ask for; ``MemoryLimitError`` naming the option when the reconstruction would not fit."""
-    if args.input is not None:
+    if args.input is not None and args.input.suffix == ".mat":  # the HTC2022 challenge's own files
+        from data.htc2022 import read_htc2022
+
+        if args.slice is not None:
+            raise ValueError(f"--slice: {args.input} is an HTC2022 file, which holds one slice; leave out --slice")
+        data = read_htc2022(args.input, image_size=args.size)
+    elif args.input is not None:
         data = read_ct(args.input, slices=args.slice)
+    if args.input is not None:
         if data.sinogram.ndim == 3:
             raise ValueError(f"--input: {args.input} holds a stack of {data.sinogram.shape[0]} slices; recon ct "
                              "reconstructs one, chosen with --slice K")

@@ -112,3 +112,24 @@ def test_bench_htc_scores_as_the_challenge(tmp_path, capsys):
     for name, arc in (("01a", "arc 0-90 deg"), ("04a", "arc 50-110 deg"), ("07a", "arc 75-105 deg")):
         assert results[name]["60 views"]["fbp"]["mcc"] > 0.9 > results[name][arc]["fbp"]["mcc"]
     assert (tmp_path / "htc.png").stat().st_size > 0 and "| 07a | arc 75-105 deg |" in (tmp_path / "htc.md").read_text()
+
+
+@pytest.mark.real_data
+def test_recon_ct_reads_the_challenge_files(tmp_path, capsys):
+    """recon ct --input on a .mat file: its fan-beam geometry and arc, on the --size grid."""
+    if not HTC.is_dir():
+        pytest.skip(f"real data folder {HTC} is absent")
+    import h5py
+
+    from apps.cli import main
+
+    path = HTC / "test" / "htc2022_07a_limited.mat"
+    assert main(["ct", "--input", str(path), "--size", "64", "--method", "fbp", "--method", "tv", "--iterations", "20",
+                 "--output", str(tmp_path / "o"), "--no-progress"]) == 0
+    with h5py.File(tmp_path / "o" / "reconstructions.h5") as f:
+        assert f["tv"].shape == (64, 64) and f.attrs["geometry"] == "fan" and len(f.attrs["angles"]) == 61
+        assert np.rad2deg(f.attrs["angles"][[0, -1]]) == pytest.approx([75.0, 105.0])
+    assert main(["ct", "--input", str(path), "--slice", "1", "--output", str(tmp_path / "p")]) == 2
+    assert "--slice: " in capsys.readouterr().err
+    assert main(["ct", "--input", str(tmp_path / "none.mat"), "--output", str(tmp_path / "q")]) == 2
+    assert "recon ct: error: --input: no such file" in capsys.readouterr().err
