@@ -18,12 +18,13 @@ Steps:
    rule on the sorted angles), scaled by ``pi / C`` with ``C`` the total coverage, so they always sum
    to ``pi``: a parallel scan over 180 deg is unchanged; a full fan scan over 360 deg gets the factor
    1/2 of the fan-beam formula. A duplicated end view (0 deg and 360 deg) closes the circle and the
-   two share one weight. Short scans (less than 360 deg, more than 180 deg) are only rescaled on
-   average: there is **no Parker weighting**, so a fan-beam short scan shows low-frequency shading.
-   Limited-angle scans (coverage below 180 deg) cannot be made exact by any weighting (a wedge of
-   directions is missing); scaled to ``pi`` the kept directions stand in for the missing ones, which
-   makes the value at the centre of an object isotropic about that point exact (an unscaled 90 deg
-   arc returned half of it).
+   two share one weight. A fan-beam scan over an open arc of at least 180 deg plus the fan angle (a
+   short scan) gets **Parker weights** instead (:func:`parker_weights`): each ray is counted once,
+   smoothly, and the views keep their plain angular steps. A parallel scan between 180 and 360 deg
+   is only rescaled on average. Limited-angle scans (coverage below 180 deg, or below the short scan
+   for fan beam) cannot be made exact by any weighting (a wedge of directions is missing); scaled
+   to ``pi`` the kept directions stand in for the missing ones, which makes the value at the centre
+   of an object isotropic about that point exact (an unscaled 90 deg arc returned half of it).
 4. **Back-projection**, pixel-driven, in torch (any device, differentiable): linear interpolation
    along the detector (bilinear for cone beam), zero outside it, with the distance weight ``1/U^2``,
    ``U = (D + r) / D``, for fan and cone beam (``r`` = the pixel's distance from the isocentre along the
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from operators.cone import ConeBeam3D
 from operators.ct import FanBeam2D, ParallelBeam2D
 
-__all__ = ["FILTERS", "angle_weights", "fbp", "ramp_filter"]
+__all__ = ["FILTERS", "angle_weights", "fbp", "parker_weights", "ramp_filter"]
 
 _WINDOWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "ram-lak": torch.ones_like,
@@ -69,7 +70,7 @@ def fbp(A: ParallelBeam2D | FanBeam2D | ConeBeam3D, y: torch.Tensor, filter: str
 
     with ``w_v`` the angular weights, ``c`` the cosine pre-weighting and ``U_v`` the distance weight
     (both 1 for parallel beam), ``h`` the windowed ramp and ``s_v(p)`` where pixel ``p`` projects.
-    No Parker weighting: see the module docstring for short and limited scans.
+    Fan-beam short scans get Parker weights; see the module docstring for short and limited scans.
 
     Args:
         A: a :class:`~operators.ct.ParallelBeam2D`, :class:`~operators.ct.FanBeam2D` (flat
@@ -100,7 +101,12 @@ def fbp(A: ParallelBeam2D | FanBeam2D | ConeBeam3D, y: torch.Tensor, filter: str
     """
     _check_args(A, y)
     window = _check_filter(filter, cutoff)
-    w = torch.as_tensor(angle_weights(A.angles.detach().cpu().numpy()), dtype=y.dtype, device=y.device)
+    angles = A.angles.detach().cpu().numpy()
+    short = parker_weights(A) if isinstance(A, FanBeam2D) else None
+    if short is not None:  # each ray counted once by the Parker weights: the raw angular steps, not scaled to pi
+        shares, rays = short
+        y = y * torch.as_tensor(rays, dtype=y.dtype, device=y.device)
+    w = torch.as_tensor(shares if short is not None else angle_weights(angles), dtype=y.dtype, device=y.device)
     theta = A.angles.detach().to(y.device, torch.float64)
     trig = (torch.cos(theta).to(y.dtype), torch.sin(theta).to(y.dtype))
     if isinstance(A, ConeBeam3D):
@@ -135,6 +141,50 @@ def _check_filter(filter: object, cutoff: object) -> str:
 
 
 # ------------------------------------------------------------------------------- angular weights
+def parker_weights(A: FanBeam2D) -> tuple[np.ndarray, np.ndarray] | None:
+    """Parker's short-scan weights of a fan-beam scan over an open arc of ``pi + 2 delta`` or more.
+
+    A ray at fan angle ``gamma`` from view ``beta`` (both from the arc's start) is measured again at
+    ``beta + pi + 2 gamma`` with ``-gamma``; the weights (Parker 1982, with ``delta`` the half fan
+    angle, or ``(C - pi) / 2`` for a longer arc ``C`` short of a full circle, as in Silver's
+    generalisation) sum to 1 over each such pair and fall smoothly to 0 at the arc's ends:
+    ``sin^2(pi/4 beta / (delta - gamma))`` up to ``2 delta - 2 gamma``, 1 up to ``pi - 2 gamma``,
+    ``sin^2(pi/4 (pi + 2 delta - beta) / (delta + gamma))`` after. Here ``gamma = -atan(u / D)``
+    for detector coordinate ``u`` at the isocentre, the ray direction being ``beta + gamma + pi/2``
+    in ``operators.ct``'s geometry.
+
+    Returns:
+        ``(shares, rays)``: each view's share of the arc (midpoint rule, radians, not rescaled) and
+        the weights ``(views, detectors)``; None for a full circle or an arc shorter than
+        ``pi + 2 delta`` (module docstring, step 3).
+    """
+    angles = A.angles.detach().cpu().numpy().astype(np.float64)
+    shares = angle_weights(angles)
+    order = np.argsort(angles, kind="stable")
+    beta = angles - angles[order[0]]
+    span = float(beta.max())
+    D = float(A.source_origin)
+    d = A.detector_spacing * D / (D + A.origin_detector)
+    u = (np.arange(A.detector_count) - 0.5 * (A.detector_count - 1)) * d
+    gamma = -np.arctan(u / D)
+    delta = float(np.abs(gamma).max())
+    gaps = np.diff(angles[order])
+    if span < math.pi + 2 * delta - 1e-9 or 2 * math.pi - span <= gaps.max() * (1 + 1e-6) + 1e-12:
+        return None
+    delta = max(delta, 0.5 * (span - math.pi))
+    b, g = beta[:, None], gamma[None, :]
+    rays = np.ones((beta.size, gamma.size))
+    rise, fall = b < 2 * delta - 2 * g, b > math.pi - 2 * g
+    rays = np.where(rise, np.sin(0.25 * math.pi * b / (delta - g)) ** 2, rays)
+    rays = np.where(fall, np.sin(0.25 * math.pi * np.clip(math.pi + 2 * delta - b, 0, None) / (delta + g)) ** 2, rays)
+    return shares * (span + _end_gap(gaps)) / math.pi, rays
+
+
+def _end_gap(gaps: np.ndarray) -> float:
+    """The half gaps the midpoint rule gives the two end views of an open arc (their inner gaps)."""
+    return 0.5 * (float(gaps[0]) + float(gaps[-1]))
+
+
 def angle_weights(angles: np.ndarray) -> np.ndarray:
     """Each view's share of the angular coverage, normalised for FBP (radians).
 
