@@ -10,7 +10,9 @@ is split into two classes by Otsu's threshold (``recon.metrics.otsu_threshold``)
 the organisers' segmentation of their full-data FBP (``*_recon_fbp_seg.mat``) by the Matthews
 correlation coefficient (``recon.metrics.mcc``), without any flip: our images are oriented like
 theirs. PSNR against the organisers' full-data FBP (block-averaged onto ``--size``) is the second
-figure. Every method runs at its defaults (the default weight rule, 300 iterations).
+figure. Every method runs at its defaults (the default weight rule, 300 iterations); ``tv+disc`` and
+the like add ``support="disc"``: the disc fitted to the sinogram's shadow bounds the image
+(``recon.support``).
 
 Writes ``<output>/htc.json`` (settings and per case and method: MCC, PSNR, seconds),
 ``htc.md`` (the table) and ``htc.png`` (the reference segmentation and each method's, per case).
@@ -29,7 +31,9 @@ import torch.nn.functional as F
 from apps.argtypes import positive_int
 
 HTC_PIXEL_MM, HTC_SIZE, HTC_VIEWS_FULL, SPARSE_VIEWS = 0.14832232, 512, 721, 60
-METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
+VARIATIONAL = ("tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
+#: the methods of ``reconstruct``, and the variational ones with ``support="disc"`` (``tv+disc``...)
+METHODS = ("fbp", "sirt", "cgls", "tikhonov", *VARIATIONAL, *(f"{m}+disc" for m in VARIATIONAL))
 
 
 def add_parser(bench) -> None:
@@ -123,7 +127,8 @@ def run(args) -> int:
             row, segs = {}, {"reference": segmentation > 0.5}
             for method in methods:
                 start = time.perf_counter()
-                x = reconstruct(A, y, method, progress=not args.no_progress).x
+                base, _, support = method.partition("+")
+                x = reconstruct(A, y, base, progress=not args.no_progress, support=support or None).x
                 seconds = time.perf_counter() - start
                 mask = segment(x, segmentation.shape)
                 row[method] = {"mcc": round(float(mcc(mask, truth)[0]), 4), "seconds": round(seconds, 2)}

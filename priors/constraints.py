@@ -8,7 +8,7 @@ import torch
 
 from priors.base import Functional
 
-__all__ = ["Box", "NonNegativity"]
+__all__ = ["Box", "NonNegativity", "PixelBox"]
 
 
 class Box(Functional):
@@ -67,3 +67,44 @@ class NonNegativity(Box):
 
     def __init__(self) -> None:
         super().__init__(0.0, None)
+
+
+class PixelBox(Functional):
+    r"""Indicator of ``0 <= x <= upper`` with a bound per pixel: a support (``upper = 0`` outside it)
+    and, where known, an upper value (``inf`` for none).
+
+    Args:
+        upper: nonnegative bounds, a tensor broadcastable to the images (e.g. ``(1, 1, H, W)``), may
+            hold ``inf``.
+
+    Example:
+        >>> import torch
+        >>> PixelBox(torch.tensor([[0.0, 1.0, float("inf")]])).prox(torch.tensor([[0.5, 2.0, -1.0]]), 1.0)
+        tensor([[0., 1., 0.]])
+    """
+
+    has_value = has_prox = True
+
+    def __init__(self, upper: torch.Tensor) -> None:
+        super().__init__()
+        if not isinstance(upper, torch.Tensor) or upper.is_complex():
+            raise TypeError(f"upper: expected a real tensor, got {type(upper).__name__}")
+        if torch.isnan(upper).any() or (upper < 0).any():
+            raise ValueError("upper: expected bounds >= 0 (inf for none), found NaN or negative values")
+        self.register_buffer("upper", upper.detach().clone())
+
+    def value(self, x):
+        if x.is_complex():
+            raise TypeError(f"x: PixelBox bounds real values; got a {x.dtype} tensor")
+        tol = 1e-6 * max(1.0, float(x.detach().abs().max()) if x.numel() else 1.0)
+        inside = ((x >= -tol) & (x <= self.upper.to(x) + tol)).flatten(1).all(1)
+        return torch.where(inside, 0.0, math.inf).to(x.dtype)
+
+    def _prox(self, x, tau):
+        if x.is_complex():
+            raise TypeError(f"x: PixelBox bounds real values; got a {x.dtype} tensor")
+        return torch.minimum(x.clamp_min(0.0), self.upper.to(x))
+
+    def item(self, i: int) -> "PixelBox":
+        """The bounds of batch item ``i`` (all of them when they are shared)."""
+        return PixelBox(self.upper[i:i + 1]) if self.upper.shape[0] > 1 else self

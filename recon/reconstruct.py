@@ -30,18 +30,20 @@ import torch
 
 from operators.base import LinearOperator
 from priors import TV, L2Fidelity, NonNegativity, SpaceVariantTV
+from priors.constraints import PixelBox
 from priors.base import Functional
 from priors.graph_laplacian import GraphLaplacianPrior
 from priors.tv import DEFAULT_ETA, DEFAULT_P, DEFAULT_SPREAD, intensity_scale
 from recon.chambolle_pock import ChambollePock
 from recon.diffusion_recon import DEFAULT_STEPS, DIFFUSION, diffusion_reconstruction
-from recon.discrepancy import DISCREPANCY_TAU, discrepancy_search
+from recon.discrepancy import AUTO_FLOOR, AUTO_TRIALS, DISCREPANCY_TAU, auto_lambda  # noqa: F401
 from recon.fbp import fbp
 from recon.lambda_rule import (LAMBDA_FACTORS, TV_LAMBDA_FACTOR, _backprojected_noise_rms, default_lambda,  # noqa: F401
                                default_tv_lambda, estimate_noise_std)
 from recon.linear import CGLS, SIRT, TIKHONOV_ITERATIONS, tikhonov
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
+from recon.support import disc_bounds
 
 __all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_noise_std", "default_tv_lambda",
            "default_lambda"]
@@ -52,9 +54,6 @@ PNP = ("lpn", "pnp")  # plug-and-play ADMM with a trained model: a learned proxi
 ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tik", "graphla-tv")  # priors built from a pre-estimate Psi(y)
 VARIATIONAL = ("tv", *ADAPTIVE)
 ESTIMATES = ("fbp", "tikhonov", "tv")
-#: ``lam="auto"``: reconstructions its search may try per item, and the share of the default rule's weight
-#: below which it warns (there the principle fails: docs/lam_rule_range_study.md), not a better weight
-AUTO_TRIALS, AUTO_FLOOR = 8, 0.25
 DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tikhonov": TIKHONOV_ITERATIONS, "tv": 300, "svtv": 300,
                       "graphla-fbp": 300, "graphla-tik": 300, "graphla-tv": 300, "lpn": 10, "pnp": 20,
                       **DEFAULT_STEPS}
@@ -88,7 +87,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
                 filter: str = "ram-lak", noise_std: float | None = None,
                 estimate: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
                 eta: float | None = None, p: float | None = None, spread: int | None = None, radius: int | None = None,
-                sigma: float | None = None, model=None) -> Reconstruction:
+                sigma: float | None = None, model=None, support: str | None = None) -> Reconstruction:
     """Reconstruct ``y`` with one of ``METHODS``.
 
     Args:
@@ -105,6 +104,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate).
         iterations: iteration cap for iterative methods (defaults in ``DEFAULT_ITERATIONS``).
         nonneg: enforce ``x >= 0`` (SIRT and the variational methods).
+        support: ``"disc"``: the variational methods also keep ``x`` inside the disc fitted to each
+            sinogram's shadow, below the largest attenuation its rays allow (``recon.support``; for a
+            disc-shaped object scanned over a short arc, as in HTC2022).
         progress: show a progress bar for iterative methods.
         filter: FBP filter.
         noise_std: the sinogram's noise standard deviation, if known (default rule and ``"auto"``).
@@ -141,8 +143,12 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
     """
     _check_parameters(method, lam, iterations, noise_std, estimate, model, eta=eta, p=p, spread=spread,
                       radius=radius, sigma=sigma)
+    if support not in (None, "disc"):
+        raise ValueError(f"support: expected None or 'disc', got {support!r}")
+    if support is not None and (method not in VARIATIONAL or not nonneg):
+        raise ValueError(f"support: bounds the variational methods with nonneg=True, not {method!r}")
     r = _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_std, estimate, eta, p, spread,
-                     radius, sigma, model)
+                     radius, sigma, model, support)
     check_finite_result(r.x, method)
     return r
 
@@ -174,7 +180,7 @@ def _check_parameters(method, lam, iterations, noise_std, estimate, model, **num
 
 
 def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_std, estimate, eta, p, spread,
-                 radius, sigma, model) -> Reconstruction:
+                 radius, sigma, model, support=None) -> Reconstruction:
     """``reconstruct`` once its arguments are checked: picks the solver and runs it."""
     start = time.perf_counter()
     if method == "fbp":
@@ -212,15 +218,19 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
     p = float(tuned.get("p", DEFAULT_P) if p is None else p)
     spread = int(tuned.get("spread", DEFAULT_SPREAD) if spread is None else spread)
     prior, prior_params = _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, spread,
-                                          radius, sigma)
+                                          radius, sigma, support)
     params.update(prior_params)
     solver = ChambollePock(max_iter=n_iter, tol=1e-5, progress=progress and lam != "auto")
 
-    def solve(weight: float, x0: torch.Tensor, yy: torch.Tensor, pr: Functional):
-        return solver.run(Problem(L2Fidelity(A, yy), weight * pr, constraint=constraint), x0)
+    if support == "disc":
+        constraint = PixelBox(torch.cat([disc_bounds(A, y[i:i + 1]) for i in range(y.shape[0])]))
+        params["support"] = "disc"
+
+    def solve(weight: float, x0: torch.Tensor, yy: torch.Tensor, pr: Functional, cons=constraint):
+        return solver.run(Problem(L2Fidelity(A, yy), weight * pr, constraint=cons), x0)
 
     if lam == "auto":
-        x, lams, iters = _auto(method, A, y, prior, x_fbp, noise_std, solve, progress)
+        x, lams, iters = auto_lambda(method, A, y, prior, x_fbp, noise_std, solve, progress, constraint)
         params.update(lam=lams[0] if len(lams) == 1 else lams, lam_rule="discrepancy",
                       discrepancy_tau=DISCREPANCY_TAU, noise_std=noise_std if noise_std is not None else "estimated")
         return Reconstruction(x, method, iters, time.perf_counter() - start, params)
@@ -235,7 +245,8 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
     return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
 
 
-def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, spread, radius, sigma):
+def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, spread, radius, sigma,
+                    support=None):
     """The prior of a variational method and the parameters to record; builds ``Psi(y)`` if needed."""
     if method == "tv":
         return TV(), {}
@@ -257,7 +268,8 @@ def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, et
     elif estimate == "tikhonov":
         name, x_hat = "tikhonov", tikhonov(A, y)
     elif estimate == "tv":
-        name, x_hat = "tv", reconstruct(A, y, "tv", iterations=n_iter, nonneg=nonneg, noise_std=noise_std).x
+        name, x_hat = "tv", reconstruct(A, y, "tv", iterations=n_iter, nonneg=nonneg, noise_std=noise_std,
+                                        support=support).x
     else:
         raise ValueError(f"estimate: expected one of {', '.join(ESTIMATES)} or a callable y -> x_hat, got {estimate!r}")
     if method == "svtv":
@@ -347,54 +359,3 @@ def _pnp(method, A, y, x_fbp, model, lam, iterations, constraint, progress, star
               "weights": str(m.path) if m.path is not None else "in memory", "data_scale": 1.0 / norm_sq,
               "cg_iterations": solver.cg_iterations}
     return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
-
-
-def _auto(method, A, y, prior, x_fbp, noise_std, solve, progress):
-    """Discrepancy-principle weight per batch item: ``(x, [lam per item], total iterations)``.
-
-    The progress bar counts the search's trials (a full reconstruction each, up to
-    ``AUTO_TRIALS`` per item) and shows the last weight tried and its residual ratio."""
-    from tqdm.auto import tqdm
-
-    sigmas = estimate_noise_std(y) if noise_std is None else torch.full((y.shape[0],), float(noise_std))
-    m = y[0].numel()
-    xs, lams, iters = [], [], 0
-    bar = tqdm(total=y.shape[0] * AUTO_TRIALS, desc=f"{method}: lam by discrepancy", unit="trial",
-               disable=not progress)
-    for i in range(y.shape[0]):
-        yi, pi = y[i:i + 1], _item(prior, i)
-        s = float(sigmas[i])
-        count = [0]
-
-        def solve_i(weight, _previous):
-            # every trial starts from FBP, as a reconstruction at a given weight does: warm starts from
-            # the previous trial left 300 iterations short of it (measured: up to 1.6 dB lower on ellipses)
-            r = solve(weight, x_fbp[i:i + 1], yi, pi)
-            count[0] += r.n_iter
-            bar.set_postfix_str(f"lam {weight:.3g}", refresh=False)
-            return r.x
-
-        def residual(x):
-            value = float((A(x) - yi).norm())
-            bar.set_postfix_str(f"{bar.postfix}, residual / noise {value / (s * math.sqrt(m)):.3f}", refresh=False)
-            bar.update(1)
-            return value
-
-        lam0 = default_lambda(method, A, yi, s, pi)
-        found = discrepancy_search(solve_i, residual, s * math.sqrt(m), lam0, max_evaluations=AUTO_TRIALS)
-        bar.total -= AUTO_TRIALS - len(found.evaluations)  # the search met its tolerance early
-        bar.refresh()
-        if found.lam < AUTO_FLOOR * lam0:
-            warnings.warn(f"lam='auto' chose {found.lam:.3g} for item {i}, below {AUTO_FLOOR:g}x the default rule's "
-                          f"{lam0:.3g}: with many measurements per pixel the discrepancy principle under-regularises "
-                          "(docs/lam_rule_range_study.md); the default weight (lam=None) is safer here", stacklevel=3)
-        xs.append(found.x)
-        lams.append(found.lam)
-        iters += count[0]
-    bar.close()
-    return torch.cat(xs), lams, iters
-
-
-def _item(prior: Functional, i: int) -> Functional:
-    """The prior of batch item ``i`` (priors built from a batched estimate hold one map per item)."""
-    return prior.item(i) if hasattr(prior, "item") else prior

@@ -19,6 +19,7 @@ from priors import (Box, DenoiserPrior, FixedSigmaDenoiser, GraphLaplacianPrior,
                     LearnedProximalNetwork, LearnedProxPrior, NonNegativity, SpaceVariantTV, SquaredL2Distance, TV,
                     WeightedNorm, Zero)
 from priors.base import Functional, ScaledFunctional, SumFunctional
+from priors.constraints import PixelBox
 from priors.nets.icnn import ICNN
 
 N = 8
@@ -85,6 +86,7 @@ CASES = {
     "ScaledFunctional": (lambda: 0.7 * L1Norm(), (1, 2, N, N), "prox"),
     "Box": (lambda: Box(0.0, 1.0), (1, 1, N, N), "refuses"),
     "NonNegativity": (lambda: NonNegativity(), (1, 1, N, N), "refuses"),
+    "PixelBox": (lambda: PixelBox(torch.full((1, 1, N, N), 2.0)), (1, 1, N, N), "refuses"),
     "GraphLaplacianPrior": (lambda: GraphLaplacianPrior.from_estimate(torch.rand(1, 1, N, N)), (1, 1, N, N), "refuses"),
     "DenoiserPrior": (lambda: DenoiserPrior(_denoiser), (1, 1, N, N), "parts"),
     "FixedSigmaDenoiser": (lambda: FixedSigmaDenoiser(DenoiserPrior(_denoiser), 0.1), (1, 1, N, N), "parts"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +50,32 @@ class TestBox(FunctionalContract):
     @pytest.fixture
     def make(self):
         return Box(-0.5, 0.5)
+
+
+class TestPixelBox(FunctionalContract):
+    """A support (zeros) and per-pixel bounds, some infinite, shared by the batch."""
+
+    @pytest.fixture
+    def make(self):
+        from priors.constraints import PixelBox
+
+        upper = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        upper[..., :2, :] = 0.0
+        upper[..., -1, :] = float("inf")
+        return PixelBox(upper)
+
+
+def test_pixel_box_projects_and_splits_by_item():
+    from priors.constraints import PixelBox
+
+    upper = torch.tensor([[[[0.0, 1.0]]], [[[2.0, float("inf")]]]])
+    box = PixelBox(upper)
+    x = torch.tensor([[[[0.5, 3.0]]], [[[-1.0, 5.0]]]])
+    assert box.prox(x, 1.0).tolist() == [[[[0.0, 1.0]]], [[[0.0, 5.0]]]]
+    assert box.value(box.prox(x, 1.0)).tolist() == [0.0, 0.0] and box.value(x).tolist() == [math.inf, math.inf]
+    assert torch.equal(box.item(1).upper, upper[1:2])
+    with pytest.raises(ValueError, match="upper: expected bounds >= 0"):
+        PixelBox(torch.tensor([-1.0]))
 
 
 class TestSquaredL2Distance(FunctionalContract):
