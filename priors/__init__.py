@@ -1,7 +1,7 @@
 """Functionals: priors (TV, space-variant TV, graph Laplacian), constraints and data terms."""
 
 from priors.base import Functional, ScaledFunctional, SumFunctional, Zero
-from priors.constraints import Box, NonNegativity
+from priors.constraints import Box, NonNegativity, PixelBox
 from priors.data import L2Fidelity, SquaredL2Distance
 from priors.denoiser import DenoiserPrior, FixedSigmaDenoiser, noise_level
 from priors.diffusion import DiffusionPrior, VPSchedule
@@ -12,6 +12,6 @@ from priors.tv import TV, L1Norm, L21Norm, SpaceVariantTV, WeightedNorm, adaptiv
 __all__ = [
     "Functional", "ScaledFunctional", "SumFunctional", "Zero",
     "TV", "SpaceVariantTV", "WeightedNorm", "adaptive_tv_weights", "GraphLaplacian", "GraphLaplacianPrior",
-    "L1Norm", "L21Norm", "Box", "NonNegativity", "L2Fidelity", "SquaredL2Distance",
+    "L1Norm", "L21Norm", "Box", "NonNegativity", "PixelBox", "L2Fidelity", "SquaredL2Distance",
     "DenoiserPrior", "FixedSigmaDenoiser", "noise_level", "DiffusionPrior", "VPSchedule", "LearnedProximalNetwork", "LearnedProxPrior",
 ]
