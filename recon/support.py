@@ -10,9 +10,11 @@ HTC2022 limited files, 30-90 deg: the centre and radius within 0.06 mm of those 
 full-data segmentation, pixel 0.148 mm).
 
 ``disc_bounds`` turns the disc into per-pixel bounds for ``priors.PixelBox``: 0 outside the disc
-(one pixel of margin), and inside it the largest attenuation the data allow, the 99th percentile of
-line integral / chord length over the rays through the disc's inner half (holes and noise only lower
-the ratio for the rest). The geometry follows ``operators.ct`` (x right, y up; fan-beam source at
+(one pixel of margin), and inside it ``BOUND_MARGIN`` times the 99th percentile of line integral /
+chord length over the rays through the disc's inner half (holes and noise only lower the ratio).
+The margin leaves room for what the ratio of long chords does not see: on measured data the rim
+reconstructs brighter than the middle (beam hardening); on HTC2022 04a a bound of 1.0x cost 0.005
+MCC at 60 views, 1.15x nothing, and on its 60 deg arc 1.15x scored 0.959 against 0.948 unbounded. The geometry follows ``operators.ct`` (x right, y up; fan-beam source at
 ``(D sin b, -D cos b)``, detector coordinate ``u`` along ``(cos b, sin b)`` at the isocentre).
 """
 
@@ -30,6 +32,8 @@ __all__ = ["Disc", "fit_disc", "disc_bounds"]
 
 #: share of a view's peak above which a detector cell is in the object's shadow
 SHADOW_THRESHOLD = 0.05
+#: the attenuation bound over the largest line integral / chord ratio (module docstring)
+BOUND_MARGIN = 1.15
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ def disc_bounds(A: ParallelBeam2D | FanBeam2D, y: torch.Tensor, disc: Disc | Non
         through = chord > disc.radius  # the inner half: long chords, small edge errors
         ratios.append(p[through] / chord[through])
     ratios = np.concatenate(ratios)
-    top = float(np.percentile(ratios, 99)) if ratios.size else math.inf
+    top = BOUND_MARGIN * float(np.percentile(ratios, 99)) if ratios.size else math.inf
     H, W = A.image_shape
     xs = (np.arange(W) - 0.5 * (W - 1)) * A.pixel_size
     ys = -(np.arange(H) - 0.5 * (H - 1)) * A.pixel_size
