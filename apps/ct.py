@@ -24,7 +24,7 @@ from data.limits import array_bytes, check_memory
 from data.phantoms import random_ellipses, shepp_logan
 from operators.ct import FanBeam2D, ParallelBeam2D, ct_operator
 from recon.metrics import psnr, ssim
-from recon.reconstruct import ESTIMATES, METHODS, reconstruct
+from recon.reconstruct import ESTIMATES, METHODS, VARIATIONAL, reconstruct
 
 PHANTOMS = ("shepp-logan", "ellipses")
 
@@ -55,6 +55,9 @@ def add_parser(sub) -> None:
     p.add_argument("--noise-std", type=positive_float, default=None,
                    help="the sinogram's noise std, if known (for --lam auto and the default rule); default: "
                         "the simulated noise for phantoms with --lam auto, else estimated from the sinogram")
+    p.add_argument("--support", choices=("disc",), default=None,
+                   help="disc: keep the variational methods inside the disc fitted to the sinogram's shadow, "
+                        "below its largest attenuation (a disc-shaped object over a short arc, e.g. HTC2022)")
     p.add_argument("--estimate", choices=ESTIMATES, default=None,
                    help="svtv: the pre-estimate its weights come from (default tv)")
     p.add_argument("--weights", action="append", metavar="FILE", default=None,
@@ -207,6 +210,9 @@ def run(args) -> int:
     print(f"recon ct: {data.source or args.input}: {data.geometry['geometry']} beam, {len(data.angles)} views x "
           f"{data.sinogram.shape[1]} detectors -> {data.geometry['image_shape']} image on {device}")
     noise_std = args.noise_std if args.noise_std is not None else (data.noise_std if args.lam == "auto" else None)
+    if args.support and not set(methods) & set(VARIATIONAL):
+        raise ValueError(f"--support: bounds the variational methods ({', '.join(VARIATIONAL)}); none is among "
+                         f"{', '.join(methods)}")
     if args.estimate is not None and "svtv" not in methods:
         raise ValueError("--estimate: only the svtv method uses it; add --method svtv")
     models = _models(args.weights or [], methods)
@@ -219,6 +225,8 @@ def run(args) -> int:
     with locked_output(args.output):
         for method in methods:
             extra = {"estimate": args.estimate} if method == "svtv" and args.estimate else {}
+            if args.support and method in VARIATIONAL:
+                extra["support"] = args.support
             if method in models:
                 extra["model"] = models[method]
             r = reconstruct(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress,

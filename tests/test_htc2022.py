@@ -131,6 +131,12 @@ def test_recon_ct_reads_the_challenge_files(tmp_path, capsys):
     with h5py.File(tmp_path / "o" / "reconstructions.h5") as f:
         assert f["tv"].shape == (64, 64) and f.attrs["geometry"] == "fan" and len(f.attrs["angles"]) == 61
         assert np.rad2deg(f.attrs["angles"][[0, -1]]) == pytest.approx([75.0, 105.0])
+    assert main(["ct", "--input", str(path), "--size", "64", "--method", "fbp", "--method", "tv", "--iterations", "20",
+                 "--support", "disc", "--output", str(tmp_path / "d"), "--no-progress"]) == 0
+    with h5py.File(tmp_path / "d" / "reconstructions.h5") as f:
+        assert f["tv"].attrs["support"] == "disc" and "support" not in f["fbp"].attrs
+    assert main(["ct", "--input", str(path), "--method", "fbp", "--support", "disc", "--output", str(tmp_path / "e")]) == 2
+    assert "--support: bounds the variational methods" in capsys.readouterr().err
     assert main(["ct", "--input", str(path), "--slice", "1", "--output", str(tmp_path / "p")]) == 2
     assert "--slice: " in capsys.readouterr().err
     assert main(["ct", "--input", str(tmp_path / "none.mat"), "--output", str(tmp_path / "q")]) == 2
