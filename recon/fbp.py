@@ -24,7 +24,7 @@ Steps:
    is only rescaled on average. Limited-angle scans (coverage below 180 deg, or below the short scan
    for fan beam) cannot be made exact by any weighting (a wedge of directions is missing); scaled
    to ``pi`` the kept directions stand in for the missing ones, which makes the value at the centre
-   of an object isotropic about that point exact (an unscaled 90 deg arc returned half of it).
+   of an object isotropic about that point exact.
 4. **Back-projection**, pixel-driven, in torch (any device, differentiable): linear interpolation
    along the detector (bilinear for cone beam), zero outside it, with the distance weight ``1/U^2``,
    ``U = (D + r) / D``, for fan and cone beam (``r`` = the pixel's distance from the isocentre along the

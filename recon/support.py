@@ -5,16 +5,14 @@ share of the view's peak. The two rays at the shadow's ends are tangent to the o
 of centre ``c`` and radius ``R`` each such ray, with unit normal ``n`` pointing into the disc and
 offset ``o = n . p`` (``p`` any point of the ray), satisfies ``n . c - o = R``: linear in
 ``(c_x, c_y, R)``, solved by least squares over all views (``fit_disc``). Arcs short of 180 deg
-still see both sides of the disc in each view, so the fit needs no full scan (measured on the
-HTC2022 limited files, 30-90 deg: the centre and radius within 0.06 mm of those of the organisers'
-full-data segmentation, pixel 0.148 mm).
+still see both sides of the disc in each view, so the fit needs no full scan (its accuracy on the
+HTC2022 limited files is in ``docs/htc_limited.md``).
 
 ``disc_bounds`` turns the disc into per-pixel bounds for ``priors.PixelBox``: 0 outside the disc
 (one pixel of margin), and inside it ``BOUND_MARGIN`` times the 99th percentile of line integral /
 chord length over the rays through the disc's inner half (holes and noise only lower the ratio).
 The margin leaves room for what the ratio of long chords does not see: on measured data the rim
-reconstructs brighter than the middle (beam hardening); on HTC2022 04a a bound of 1.0x cost 0.005
-MCC at 60 views, 1.15x nothing, and on its 60 deg arc 1.15x scored 0.959 against 0.948 unbounded. The geometry follows ``operators.ct`` (x right, y up; fan-beam source at
+reconstructs brighter than the middle (beam hardening); how it was set is in ``docs/htc_limited.md``. The geometry follows ``operators.ct`` (x right, y up; fan-beam source at
 ``(D sin b, -D cos b)``, detector coordinate ``u`` along ``(cos b, sin b)`` at the isocentre).
 """
 
