@@ -12,7 +12,7 @@ correlation coefficient (``recon.metrics.mcc``), without any flip: our images ar
 theirs. PSNR against the organisers' full-data FBP (block-averaged onto ``--size``) is the second
 figure. Every method runs at its defaults (the default weight rule, 300 iterations); ``tv+disc`` and
 the like add ``support="disc"``: the disc fitted to the sinogram's shadow bounds the image
-(``recon.support``).
+(``recon.support``); ``svtv-net``, ``lpn`` and ``dpir`` use the shipped models.
 
 Writes ``<output>/htc.json`` (settings and per case and method: MCC, PSNR, seconds),
 ``htc.md`` (the table) and ``htc.png`` (the reference segmentation and each method's, per case).
@@ -33,7 +33,10 @@ from apps.argtypes import positive_int
 HTC_PIXEL_MM, HTC_SIZE, HTC_VIEWS_FULL, SPARSE_VIEWS = 0.14832232, 512, 721, 60
 VARIATIONAL = ("tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
 #: the methods of ``reconstruct``, and the variational ones with ``support="disc"`` (``tv+disc``...)
-METHODS = ("fbp", "sirt", "cgls", "tikhonov", *VARIATIONAL, *(f"{m}+disc" for m in VARIATIONAL))
+#: the learned methods with the shipped models: SV-TV with the weight network's edge map, PnP-ADMM with
+#: the learned proximal network, DPIR with the diffusion prior (trained on simulated images in [0, 1])
+LEARNED = {"svtv-net": ("svtv", "svtv-weights"), "lpn": ("lpn", "lpn"), "dpir": ("dpir", "score")}
+METHODS = ("fbp", "sirt", "cgls", "tikhonov", *VARIATIONAL, *(f"{m}+disc" for m in VARIATIONAL), *LEARNED)
 
 
 def add_parser(bench) -> None:
@@ -111,8 +114,11 @@ def run(args) -> int:
     from recon.metrics import mcc, psnr
     from recon.reconstruct import reconstruct
 
+    from recon.models import load_model, shipped
+
     found = cases(args.htc)
     methods = list(dict.fromkeys(args.method or ["fbp", "tv"]))
+    models = {m: load_model(shipped(LEARNED[m][1]), task=LEARNED[m][1]) for m in methods if m in LEARNED}
     args.output.mkdir(parents=True, exist_ok=True)
     results, panels = {}, []
     for name, limited, full, ref_fbp, ref_seg in found:
@@ -128,7 +134,9 @@ def run(args) -> int:
             for method in methods:
                 start = time.perf_counter()
                 base, _, support = method.partition("+")
-                x = reconstruct(A, y, base, progress=not args.no_progress, support=support or None).x
+                extra = {"model": models[method]} if method in LEARNED else {}
+                x = reconstruct(A, y, LEARNED[method][0] if method in LEARNED else base, progress=not args.no_progress,
+                                support=support or None, **extra).x
                 seconds = time.perf_counter() - start
                 mask = segment(x, segmentation.shape)
                 row[method] = {"mcc": round(float(mcc(mask, truth)[0]), 4), "seconds": round(seconds, 2)}
