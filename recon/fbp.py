@@ -158,18 +158,15 @@ def parker_weights(A: FanBeam2D) -> tuple[np.ndarray, np.ndarray] | None:
         the weights ``(views, detectors)``; None for a full circle or an arc shorter than
         ``pi + 2 delta`` (module docstring, step 3).
     """
-    angles = A.angles.detach().cpu().numpy().astype(np.float64)
-    shares = angle_weights(angles)
-    order = np.argsort(angles, kind="stable")
-    beta = angles - angles[order[0]]
+    angles = A.angles.detach().cpu().numpy().astype(np.float64).ravel()
+    if angles.size < 2:
+        return None
+    shares, circle = _midpoint_shares(angles)
+    beta = angles - angles.min()
     span = float(beta.max())
-    D = float(A.source_origin)
-    d = A.detector_spacing * D / (D + A.origin_detector)
-    u = (np.arange(A.detector_count) - 0.5 * (A.detector_count - 1)) * d
-    gamma = -np.arctan(u / D)
+    gamma = -np.arctan(isocentre_detector(A) / float(A.source_origin))
     delta = float(np.abs(gamma).max())
-    gaps = np.diff(angles[order])
-    if span < math.pi + 2 * delta - 1e-9 or 2 * math.pi - span <= gaps.max() * (1 + 1e-6) + 1e-12:
+    if circle or span < math.pi + 2 * delta - 1e-9:
         return None
     delta = max(delta, 0.5 * (span - math.pi))
     b, g = beta[:, None], gamma[None, :]
@@ -177,12 +174,15 @@ def parker_weights(A: FanBeam2D) -> tuple[np.ndarray, np.ndarray] | None:
     rise, fall = b < 2 * delta - 2 * g, b > math.pi - 2 * g
     rays = np.where(rise, np.sin(0.25 * math.pi * b / (delta - g)) ** 2, rays)
     rays = np.where(fall, np.sin(0.25 * math.pi * np.clip(math.pi + 2 * delta - b, 0, None) / (delta + g)) ** 2, rays)
-    return shares * (span + _end_gap(gaps)) / math.pi, rays
+    return shares, rays
 
 
-def _end_gap(gaps: np.ndarray) -> float:
-    """The half gaps the midpoint rule gives the two end views of an open arc (their inner gaps)."""
-    return 0.5 * (float(gaps[0]) + float(gaps[-1]))
+def isocentre_detector(A: ParallelBeam2D | FanBeam2D) -> np.ndarray:
+    """The detector cells' centres (mm), for fan beam on the virtual detector through the isocentre."""
+    d = A.detector_spacing
+    if isinstance(A, FanBeam2D):
+        d = d * A.source_origin / (A.source_origin + A.origin_detector)
+    return (np.arange(A.detector_count) - 0.5 * (A.detector_count - 1)) * d
 
 
 def angle_weights(angles: np.ndarray) -> np.ndarray:
@@ -214,18 +214,28 @@ def angle_weights(angles: np.ndarray) -> np.ndarray:
     a = np.asarray(angles, dtype=np.float64).ravel()
     if a.size == 1:
         return np.array([math.pi])
-    order = np.argsort(a, kind="stable")
-    gaps = np.diff(a[order])
-    wrap = 2.0 * math.pi - (a[order[-1]] - a[order[0]])
-    closed = -1e-9 <= wrap <= gaps.max() * (1.0 + 1e-6) + 1e-12
-    before = np.concatenate([[max(wrap, 0.0) if closed else gaps[0]], gaps])
-    after = np.concatenate([gaps, [max(wrap, 0.0) if closed else gaps[-1]]])
-    w = np.empty_like(a)
-    w[order] = 0.5 * (before + after)
+    w, _ = _midpoint_shares(a)
     total = w.sum()
     if total <= 0.0:  # all views at the same angle: no coverage to share
         return np.full_like(a, math.pi / a.size)
     return w * (math.pi / total)
+
+
+def _midpoint_shares(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Each view's share of the coverage by the midpoint rule (radians, not rescaled), in the order of
+    ``a`` (two or more views), and whether the views go round the circle: the gap that closes it,
+    ``2 pi - span``, is no larger than the largest gap between views (a negative one: more than a
+    circle). A closed circle (that gap from -1e-9 up) shares it like the others (``angle_weights``)."""
+    order = np.argsort(a, kind="stable")
+    gaps = np.diff(a[order])
+    wrap = 2.0 * math.pi - (a[order[-1]] - a[order[0]])
+    circle = wrap <= gaps.max() * (1.0 + 1e-6) + 1e-12
+    closed = circle and wrap >= -1e-9
+    before = np.concatenate([[max(wrap, 0.0) if closed else gaps[0]], gaps])
+    after = np.concatenate([gaps, [max(wrap, 0.0) if closed else gaps[-1]]])
+    w = np.empty_like(a)
+    w[order] = 0.5 * (before + after)
+    return w, bool(circle)
 
 
 # ------------------------------------------------------------------------------------ filtering

@@ -12,8 +12,9 @@ HTC2022 limited files is in ``docs/htc_limited.md``).
 (one pixel of margin), and inside it ``BOUND_MARGIN`` times the 99th percentile of line integral /
 chord length over the rays through the disc's inner half (holes and noise only lower the ratio).
 The margin leaves room for what the ratio of long chords does not see: on measured data the rim
-reconstructs brighter than the middle (beam hardening); how it was set is in ``docs/htc_limited.md``. The geometry follows ``operators.ct`` (x right, y up; fan-beam source at
-``(D sin b, -D cos b)``, detector coordinate ``u`` along ``(cos b, sin b)`` at the isocentre).
+reconstructs brighter than the middle (beam hardening); how it was set is in ``docs/htc_limited.md``.
+The geometry follows ``operators.ct`` (x right, y up; fan-beam source at ``(D sin b, -D cos b)``,
+detector coordinate ``u`` along ``(cos b, sin b)`` at the isocentre).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from operators.ct import FanBeam2D, ParallelBeam2D
+from recon.fbp import isocentre_detector
 
 __all__ = ["Disc", "fit_disc", "disc_bounds"]
 
@@ -52,14 +54,6 @@ def _rays(A: ParallelBeam2D | FanBeam2D, angle: float, u: np.ndarray) -> tuple[n
         direction = on - source
         return on, direction / np.linalg.norm(direction, axis=1, keepdims=True)
     return on, np.broadcast_to(np.array([-math.sin(angle), math.cos(angle)]), on.shape)
-
-
-def _detector(A: ParallelBeam2D | FanBeam2D) -> np.ndarray:
-    """Detector cell centres at the isocentre (mm)."""
-    d = A.detector_spacing
-    if isinstance(A, FanBeam2D):
-        d = d * A.source_origin / (A.source_origin + A.origin_detector)
-    return (np.arange(A.detector_count) - 0.5 * (A.detector_count - 1)) * d
 
 
 def _edge(p: np.ndarray, u: np.ndarray, k: int, step: int, level: float) -> float:
@@ -94,7 +88,7 @@ def fit_disc(A: ParallelBeam2D | FanBeam2D, y: torch.Tensor, threshold: float = 
         raise TypeError(f"A: expected a ParallelBeam2D or FanBeam2D, got {type(A).__name__}")
     if y.shape[0] != 1:
         raise ValueError(f"y: expected one sinogram (1, 1, views, detectors), got shape {tuple(y.shape)}")
-    u = _detector(A)
+    u = isocentre_detector(A)
     sino = y.detach().double().cpu().numpy().reshape(-1, u.size)
     rows, offsets = [], []
     for angle, p in zip(A.angles.detach().cpu().numpy(), sino):
@@ -126,7 +120,7 @@ def disc_bounds(A: ParallelBeam2D | FanBeam2D, y: torch.Tensor, disc: Disc | Non
     """Per-pixel upper bounds ``(1, 1, H, W)``: 0 outside ``disc`` (grown by ``margin`` pixels), and the
     largest attenuation the rays through it allow inside (module docstring); for ``priors.PixelBox``."""
     disc = fit_disc(A, y) if disc is None else disc
-    u = _detector(A)
+    u = isocentre_detector(A)
     sino = y.detach().double().cpu().numpy().reshape(-1, u.size)
     ratios = []
     for angle, p in zip(A.angles.detach().cpu().numpy(), sino):
