@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,6 @@ from recon.reconstruct import PNP, reconstruct
 QUALITY_METHODS = ("fbp", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
 LEARNED_METHODS = ("svtv-fbp", "svtv-net", "lpn", "pnp", *DIFFUSION)  # run when asked for with --method
 DIRECT = ("fbp", "tikhonov")  # no weight, no iteration option
-HTC_VIEWS_FULL = 721
 
 
 #: the library's argument names (in error messages) that this command's options set
@@ -110,7 +110,7 @@ def _cases(args) -> list[tuple[str, str, object]]:
 
 def _htc_loader(path: Path, args):
     def load() -> CTData:
-        from data.htc2022 import read_htc2022
+        from data.htc2022 import HTC_VIEWS_FULL, read_htc2022, sparse_views
         from recon.fbp import fbp
 
         full = read_htc2022(path, image_size=args.htc_size)
@@ -118,9 +118,8 @@ def _htc_loader(path: Path, args):
             raise ValueError(f"--htc: {path} has {full.sinogram.shape[0]} views, expected the full {HTC_VIEWS_FULL}")
         A = ct_operator(full.geometry, full.angles, full.sinogram.shape[1])
         ref = fbp(A, torch.as_tensor(full.sinogram)[None, None])[0, 0].numpy()
-        keep = np.floor(np.arange(args.views) * (HTC_VIEWS_FULL - 1) / args.views).astype(int)  # over 360 deg
-        return CTData(full.sinogram[keep], full.angles[keep], full.geometry, ref,
-                      f"HTC2022 {path.name}, {args.views} of {HTC_VIEWS_FULL} views")
+        return replace(sparse_views(full, args.views), reference=ref,
+                       source=f"HTC2022 {path.name}, {args.views} of {HTC_VIEWS_FULL} views")
     return load
 
 

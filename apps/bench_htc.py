@@ -29,13 +29,16 @@ import torch
 import torch.nn.functional as F
 
 from apps.argtypes import positive_int
+from apps.outputs import check_output
+from data.htc2022 import HTC_FOV_PIXELS
+from recon.reconstruct import VARIATIONAL
 
-HTC_PIXEL_MM, HTC_SIZE, HTC_VIEWS_FULL, SPARSE_VIEWS = 0.14832232, 512, 721, 60
-VARIATIONAL = ("tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
-#: the methods of ``reconstruct``, and the variational ones with ``support="disc"`` (``tv+disc``...)
+SPARSE_VIEWS = 60
 #: the learned methods with the shipped models: SV-TV with the weight network's edge map, PnP-ADMM with
-#: the learned proximal network, DPIR with the diffusion prior (trained on simulated images in [0, 1])
+#: the learned proximal network, DPIR with the diffusion prior (trained on simulated images in [0, 1]),
+#: as (the method of ``reconstruct``, the model's task)
 LEARNED = {"svtv-net": ("svtv", "svtv-weights"), "lpn": ("lpn", "lpn"), "dpir": ("dpir", "score")}
+#: the methods of ``reconstruct``, the variational ones with ``support="disc"`` (``tv+disc``...), the learned ones
 METHODS = ("fbp", "sirt", "cgls", "tikhonov", *VARIATIONAL, *(f"{m}+disc" for m in VARIATIONAL), *LEARNED)
 
 
@@ -94,15 +97,24 @@ def score(image: torch.Tensor, segmentation: np.ndarray) -> float:
     return float(mcc(ours, torch.as_tensor(segmentation > 0.5)[None, None])[0])
 
 
-def _tasks(name: str, limited: Path, full: Path, size: int) -> dict:
+def reference_image(ref_fbp: Path, geometry: dict) -> np.ndarray | None:
+    """The organisers' full-data FBP in 1/mm on ``geometry``'s grid (block-averaged), or None when
+    that grid does not divide theirs. Their image is per pixel of ``HTC_FOV_PIXELS`` over the field."""
+    size = int(geometry["image_shape"][0])
+    if HTC_FOV_PIXELS % size:
+        return None
+    f = HTC_FOV_PIXELS // size
+    image = _mat(ref_fbp) / (geometry["pixel_size"] * size / HTC_FOV_PIXELS)
+    return image.reshape(size, f, size, f).mean(axis=(1, 3))
+
+
+def _tasks(limited: Path, full: Path, size: int) -> dict:
     """The challenge's arc and the sparse-view task, as ``{task: CTData}``."""
-    from data.htc2022 import read_htc2022
+    from data.htc2022 import read_htc2022, sparse_views
 
     arc = read_htc2022(limited, image_size=size)
     degrees = np.rad2deg(arc.angles)
-    data = read_htc2022(full, image_size=size)
-    keep = np.floor(np.arange(SPARSE_VIEWS) * (HTC_VIEWS_FULL - 1) / SPARSE_VIEWS).astype(int)
-    sparse = type(data)(data.sinogram[keep], data.angles[keep], data.geometry, None, data.source)
+    sparse = sparse_views(read_htc2022(full, image_size=size), SPARSE_VIEWS)
     return {f"arc {degrees.min():.0f}-{degrees.max():.0f} deg": arc, f"{SPARSE_VIEWS} views": sparse}
 
 
@@ -112,10 +124,10 @@ def run(args) -> int:
     from data.hdf5 import atomic_path
     from operators.ct import ct_operator
     from recon.metrics import mcc, psnr
+    from recon.models import load_model, shipped
     from recon.reconstruct import reconstruct
 
-    from recon.models import load_model, shipped
-
+    check_output(args.output)
     found = cases(args.htc)
     methods = list(dict.fromkeys(args.method or ["fbp", "tv"]))
     models = {m: load_model(shipped(LEARNED[m][1]), task=LEARNED[m][1]) for m in methods if m in LEARNED}
@@ -124,10 +136,9 @@ def run(args) -> int:
     for name, limited, full, ref_fbp, ref_seg in found:
         segmentation = _mat(ref_seg)
         truth = torch.as_tensor(segmentation > 0.5)[None, None]
-        f = HTC_SIZE // args.size if HTC_SIZE % args.size == 0 else None
-        reference = _mat(ref_fbp) / HTC_PIXEL_MM  # 1/mm
-        reference = reference.reshape(args.size, f, args.size, f).mean(axis=(1, 3)) if f else None
-        for task, data in _tasks(name, limited, full, args.size).items():
+        tasks = _tasks(limited, full, args.size)
+        reference = reference_image(ref_fbp, next(iter(tasks.values())).geometry)
+        for task, data in tasks.items():
             A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1])
             y = torch.as_tensor(data.sinogram)[None, None]
             row, segs = {}, {"reference": segmentation > 0.5}

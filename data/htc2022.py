@@ -11,15 +11,17 @@ keeps the field of view and changes the pixel size).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from data.hdf5 import CTData
 
-__all__ = ["read_htc2022", "HTC_FOV_PIXELS"]
+__all__ = ["read_htc2022", "sparse_views", "HTC_FOV_PIXELS", "HTC_VIEWS_FULL"]
 
 HTC_FOV_PIXELS = 512  # the organisers' grid: 512 pixels of effectivePixelSizePost
+HTC_VIEWS_FULL = 721  # a full file: 0 to 360 deg in 0.5 deg steps, both ends included
 
 
 def read_htc2022(path: str | os.PathLike, image_size: int = HTC_FOV_PIXELS) -> CTData:
@@ -63,3 +65,10 @@ def read_htc2022(path: str | os.PathLike, image_size: int = HTC_FOV_PIXELS) -> C
     geometry = {"geometry": "fan", "detector_spacing": float(par.pixelSizePost), "pixel_size": pixel,
                 "image_shape": (int(image_size), int(image_size)), "source_origin": dso, "origin_detector": dsd - dso}
     return CTData(sino, angles, geometry, None, str(path))
+
+
+def sparse_views(data: CTData, views: int) -> CTData:
+    """``views`` evenly spaced views of a full file's 360 deg (the duplicated 360 deg view never kept):
+    the sparse-view task of ``recon bench quality`` and ``recon bench htc``."""
+    keep = np.floor(np.arange(views) * (HTC_VIEWS_FULL - 1) / views).astype(int)
+    return replace(data, sinogram=data.sinogram[keep], angles=data.angles[keep])

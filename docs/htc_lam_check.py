@@ -10,10 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from apps.bench_htc import HTC_PIXEL_MM, _mat, cases, score
+from apps.bench_htc import _mat, cases, reference_image, score
 from data.htc2022 import read_htc2022
 from operators.ct import ct_operator
 from recon.metrics import psnr
@@ -24,9 +23,8 @@ SIZE, MULTIPLES = 256, (0.25, 0.5, 1.0, 2.0, 4.0)
 out = {}
 for name, limited, _full, ref_fbp, ref_seg in cases(Path(sys.argv[1])):
     seg = _mat(ref_seg)
-    f = 512 // SIZE
-    ref = torch.as_tensor((_mat(ref_fbp) / HTC_PIXEL_MM).reshape(SIZE, f, SIZE, f).mean(axis=(1, 3)))[None, None]
     data = read_htc2022(limited, image_size=SIZE)
+    ref = torch.as_tensor(reference_image(ref_fbp, data.geometry))[None, None]
     A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1])
     y = torch.as_tensor(data.sinogram)[None, None]
     for support in (None, "disc"):

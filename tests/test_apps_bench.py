@@ -200,5 +200,7 @@ def test_bench_htc_names_a_missing_folder_or_files(tmp_path, capsys):
     assert main(["bench", "htc", "--htc", str(tmp_path)]) == 2
     assert "--htc: no HTC2022 *_limited.mat files under" in capsys.readouterr().err
     (tmp_path / "htc2022_01a_limited.mat").write_bytes(b"")
+    assert main(["bench", "htc", "--htc", str(tmp_path), "--output", str(tmp_path / "htc2022_01a_limited.mat")]) == 2
+    assert "--output: expected a folder, found a file" in capsys.readouterr().err
     assert main(["bench", "htc", "--htc", str(tmp_path)]) == 2
     assert "lacks htc2022_01a_full.mat, htc2022_01a_recon_fbp.mat, htc2022_01a_recon_fbp_seg.mat" in capsys.readouterr().err
