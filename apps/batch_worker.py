@@ -219,8 +219,8 @@ def write_outputs(folder: Path, study: Study, data, results: dict, config: dict,
                       input_path=study.files[0] if study.kind != "dicom" else None, started=started)
     write_reconstructions(folder / "reconstructions.h5", {m: r[0] for m, r in results.items()},
                           {**data.attributes(), "study": study.key, "mode": study.mode},
-                          {m: {**r[1], "iterations_run": r[3]} for m, r in results.items()}, units=data.units, extra=data.datasets(),
-                          provenance=prov)
+                          {m: {**r[1], "iterations_run": r[3]} for m, r in results.items()}, units=data.units,
+                          extra=data.datasets(), provenance=prov)
     if data.volume is not None:
         _write_dicom(folder, data.volume, results, config["mu_water"])
     write_json(folder / "metrics.json", {"study": study.key, "mode": study.mode, "slices": data.slices,

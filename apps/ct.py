@@ -30,8 +30,8 @@ PHANTOMS = ("shepp-logan", "ellipses")
 
 
 #: the library's argument names (in error messages) that this command's options set
-FLAGS = {"input": "--input", "path": "--input", "image_size": "--size", "slices": "--slice", "lam": "--lam", "iterations": "--iterations",
-         "noise_std": "--noise-std", "model": "--weights"}
+FLAGS = {"input": "--input", "path": "--input", "image_size": "--size", "slices": "--slice", "lam": "--lam",
+         "iterations": "--iterations", "noise_std": "--noise-std", "model": "--weights"}
 
 
 def add_parser(sub) -> None:
@@ -44,7 +44,8 @@ def add_parser(sub) -> None:
     p.add_argument("--slice", type=nonneg_int, default=None, metavar="K",
                    help="input holding a stack of slices: reconstruct slice K (0-based)")
     p.add_argument("--size", type=positive_int, default=256,
-                   help="phantom size in pixels, or the grid over an HTC2022 file's 75.9 mm field of view (default 256)")
+                   help="phantom size in pixels, or the grid over an HTC2022 file's 75.9 mm field of view "
+                        "(default 256)")
     p.add_argument("--views", type=positive_int, default=None,
                    help="phantom: number of views (default 60); input: keep this many evenly spaced views")
     p.add_argument("--geometry", choices=("parallel", "fan"), default="parallel",

@@ -150,7 +150,8 @@ def settings(task: str, config: dict, args) -> dict:
         if value is not None and args.data not in GENERATORS:
             raise ValueError(f"--{key}: applies to the generated data ({', '.join(GENERATORS)}); "
                              f"--data {args.data} is read as it is")
-        merged["data"][key] = merged["data"][key] if value is None else value
+        if value is not None:
+            merged["data"][key] = value
     _check_generated(merged["data"], args)
     return merged
 
@@ -382,7 +383,8 @@ def run(args) -> int:
     except TypeError as err:
         raise ValueError(f"--config: [train] {err}") from None
     except ValueError as err:  # TrainConfig names its fields config.NAME: the device is a flag, the rest the file's
-        raise ValueError(re.sub(r"\bconfig\.(\w+)", lambda m: "--device" if m[1] == "device" else f"--config: [train] {m[1]}",
+        raise ValueError(re.sub(r"\bconfig\.(\w+)",
+                                lambda m: "--device" if m[1] == "device" else f"--config: [train] {m[1]}",
                                 str(err))) from None
     print(f"recon train {args.task}: {len(images)} images {tuple(images.shape[-2:])} from {args.data} -> "
           f"{len(train_set)} training / {len(val_set)} validation items, {config.steps} steps of {config.batch_size}")

@@ -1,8 +1,8 @@
 """The default regularisation weights: the sinogram's noise carried back to the image.
 
 ``default_tv_lambda`` is ``c sigma_hat rms(A^T eps)`` times a size and a noise term, with
-``sigma_hat`` from ``estimate_noise_std`` when the noise is not given; ``default_lambda`` applies the same rule with each variational method's
-constant (``LAMBDA_FACTORS``). ``recon.reconstruct`` uses (and re-exports) them; ``recon.mri`` reuses
+``sigma_hat`` from ``estimate_noise_std`` when the noise is not given; ``default_lambda`` applies
+the same rule with each variational method's constant (``LAMBDA_FACTORS``). ``recon.reconstruct`` uses (and re-exports) them; ``recon.mri`` reuses
 ``_backprojected_noise_rms`` with its own k-space noise estimate.
 """
 
@@ -16,7 +16,8 @@ from operators.base import LinearOperator
 from priors.base import Functional
 from priors.graph_laplacian import GraphLaplacianPrior
 
-__all__ = ["TV_LAMBDA_FACTOR", "LAMBDA_FACTORS", "REFERENCE_SIDE", "REFERENCE_NOISE", "estimate_noise_std", "default_tv_lambda", "default_lambda"]
+__all__ = ["TV_LAMBDA_FACTOR", "LAMBDA_FACTORS", "REFERENCE_SIDE", "REFERENCE_NOISE", "estimate_noise_std",
+           "default_tv_lambda", "default_lambda"]
 
 TV_LAMBDA_FACTOR = 0.9  # c in the rule of default_tv_lambda; fitted on phantoms (docs/lam_rule_range_study.py)
 #: the rule's constant for each variational method. The adaptive priors' constants were calibrated at the

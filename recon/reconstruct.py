@@ -19,9 +19,7 @@ default).
 
 from __future__ import annotations
 
-import math
 import time
-import warnings
 from dataclasses import dataclass, field
 
 from collections.abc import Callable
@@ -29,14 +27,13 @@ from collections.abc import Callable
 import torch
 
 from operators.base import LinearOperator
-from priors import TV, L2Fidelity, NonNegativity, SpaceVariantTV
-from priors.constraints import PixelBox
+from priors import TV, L2Fidelity, NonNegativity, PixelBox, SpaceVariantTV
 from priors.base import Functional
 from priors.graph_laplacian import GraphLaplacianPrior
 from priors.tv import DEFAULT_ETA, DEFAULT_P, DEFAULT_SPREAD, intensity_scale
 from recon.chambolle_pock import ChambollePock
 from recon.diffusion_recon import DEFAULT_STEPS, DIFFUSION, diffusion_reconstruction
-from recon.discrepancy import AUTO_FLOOR, AUTO_TRIALS, DISCREPANCY_TAU, auto_lambda  # noqa: F401
+from recon.discrepancy import DISCREPANCY_TAU, auto_lambda
 from recon.fbp import fbp
 from recon.lambda_rule import (LAMBDA_FACTORS, TV_LAMBDA_FACTOR, _backprojected_noise_rms, default_lambda,  # noqa: F401
                                default_tv_lambda, estimate_noise_std)
@@ -121,8 +118,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             learned proximal network (None: the shipped one, ``recon.models.builtin("lpn")``); for
             ``"svtv"`` a weight network (task ``svtv-weights``) whose predicted ``|grad x|`` from the
             FBP replaces ``estimate``; for ``"pnp"`` a denoiser (task ``denoiser``, required); for
-            ``"red-diff"``, ``"diffpir"`` and ``"dpir"`` a diffusion prior (task ``score``; None: the shipped one; ``lam`` is
-            their weight and ``iterations`` their number of timesteps). For
+            ``"red-diff"``, ``"diffpir"`` and ``"dpir"`` a diffusion prior (task ``score``; None: the
+            shipped one; ``lam`` is their weight and ``iterations`` their number of timesteps). For
             ``"lpn"`` and ``"pnp"``, ``lam`` is the ADMM penalty ``rho`` (the prior's
             weight against the data term ``||A x - y||^2 / (2 ||A||^2)``; default: the card's).
 
@@ -191,7 +188,8 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
     params: dict = {"max_iterations": n_iter, "nonneg": constraint is not None}
     if method == "tikhonov":
         x = tikhonov(A, y, iterations=n_iter)
-        return Reconstruction(x, method, n_iter, time.perf_counter() - start, {"max_iterations": n_iter, "alpha": "default"})
+        return Reconstruction(x, method, n_iter, time.perf_counter() - start,
+                              {"max_iterations": n_iter, "alpha": "default"})
     if method in DIFFUSION:
         def noise() -> float:
             return float(noise_std) if noise_std is not None else float(estimate_noise_std(y).mean())

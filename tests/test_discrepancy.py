@@ -11,8 +11,8 @@ import torch
 
 from data.phantoms import shepp_logan
 from operators import ParallelBeam2D
-from recon.discrepancy import DISCREPANCY_TAU, discrepancy_search
-from recon.reconstruct import AUTO_TRIALS, reconstruct
+from recon.discrepancy import AUTO_FLOOR, AUTO_TRIALS, DISCREPANCY_TAU, discrepancy_search
+from recon.reconstruct import reconstruct
 
 
 @pytest.mark.parametrize("target, lam0", [(1.0, 1.0), (0.2, 50.0), (3.0, 1e-4)])
@@ -96,7 +96,7 @@ def test_auto_lambda_warns_where_the_principle_under_regularises():
     # many measurements per pixel (120 views of 32^2): the residual at the best weight is above 0.93 sigma
     # sqrt(m), so the principle's weight is far below it (measured 0.004 against the rule's 0.49, 5 dB lower)
     from apps.ct import simulate
-    from recon.reconstruct import AUTO_FLOOR, default_tv_lambda
+    from recon.reconstruct import default_tv_lambda
 
     data = simulate("shepp-logan", 32, 120, "parallel", 0.05, 0)
     A = ParallelBeam2D((32, 32), data.angles, data.sinogram.shape[1])
