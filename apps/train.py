@@ -5,6 +5,7 @@
     recon train denoiser     --data FOLDER|FILE.h5 --output runs/dn
     recon train score        --data ellipses --output runs/score  (a diffusion prior, priors.diffusion)
     recon train denoiser     --data ellipses --count 40 --size 128 --steps 50 --output runs/try  (a quick try)
+    recon train score        --init score --data FOLDER --output runs/ft  (fine-tune the shipped diffusion prior)
 
 ``--data`` is a built-in generator (``ellipses``, ``coule``, ``ellipses+coule``: half each; no download) or a folder of PNG/NPY
 images, a folder of DICOM files, or an HDF5 file with an ``images`` dataset. The images are read
@@ -24,7 +25,10 @@ by seed. The config file (TOML or JSON) has up to four tables, each optional:
 Command-line options override the file (``--count`` and ``--size`` the ``[data]`` table's
 ``count`` and ``size``). Writes ``OUTPUT/model.safetensors`` and
 ``OUTPUT/model.json`` (the card: task, architecture, data, steps, validation metrics, the command,
-the settings), plus the trainer's log, checkpoints and ``summary.json``.
+the settings), plus the trainer's log, checkpoints and ``summary.json``. ``--init MODEL`` starts from
+a trained model of the same task (a weights file, a run folder, or ``lpn``, ``svtv``, ``score`` for the
+shipped ones) instead of random weights, with its architecture; the card records it under
+``initialised_from``.
 """
 
 from __future__ import annotations
@@ -90,6 +94,10 @@ def add_parser(sub) -> None:
     p.add_argument("--device", type=torch_device, default=None,
                    help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--init", metavar="MODEL",
+                   help="start from a trained model's weights (a weights file, a run folder, or lpn, svtv, score for "
+                        "the shipped ones): same task; its architecture is the run's unless [model] says otherwise, "
+                        "which must then match it")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
 
@@ -362,13 +370,38 @@ def _score(network, t: dict, images, train_idx, val_idx, seed: int, extra: dict)
     return network, loss_fn, train_set, val_set, val_fn, {"monitor": f"psnr@{sigmas[-1]:g}", "mode": "max"}, extra
 
 
+def initial_model(given: str, task: str, config: dict):
+    """The model ``--init`` names, loaded; ``config`` takes its architecture when it has no ``[model]`` table.
+    The card's warnings (a short or weak training) are not repeated: the run is there to train it further."""
+    import warnings
+
+    from recon.models import BUILTIN, builtin, load_model
+
+    path = builtin(given) if given in BUILTIN and not Path(given).exists() else Path(given)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model = load_model(path, task=task)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(re.sub(r"^weights:", "--init:", str(err))) from None
+    architecture = model.card["architecture"]
+    if "model" not in config:
+        config["model"] = dict(architecture)
+    elif json.loads(json.dumps(config["model"])) != json.loads(json.dumps(architecture)):
+        raise ValueError(f"--init: {path} has the architecture {architecture}, the run's [model] is "
+                         f"{config['model']}; leave [model] out to train that architecture")
+    return model
+
+
 def run(args) -> int:
     from recon.trainer import Trainer, TrainConfig
 
     from apps.outputs import check_output
 
     check_output(args.output)
-    cfg = settings(args.task, read_config(args.config), args)
+    config = read_config(args.config)
+    init = initial_model(args.init, args.task, config) if getattr(args, "init", None) else None
+    cfg = settings(args.task, config, args)
     progress = not args.no_progress
     args.output.mkdir(parents=True, exist_ok=True)
     key = {"source": args.data, **({k: cfg["data"][k] for k in ("count", "size", "seed")}
@@ -376,6 +409,10 @@ def run(args) -> int:
     images = cached(args.output, key, lambda: {"images": source_images(args.data, cfg["data"], progress)})["images"]
     torch.manual_seed(int(cfg["train"].get("seed", 0)))  # the initial weights follow the seed, not the process
     network, loss_fn, train_set, val_set, val_fn, kwargs, extra = build(args.task, cfg, images, args.output, progress)
+    if init is not None:
+        network.load_state_dict(init.network.state_dict())
+        extra["initialised_from"] = {"weights": str(init.path), "steps": init.card.get("steps"),
+                                     "command": init.card.get("command")}
     trainer_kw = {k: kwargs.pop(k) for k in ("lr_at", "step_loss", "after_step") if k in kwargs}
     train = {"progress": progress, "device": args.device, **kwargs, **cfg["train"], "output": args.output}
     try:

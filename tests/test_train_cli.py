@@ -359,3 +359,35 @@ def test_lr_at_excludes_a_scheduler(tmp_path):
     config = TrainConfig(steps=3, batch_size=4, output=tmp_path, progress=False)
     with pytest.raises(ValueError, match="lr_at: expected a callable .* got float"):
         Trainer(TinyDenoiser(), fixed_loss, data, config=config, lr_at=1e-3)
+
+
+# ------------------------------------------------------------------------------------ --init
+def test_init_starts_from_a_trained_model(tmp_path, capsys):
+    """``--init`` loads the weights of a model of the same task; without a [model] table the run takes that
+    model's architecture. At a learning rate of 1e-12 the result is the initial model; without ``--init`` it is
+    not. The card says where it started."""
+    assert main(_argv("denoiser", tmp_path / "a", _config(tmp_path, TINY["denoiser"]), *STEPS)) == 0
+    tiny_lr = {k: v for k, v in TINY["denoiser"].items() if k != "model"} | {"train": {"val_every": 2, "lr": 1e-12}}
+    config = _config(tmp_path, tiny_lr, "tiny_lr.json")
+    assert main(_argv("denoiser", tmp_path / "b", config, *STEPS, "--init", str(tmp_path / "a"))) == 0
+    a, b = _tensors(tmp_path / "a"), _tensors(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    card = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert card["architecture"] == TINY["denoiser"]["model"]
+    assert card["initialised_from"]["weights"].endswith("model.safetensors") and card["initialised_from"]["steps"] == 4
+    with_model = _config(tmp_path, {**tiny_lr, "model": UNET}, "with_model.json")
+    assert main(_argv("denoiser", tmp_path / "c", with_model, *STEPS)) == 0  # same architecture, no --init
+    c = _tensors(tmp_path / "c")
+    assert not all(torch.allclose(a[k], c[k], atol=1e-3) for k in a)
+
+
+def test_init_errors_name_the_flag(tmp_path, capsys):
+    config = _config(tmp_path, TINY["denoiser"])
+    assert main(_argv("denoiser", tmp_path / "a", config, *STEPS)) == 0
+    other = _config(tmp_path, {**TINY["denoiser"], "model": {"channels": [4, 8, 16], "norm": "group"}}, "other.json")
+    _fails(capsys, _argv("denoiser", tmp_path / "o1", other, *STEPS, "--init", str(tmp_path / "a")),
+           r"--init: .* has the architecture .* the run's \[model\]")
+    _fails(capsys, _argv("lpn", tmp_path / "o2", _config(tmp_path, TINY["lpn"], "lpn.json"), *STEPS, "--init",
+                         str(tmp_path / "a")), r"--init: .* holds a 'denoiser' model; expected a 'lpn' model")
+    _fails(capsys, _argv("denoiser", tmp_path / "o3", config, *STEPS, "--init", str(tmp_path / "none.safetensors")),
+           r"--init: no such file")
