@@ -22,11 +22,12 @@ from apps.outputs import check_output, locked_output, remove_stale_images, write
 from data.hdf5 import CTData, read_ct, write_reconstructions
 from data.limits import array_bytes, check_memory
 from data.phantoms import random_ellipses, shepp_logan
+from data.training import CouleLikeDataset
 from operators.ct import FanBeam2D, ParallelBeam2D, ct_operator
 from recon.metrics import psnr, ssim
 from recon.reconstruct import ESTIMATES, METHODS, VARIATIONAL, reconstruct
 
-PHANTOMS = ("shepp-logan", "ellipses")
+PHANTOMS = ("shepp-logan", "ellipses", "coule")
 
 
 #: the library's argument names (in error messages) that this command's options set
@@ -142,7 +143,12 @@ def simulate(phantom: str, size: int, views: int, geometry: str, noise: float, s
         raise ValueError(f"--views: expected a positive number of views, got {views}")
     if not 0 <= noise < 1:
         raise ValueError(f"--noise: expected a relative noise level in [0, 1), got {noise}")
-    x = shepp_logan(size) if phantom == "shepp-logan" else random_ellipses(size, seed=seed)
+    if phantom == "shepp-logan":
+        x = shepp_logan(size)
+    elif phantom == "coule":  # grey ellipses and straight bars, as in the COULE dataset
+        x = CouleLikeDataset(1, size=size, seed=seed)[0][None]
+    else:
+        x = random_ellipses(size, seed=seed)
     det = detector_count(size)
     if geometry == "parallel":
         geom = {"geometry": "parallel", "detector_spacing": 1.0, "pixel_size": 1.0, "image_shape": (size, size)}

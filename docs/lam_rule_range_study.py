@@ -5,8 +5,9 @@ For each case (phantom, size, views, geometry, relative noise, seed) it simulate
 reconstructs with ``reconstruct(A, y, "tv", lam=m * centre)`` (300 Chambolle-Pock iterations from
 FBP, x >= 0, the product's defaults) and searches m on the grid 2^(k/2): m = 1, 1/2, 2, then
 doubling towards the better side until the best is bracketed, then the two sqrt(2) neighbours of
-the best. ``centre`` is the default rule's weight, with the noise estimated from the sinogram as
-``recon ct`` does. Each evaluation also records the residual ratio ||A x - y|| / (sigma sqrt m),
+the best. ``centre`` is the rule before issue 20, ``1.8 sigma_hat rms(A^T eps)`` (``PREVIOUS_FACTOR``),
+with the noise estimated from the sinogram as ``recon ct`` does. ``--check`` reconstructs once at the
+default rule as it is now, ``--check-edge-term`` at the edge-density variant (not adopted). Each evaluation also records the residual ratio ||A x - y|| / (sigma sqrt m),
 the quantity the discrepancy principle (``lam="auto"``) sets to tau.
 
     PYTHONPATH=. .venv/bin/python docs/lam_rule_range_study.py --set fit --workers 2 --out docs/lam_rule_range_study.jsonl
@@ -38,7 +39,17 @@ HELD_OUT = [("ellipses", 96, 45, "parallel", 0.01, 5), ("shepp-logan", 96, 120, 
             ("shepp-logan", 384, 60, "parallel", 0.01, 0), ("ellipses", 384, 120, "fan", 0.02, 8),
             ("ellipses", 512, 30, "fan", 0.01, 9), ("shepp-logan", 512, 60, "parallel", 0.01, 0),
             ("ellipses", 64, 180, "fan", 0.03, 10), ("shepp-logan", 256, 45, "fan", 0.01, 0)]
-SETS = {"fit": FIT, "held-out": HELD_OUT}
+#: held out for the content term: COULE-like phantoms (grey ellipses and bars), new ellipse seeds (one at
+#: the setting of the previous rule's worst case) and Shepp-Logan in settings not used before
+CONTENT = [("coule", 64, 60, "parallel", 0.05, 1), ("coule", 128, 30, "fan", 0.01, 2),
+           ("coule", 256, 60, "parallel", 0.01, 3), ("coule", 128, 180, "parallel", 0.005, 4),
+           ("coule", 96, 90, "fan", 0.02, 5), ("coule", 192, 45, "parallel", 0.03, 6),
+           ("ellipses", 64, 60, "parallel", 0.05, 11), ("ellipses", 256, 60, "fan", 0.01, 12),
+           ("ellipses", 128, 120, "parallel", 0.03, 13), ("shepp-logan", 64, 60, "fan", 0.05, 0)]
+SETS = {"fit": FIT, "held-out": HELD_OUT, "content": CONTENT}
+KEYS = ("phantom", "size", "views", "geometry", "noise", "seed")
+#: the grid's centre: the rule before issue 20, PREVIOUS_FACTOR sigma_hat rms(A^T eps)
+PREVIOUS_FACTOR = 1.8
 
 
 def operator(data):
@@ -78,8 +89,55 @@ def check_case(case) -> dict:
                 rule_lam=r.parameters["lam"], rule_psnr=float(psnr(r.x, x_true)))
 
 
+#: the edge-density variant, tried and not adopted (docs/lam_rule_range_study.md): the rule times
+#: (EDGE_REFERENCE / f)^EDGE_EXPONENT with constant EDGE_FACTOR instead of the rule's, f the edge density
+#: TV(x) / (N rms(x)) of a pilot reconstruction (PILOT_ITERATIONS Chambolle-Pock iterations at the rule's weight
+#: with EDGE_FACTOR), which then starts the final one
+EDGE_FACTOR, EDGE_REFERENCE, EDGE_EXPONENT, PILOT_ITERATIONS = 1.15, 12.0, 2.0 / 3.0, 20
+
+
+def edge_density(x) -> float:
+    """``TV(x) / (N rms(x))`` of one image ``(1, 1, N, N)``: edge length in image sides, weighted by contrast."""
+    import torch
+
+    x = x[0, 0].double()
+    gx, gy = torch.diff(x, dim=0, append=x[-1:]), torch.diff(x, dim=1, append=x[:, -1:])
+    return float((gx ** 2 + gy ** 2).sqrt().sum() / (x.shape[0] * x.pow(2).mean().sqrt()))
+
+
+def edge_term_weight(A, y):
+    """``(lam, pilot, f)``: the edge-density variant's weight for ``(A, y)``, its pilot and edge density."""
+    from recon.fbp import fbp
+    from recon.lambda_rule import TV_LAMBDA_FACTOR, default_tv_lambda
+
+    base = default_tv_lambda(A, y) * EDGE_FACTOR / TV_LAMBDA_FACTOR
+    pilot = tv_solve(A, y, base, fbp(A, y), PILOT_ITERATIONS)
+    f = edge_density(pilot)
+    return base * (EDGE_REFERENCE / f) ** EDGE_EXPONENT, pilot, f
+
+
+def tv_solve(A, y, lam, x0, iterations=300):
+    """TV with x >= 0 by Chambolle-Pock from ``x0``, as ``reconstruct(A, y, "tv")`` runs it."""
+    from priors import TV, L2Fidelity, NonNegativity
+    from recon.chambolle_pock import ChambollePock
+    from recon.problem import Problem
+
+    problem_ = Problem(L2Fidelity(A, y), lam * TV(), constraint=NonNegativity())
+    return ChambollePock(max_iter=iterations, tol=1e-5).run(problem_, x0).x
+
+
+def check_edge_term(case) -> dict:
+    """The edge-density variant of the rule on one case (the final solve starts from the pilot)."""
+    from recon.metrics import psnr
+
+    data, A, y, x_true = problem(case)
+    lam, pilot, f = edge_term_weight(A, y)
+    x = tv_solve(A, y, lam, pilot)
+    return dict(zip(KEYS, case), rule_lam=lam, rule_psnr=float(psnr(x, x_true)), edge_density=f)
+
+
 def run_case(case) -> dict:
-    from recon.lambda_rule import _backprojected_noise_rms, default_tv_lambda, estimate_noise_std
+    from recon.lambda_rule import _backprojected_noise_rms, estimate_noise_std
     from recon.metrics import psnr
     from recon.reconstruct import reconstruct
 
@@ -87,7 +145,7 @@ def run_case(case) -> dict:
     started = time.perf_counter()
     data, A, y, x_true = problem(case)
     sigma_hat = float(estimate_noise_std(y).mean())
-    centre = default_tv_lambda(A, y)
+    centre = PREVIOUS_FACTOR * sigma_hat * _backprojected_noise_rms(A, y)
     m = y[0].numel()
     evals: dict[float, dict] = {}
 
@@ -119,29 +177,37 @@ def run_case(case) -> dict:
             "evaluations": [evals[k] for k in sorted(evals)], "seconds": time.perf_counter() - started}
 
 
-KEYS = ("phantom", "size", "views", "geometry", "noise", "seed")
+def table(search: Path, check: Path, variant: Path | None = None) -> str:
+    """Markdown: per case the best weight on the grid, the rule as checked, the edge-density variant (when
+    ``variant`` has the case) and the previous rule."""
+    def load(path):
+        return {tuple(r[k] for k in KEYS): r for r in map(json.loads, path.read_text().splitlines()) if r}
 
-
-def table(search: Path, check: Path) -> str:
-    """Markdown: per case the best weight on the grid, the rule as checked, and the previous rule."""
     rows = [json.loads(line) for line in search.read_text().splitlines() if line.strip()]
-    checked = {tuple(r[k] for k in KEYS): r for r in map(json.loads, check.read_text().splitlines()) if r}
+    checked, variants = load(check), load(variant) if variant else {}
     lines = ["| set | phantom | size | views | geometry | noise | best on grid (x previous rule) | best PSNR | "
-             "rule: x previous | rule PSNR | loss | previous rule PSNR | previous loss |", "|" + "---|" * 13]
-    summary: dict[str, list[float]] = {}
-    for r in sorted(rows, key=lambda r: (r["set"] != "fit", r["size"], r["views"], r["noise"])):
-        c = checked[tuple(r[k] for k in KEYS)]
+             "rule: x previous | rule PSNR | loss | edge density | edge-density variant loss | previous rule PSNR | "
+             "previous loss |", "|" + "---|" * 15]
+    summary: dict[str, list[tuple]] = {}
+    for r in sorted(rows, key=lambda r: (list(SETS).index(r["set"]), r["size"], r["views"], r["noise"])):
+        key = tuple(r[k] for k in KEYS)
+        if key not in checked:  # searched, not checked yet
+            continue
+        c = checked[key]
         previous = next(e["psnr"] for e in r["evaluations"] if e["multiple"] == 1.0)
-        best = max(r["best_psnr"], c["rule_psnr"])
-        loss = best - c["rule_psnr"]
-        summary.setdefault(r["set"], []).append((loss, best - previous))
+        best = max(r["best_psnr"], c["rule_psnr"], variants.get(key, c)["rule_psnr"])
+        loss, variant_loss = best - c["rule_psnr"], best - variants[key]["rule_psnr"] if key in variants else None
+        summary.setdefault(r["set"], []).append((loss, variant_loss, best - previous))
         lines.append(f"| {r['set']} | {r['phantom']} | {r['size']} | {r['views']} | {r['geometry']} | {r['noise']:.1%} | "
                      f"x{r['best_multiple']:.3g} | {r['best_psnr']:.2f} | x{c['rule_lam'] / r['rule_lam']:.3g} | "
-                     f"{c['rule_psnr']:.2f} | {loss:.2f} | {previous:.2f} | {best - previous:.2f} |")
-    for name, pairs in summary.items():
-        for label, losses in (("rule", [a for a, _ in pairs]), ("previous rule", [b for _, b in pairs])):
-            lines.append(f"\n{name}, {label}: {len(losses)} cases, loss max {max(losses):.2f} dB, mean "
-                         f"{sum(losses) / len(losses):.2f} dB, {sum(v <= 1.0 for v in losses)} within 1 dB")
+                     f"{c['rule_psnr']:.2f} | {loss:.2f} | {variants.get(key, {}).get('edge_density', float('nan')):.1f} | "
+                     f"{'-' if variant_loss is None else f'{variant_loss:.2f}'} | {previous:.2f} | {best - previous:.2f} |")
+    for name, rows_ in summary.items():
+        for i, label in enumerate(("rule", "edge-density variant", "previous rule")):
+            losses = [row[i] for row in rows_ if row[i] is not None]
+            if losses:
+                lines.append(f"\n{name}, {label}: {len(losses)} cases, loss max {max(losses):.2f} dB, mean "
+                             f"{sum(losses) / len(losses):.2f} dB, {sum(v <= 1.0 for v in losses)} within 1 dB")
     return "\n".join(lines) + "\n"
 
 
@@ -149,13 +215,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", choices=SETS)
     p.add_argument("--out", type=Path)
-    p.add_argument("--table", nargs=2, type=Path, metavar=("SEARCH", "CHECK"),
-                   help="print the markdown table of a search file and a check file, and stop")
+    p.add_argument("--table", nargs="+", type=Path, metavar="FILE",
+                   help="SEARCH CHECK [VARIANT]: print the markdown table of a search file, a check file and "
+                        "optionally a --check-edge-term file, and stop")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--check", action="store_true",
                    help="reconstruct each case once at the default rule as it is now (no search)")
+    p.add_argument("--check-edge-term", action="store_true",
+                   help="the same with the edge-density variant of the rule (not adopted)")
     args = p.parse_args()
     if args.table:
+        if len(args.table) not in (2, 3):
+            p.error("--table: expected SEARCH CHECK [VARIANT]")
         print(table(*args.table), end="")
         return
     done = set()
@@ -165,8 +236,8 @@ def main() -> None:
     todo = [c for c in SETS[args.set] if c not in done]
     todo.sort(key=lambda c: -c[1] ** 2 * c[2])  # the longest first, so the workers finish together
     with mp.get_context("spawn").Pool(args.workers) as pool:
-        if args.check:
-            for row in pool.imap_unordered(check_case, todo):
+        if args.check or args.check_edge_term:
+            for row in pool.imap_unordered(check_edge_term if args.check_edge_term else check_case, todo):
                 with args.out.open("a") as f:
                     f.write(json.dumps({"set": args.set, **row}) + "\n")
                 print(*[row[k] for k in ("phantom", "size", "views", "geometry", "noise")],
