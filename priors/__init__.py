@@ -7,11 +7,12 @@ from priors.denoiser import DenoiserPrior, FixedSigmaDenoiser, noise_level
 from priors.diffusion import DiffusionPrior, VPSchedule
 from priors.graph_laplacian import GraphLaplacian, GraphLaplacianPrior
 from priors.learned_prox import LearnedProximalNetwork, LearnedProxPrior
+from priors.sparsity import L0Norm
 from priors.tv import TV, L1Norm, L21Norm, SpaceVariantTV, WeightedNorm, adaptive_tv_weights
 
 __all__ = [
     "Functional", "ScaledFunctional", "SumFunctional", "Zero",
     "TV", "SpaceVariantTV", "WeightedNorm", "adaptive_tv_weights", "GraphLaplacian", "GraphLaplacianPrior",
-    "L1Norm", "L21Norm", "Box", "NonNegativity", "PixelBox", "L2Fidelity", "SquaredL2Distance",
+    "L1Norm", "L0Norm", "L21Norm", "Box", "NonNegativity", "PixelBox", "L2Fidelity", "SquaredL2Distance",
     "DenoiserPrior", "FixedSigmaDenoiser", "noise_level", "DiffusionPrior", "VPSchedule", "LearnedProximalNetwork", "LearnedProxPrior",
 ]

@@ -4,5 +4,6 @@ from recon.base import Result, Solver
 from recon.chambolle_pock import ChambollePock
 from recon.pnp import PnPADMM, PnPProximalGradient
 from recon.problem import Problem
+from recon.unrolled import Unrolled, UnrolledISTA
 
-__all__ = ["Problem", "Solver", "Result", "ChambollePock", "PnPADMM", "PnPProximalGradient"]
+__all__ = ["Problem", "Solver", "Result", "ChambollePock", "PnPADMM", "PnPProximalGradient", "Unrolled", "UnrolledISTA"]
