@@ -41,7 +41,8 @@ class MatrixOperator(LinearOperator):
         if not isinstance(matrix, torch.Tensor):
             raise TypeError(f"matrix: expected a torch.Tensor, got {type(matrix).__name__}")
         if matrix.ndim not in (2, 3) or 0 in matrix.shape:
-            raise ValueError(f"matrix: expected a non-empty (m, n) or (B, m, n) tensor, got shape {tuple(matrix.shape)}")
+            raise ValueError("matrix: expected a non-empty (m, n) or (B, m, n) tensor, got shape "
+                             f"{tuple(matrix.shape)}")
         if not (matrix.is_floating_point() or matrix.is_complex()):
             raise TypeError(f"matrix: expected a floating-point or complex tensor, got {matrix.dtype}")
         if not bool(torch.isfinite(matrix).all()):

@@ -60,7 +60,8 @@ def test_a_matrix_per_item_is_its_own_problem():
     assert torch.allclose((A(x) * y).sum(1), (x * A.adjoint(y)).sum(1), rtol=1e-12)
     for b in range(3):
         single = MatrixOperator(M[b])
-        assert torch.allclose(A(x)[b], single(x[b:b + 1])[0]) and torch.allclose(A.adjoint(y)[b], single.adjoint(y[b:b + 1])[0])
+        assert torch.allclose(A(x)[b], single(x[b:b + 1])[0])
+        assert torch.allclose(A.adjoint(y)[b], single.adjoint(y[b:b + 1])[0])
 
 
 @pytest.mark.parametrize("matrix, match", [
@@ -171,7 +172,8 @@ def test_unrolled_errors_name_the_argument():
     A, y, _ = gaussian_problems(2)
     problem = Problem(L2Fidelity(A, y), 0.1 * L1Norm())
     with pytest.raises(ValueError, match=r"learn: PnPProximalGradient's state has no field\(s\) \['sigma'\]"):
-        Unrolled(PnPProximalGradient(tol=0), layers=3, learn=("sigma",))(problem, torch.zeros(2, 40, dtype=torch.float64))
+        Unrolled(PnPProximalGradient(tol=0), layers=3, learn=("sigma",))(problem,
+                                                                            torch.zeros(2, 40, dtype=torch.float64))
     with pytest.raises(TypeError, match="problem.prior: learn_prior_weight needs a weighted prior"):
         Unrolled(PnPProximalGradient(tol=0), layers=3, learn_prior_weight=True)(
             Problem(L2Fidelity(A, y), L1Norm()), torch.zeros(2, 40, dtype=torch.float64))
