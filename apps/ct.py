@@ -25,6 +25,7 @@ from data.phantoms import random_ellipses, shepp_logan
 from data.training import CouleLikeDataset
 from operators.ct import FanBeam2D, ParallelBeam2D, ct_operator
 from recon.metrics import psnr, ssim
+from recon.models import shipped
 from recon.reconstruct import ESTIMATES, METHODS, VARIATIONAL, reconstruct
 
 PHANTOMS = ("shepp-logan", "ellipses", "coule")
@@ -223,9 +224,13 @@ def run(args) -> int:
     if args.estimate is not None and "svtv" not in methods:
         raise ValueError("--estimate: only the svtv method uses it; add --method svtv")
     models = _models(args.weights or [], methods)
-    if "pnp" in methods and "pnp" not in models:
-        raise ValueError("--weights: --method pnp needs a trained denoiser model (none is shipped): `recon train "
-                         "denoiser --data ... --output DIR`, then --weights DIR/model.safetensors")
+    for method, task in (("pnp", "denoiser"), ("rising", "rising")):
+        if method in methods and method not in models and shipped(task) is None:
+            raise ValueError(f"--weights: --method {method} needs a trained {task} model (none is shipped): `recon "
+                             f"train {task} --data ... --output DIR`, then --weights DIR/model.safetensors")
+    if "rising" in methods and (args.lam is not None or args.iterations is not None):
+        raise ValueError(f"--{'lam' if args.lam is not None else 'iterations'}: --method rising takes its TV weight "
+                         "and iterations from its model; run it without them (or separately)")
     if args.estimate is not None and "svtv" in models:
         raise ValueError("--estimate: svtv takes its weights from --weights or from --estimate, not both")
     results, metrics = {}, {}

@@ -4,6 +4,7 @@
     recon train svtv-weights --data ellipses --output runs/svtv  [--config svtv.toml]
     recon train denoiser     --data FOLDER|FILE.h5 --output runs/dn
     recon train score        --data ellipses --output runs/score  (a diffusion prior, priors.diffusion)
+    recon train rising       --data ellipses --output runs/rising (TV's first iterations -> converged TV)
     recon train denoiser     --data ellipses --count 40 --size 128 --steps 50 --output runs/try  (a quick try)
     recon train score        --init score --data FOLDER --output runs/ft  (fine-tune the shipped diffusion prior)
 
@@ -14,10 +15,12 @@ by seed. The config file (TOML or JSON) has up to four tables, each optional:
 
     [data]   count, size, seed, val_fraction       (count and size for the generators)
     [model]  the network's keyword arguments        (priors.nets.ICNN for lpn, NoiseUNet plus sigma_data
-                                                     and sigma_range for score, UNet otherwise)
+                                                     and sigma_range for score, UNet otherwise; RisingNet
+                                                     wraps it for rising)
     [task]   lpn: sigma, patch_size, patches_per_image, pretrain_fraction, pretrain_lr, lr, augment
              denoiser: sigma, patch_size, patches_per_image, augment
              svtv-weights: views, noise, patch_size, patches_per_image
+             rising: views, noise, iterations (TV's, of the input), patch_size, patches_per_image
              score: patch_size, patches_per_image, augment, p_mean, p_std (log-normal noise levels,
                     clamped to the model's sigma_range), val_sigmas (validation PSNR at each)
     [train]  recon.trainer.TrainConfig fields (steps, batch_size, lr, val_every, checkpoint_every, ...)
@@ -65,6 +68,11 @@ DEFAULTS = {
                      "train": {"steps": 2000, "batch_size": 8, "lr": 1e-3, "scheduler": "cosine", "val_every": 250,
                                "checkpoint_every": 250}},
 }
+DEFAULTS["rising"] = {
+    "model": {"channels": [16, 32, 64], "norm": "group"},
+    "task": {"views": 60, "noise": 0.01, "iterations": 10, "patch_size": 128, "patches_per_image": 4},
+    "train": {"steps": 2000, "batch_size": 8, "lr": 1e-3, "scheduler": "cosine", "val_every": 250,
+              "checkpoint_every": 250}}
 DEFAULTS["score"] = {
     "model": {"channels": [32, 64, 128], "embedding": 128, "sigma_data": 0.5, "sigma_range": [0.002, 160.0]},
     "task": {"patch_size": 64, "patches_per_image": 8, "augment": True, "p_mean": -1.0, "p_std": 1.6,
@@ -77,7 +85,7 @@ TABLES = ("data", "model", "task", "train")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a learned prior (LPN, SV-TV weight network, denoiser)",
+    p = sub.add_parser("train", help="train a learned prior (LPN, SV-TV weight network, denoiser, diffusion prior, RISING network)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=TASKS, help="what to train")
     p.add_argument("--data", required=True, metavar="SOURCE",
@@ -226,27 +234,36 @@ def cached(output: Path, key: dict, build) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def simulate_fbp(images: torch.Tensor, views: int, noise: float, seed: int, progress: bool) -> torch.Tensor:
-    """FBP of each image from ``views`` parallel-beam views over 180 degrees with Gaussian noise of
-    ``noise`` times the sinogram's RMS (``recon ct --phantom``'s simulation, pixel 1 mm)."""
-    from tqdm.auto import tqdm
-
+def noisy_sinograms(images: torch.Tensor, views: int, noise: float, seed: int, task: str):
+    """``(A, chunks)``: the parallel-beam operator over 180 degrees (``views`` views, pixel 1 mm) and, lazily,
+    ``(images, y)`` chunks of 16 with Gaussian noise of ``noise`` times each sinogram's RMS (``recon ct
+    --phantom``'s simulation), seeded."""
     from apps.ct import detector_count
     from operators.ct import ParallelBeam2D
-    from recon.fbp import fbp
 
     n = images.shape[-1]
     if images.shape[-2] != n:
-        raise ValueError(f"--data: svtv-weights simulates CT of square images; got {tuple(images.shape[-2:])}")
+        raise ValueError(f"--data: {task} simulates CT of square images; got {tuple(images.shape[-2:])}")
     A = ParallelBeam2D((n, n), np.linspace(0, np.pi, views, endpoint=False), detector_count(n))
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for chunk in tqdm(images.split(16), desc="FBP inputs", disable=not progress):
-        y = A(chunk)
-        std = noise * y.pow(2).flatten(1).mean(1).sqrt()
-        y = y + std.reshape(-1, 1, 1, 1) * torch.randn(y.shape, generator=gen)
-        out.append(fbp(A, y))
-    return torch.cat(out)
+
+    def chunks():
+        gen = torch.Generator().manual_seed(seed)
+        for chunk in images.split(16):
+            y = A(chunk)
+            std = noise * y.pow(2).flatten(1).mean(1).sqrt()
+            yield chunk, y + std.reshape(-1, 1, 1, 1) * torch.randn(y.shape, generator=gen)
+    return A, chunks()
+
+
+def simulate_fbp(images: torch.Tensor, views: int, noise: float, seed: int, progress: bool) -> torch.Tensor:
+    """FBP of each image's noisy sinogram (``noisy_sinograms``)."""
+    from tqdm.auto import tqdm
+
+    from recon.fbp import fbp
+
+    A, chunks = noisy_sinograms(images, views, noise, seed, "svtv-weights")
+    return torch.cat([fbp(A, y) for _, y in tqdm(chunks, total=-(-len(images) // 16), desc="FBP inputs",
+                                                  disable=not progress)])
 
 
 class _Stacked(Dataset):
@@ -324,6 +341,10 @@ def build(task: str, cfg: dict, images: torch.Tensor, output: Path, progress: bo
 
     if task == "score":
         return _score(network, t, images, train_idx, val_idx, seed, extra)
+    if task == "rising":
+        from apps.train_rising import build_rising
+
+        return build_rising(network, t, images, output, seed, train_idx, val_idx, extra, progress)
     sigma = float(t["sigma"])
     train_set = NoisyPairs(_patches(Subset(_Stacked(images), train_idx.indices), t, seed, bool(t["augment"])),
                            sigma, seed)

@@ -10,11 +10,11 @@ its output (``SpaceVariantTV.from_magnitude``).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from operators.finite_diff import FiniteDifference
 from priors.nets import UNet
+from priors.nets.unet import apply_unit_free
 from priors.tv import group_magnitude, intensity_scale
 
 __all__ = ["GradientMagnitudeNet", "gradient_magnitude"]
@@ -68,15 +68,7 @@ class GradientMagnitudeNet(nn.Module):
         Training on patches passes the whole image's scale (a patch's own quantile is not it)."""
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"x: expected an FBP image of shape (B, 1, H, W), got {tuple(x.shape)}")
-        s = intensity_scale(x) if scale is None else torch.as_tensor(scale, dtype=x.dtype, device=x.device)
-        s = s.reshape(-1, 1, 1, 1)
-        m = 2 ** (self.unet.depth - 1)
-        H, W = x.shape[-2:]
-        ph, pw = -H % m, -W % m
-        z = x / s
-        if ph or pw:
-            z = F.pad(z, (0, pw, 0, ph), mode="reflect" if min(H, W) > max(ph, pw) else "replicate")
-        return self.unet(z)[..., :H, :W] * s
+        return apply_unit_free(self.unet, x, intensity_scale(x) if scale is None else scale)
 
     def forward(self, x: torch.Tensor, scale: float | torch.Tensor | None = None) -> torch.Tensor:
         return self.raw(x, scale).clamp_min(0)

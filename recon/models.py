@@ -1,6 +1,7 @@
 """Trained models as files: ``NAME.safetensors`` (the weights) beside ``NAME.json`` (the model card).
 
-The card says what the weights are (``task``: ``"lpn"``, ``"svtv-weights"``, ``"denoiser"`` or ``"score"``),
+The card says what the weights are (``task``: ``"lpn"``, ``"svtv-weights"``, ``"denoiser"``, ``"score"`` or
+``"rising"``),
 how to rebuild the network (``architecture``: the class's keyword arguments), what they were
 trained on and how well they did, the command that trained them, and how to use them (e.g.
 ``"pnp": {"rho": ..., "iterations": ...}`` for an LPN in CT). Loading reads JSON and safetensors
@@ -28,7 +29,7 @@ import torch
 from data.limits import check_memory
 from priors.diffusion import DiffusionPrior
 from priors.learned_prox import LearnedProximalNetwork
-from priors.nets import ICNN, NoiseUNet, UNet
+from priors.nets import ICNN, NoiseUNet, RisingNet, UNet
 from priors.weight_net import GradientMagnitudeNet
 from recon.checkpoint import load_weights, write_json, write_model_card
 from recon.params import check_integer, check_number
@@ -36,12 +37,12 @@ from recon.params import check_integer, check_number
 __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "load_model", "save_model", "builtin",
            "BUILTIN", "shipped", "CT_METHOD", "CT_METHODS", "CARD_SETTINGS"]
 
-TASKS = ("lpn", "svtv-weights", "denoiser", "score")
+TASKS = ("lpn", "svtv-weights", "denoiser", "score", "rising")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the models shipped with recon: name (the reconstruction method using it) -> file stem in recon/weights
 BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256", "score": "score_ct128"}  # score: red-diff, diffpir, dpir
 #: the reconstruction method (``recon.reconstruct``) that uses a model of each task
-CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff"}
+CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff", "rising": "rising"}
 #: every method a model of each task serves (a score model: both diffusion solvers)
 CT_METHODS = {**{task: (method,) for task, method in CT_METHOD.items()}, "score": ("red-diff", "diffpir", "dpir")}
 #: the card settings ``recon.reconstruct`` uses, each with its check (other card entries are records only):
@@ -55,6 +56,8 @@ CARD_SETTINGS = {
     # a score model's tuned solver settings (recon.diffusion_recon), one table per method
     "red-diff": {"lam": lambda n, v: check_number(n, v, strict=False), "lr": lambda n, v: check_number(n, v),
                  "steps": lambda n, v: check_integer(n, v, 1, 1000), "start": lambda n, v: check_integer(n, v, 1, 999)},
+    # a RISING model: the solver iterations its input had (recon.rising)
+    "rising": {"iterations": lambda n, v: check_integer(n, v, 1, 10_000)},
     "diffpir": {"lam": lambda n, v: check_number(n, v), "zeta": lambda n, v: check_number(n, v, strict=False, below=1.0001),
                 "steps": lambda n, v: check_integer(n, v, 1, 1000)},
     "dpir": {"lam": lambda n, v: check_number(n, v), "steps": lambda n, v: check_integer(n, v, 1, 1000),
@@ -95,6 +98,8 @@ def build_network(task: str, architecture: dict) -> torch.nn.Module:
             return LearnedProximalNetwork(ICNN(**kwargs))
         if task == "svtv-weights":
             return GradientMagnitudeNet(UNet(**{**kwargs, "residual": False}))
+        if task == "rising":
+            return RisingNet(UNet(**{**kwargs, "residual": True}))
         if task == "score":
             prior = {k: kwargs.pop(k) for k in ("sigma_data", "sigma_range") if k in kwargs}
             return DiffusionPrior(NoiseUNet(**kwargs), **prior)

@@ -40,13 +40,14 @@ from recon.lambda_rule import (LAMBDA_FACTORS, TV_LAMBDA_FACTOR, _backprojected_
 from recon.linear import CGLS, SIRT, TIKHONOV_ITERATIONS, tikhonov
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
+from recon.rising import check_geometry, complete, rising_iterations
 from recon.support import disc_bounds
 
 __all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_noise_std", "default_tv_lambda",
            "default_lambda"]
 
 METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv", "lpn",
-           "pnp", *DIFFUSION)
+           "pnp", *DIFFUSION, "rising")
 PNP = ("lpn", "pnp")  # plug-and-play ADMM with a trained model: a learned proximal network, a denoiser
 ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tik", "graphla-tv")  # priors built from a pre-estimate Psi(y)
 VARIATIONAL = ("tv", *ADAPTIVE)
@@ -95,7 +96,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             from ``estimate``), ``"graphla-fbp"``, ``"graphla-tik"`` or ``"graphla-tv"``
             (graph-Laplacian prior built from FBP, Tikhonov or TV), ``"lpn"`` (PnP-ADMM with a learned
             proximal network, started from FBP), ``"pnp"`` (the same with a trained denoiser),
-            ``"red-diff"``, ``"diffpir"`` or ``"dpir"`` (a diffusion prior, ``recon.diffusion_recon``).
+            ``"red-diff"``, ``"diffpir"`` or ``"dpir"`` (a diffusion prior, ``recon.diffusion_recon``),
+            ``"rising"`` (a few TV iterations completed by a network, ``recon.rising``).
         lam: the weight: a number, None for the default rule (``default_lambda``), or ``"auto"``
             for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)`` (one weight per batch
             item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate).
@@ -121,7 +123,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             ``"red-diff"``, ``"diffpir"`` and ``"dpir"`` a diffusion prior (task ``score``; None: the
             shipped one; ``lam`` is their weight and ``iterations`` their number of timesteps). For
             ``"lpn"`` and ``"pnp"``, ``lam`` is the ADMM penalty ``rho`` (the prior's
-            weight against the data term ``||A x - y||^2 / (2 ||A||^2)``; default: the card's).
+            weight against the data term ``||A x - y||^2 / (2 ||A||^2)``; default: the card's). For
+            ``"rising"`` a RISING network (task ``rising``, required; its card fixes the geometry, the
+            TV iterations and the weight: ``lam`` and ``iterations`` stay unset).
 
     Raises:
         ValueError: a bad argument, named: ``iterations`` an integer >= 1 (not a float or bool),
@@ -170,8 +174,9 @@ def _check_parameters(method, lam, iterations, noise_std, estimate, model, **num
             checks[name](value)
     if estimate is not None and method not in ADAPTIVE:
         raise ValueError(f"estimate: only svtv and graphla-* use a pre-estimate, not {method!r}")
-    if model is not None and method not in ("svtv", *PNP, *DIFFUSION):
-        raise ValueError(f"model: only lpn, pnp, svtv, red-diff, diffpir and dpir use a trained model, not {method!r}")
+    if model is not None and method not in ("svtv", *PNP, *DIFFUSION, "rising"):
+        raise ValueError(f"model: only lpn, pnp, svtv, red-diff, diffpir, dpir and rising use a trained model, "
+                         f"not {method!r}")
     if model is not None and estimate is not None:
         raise ValueError("estimate: svtv takes its weights from the model or from a pre-estimate, not both")
 
@@ -183,6 +188,8 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
     if method == "fbp":
         x = fbp(A, y, filter=filter)
         return Reconstruction(x, method, 0, time.perf_counter() - start, {"filter": filter})
+    if method == "rising":
+        return _rising(A, y, lam, iterations, nonneg, filter, noise_std, model, start)
     n_iter = int(iterations or DEFAULT_ITERATIONS[method])
     constraint = NonNegativity() if nonneg and method != "cgls" else None
     params: dict = {"max_iterations": n_iter, "nonneg": constraint is not None}
@@ -241,6 +248,22 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
     params.update(lam=lam, lam_rule=rule)
     result = solve(lam, x_fbp, y, prior)
     return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
+
+
+def _rising(A, y, lam, iterations, nonneg, filter, noise_std, model, start) -> Reconstruction:
+    """``k`` TV iterations at the default weight, completed by the RISING network (``recon.rising``)."""
+    if lam is not None:
+        raise ValueError("lam: rising runs TV at the default weight its network was trained with; leave lam unset")
+    if not nonneg:
+        raise ValueError("nonneg: rising's network was trained on TV with x >= 0; leave nonneg=True")
+    m = _load(model, "rising", y.device, "rising")
+    check_geometry(m.card, A, m.path)
+    k = rising_iterations(m.card, iterations, m.path)
+    early = _reconstruct(A, y, "tv", None, k, True, False, filter, noise_std, None, None, None, None, None, None,
+                         None)
+    params = {"iterations_tv": k, "lam": early.parameters["lam"], "lam_rule": early.parameters["lam_rule"],
+              "model": str(m.path)}
+    return Reconstruction(complete(m.network, early.x), "rising", k, time.perf_counter() - start, params)
 
 
 def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, spread, radius, sigma,

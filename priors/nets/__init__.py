@@ -1,7 +1,8 @@
-"""Networks used by the learned priors: a U-Net, a noise-conditional U-Net and input-convex networks (ICNN)."""
+"""Networks used by the learned priors: a U-Net, the RISING network around it, a noise-conditional U-Net and input-convex networks (ICNN)."""
 
 from priors.nets.icnn import ICNN, ICNN1D, init_nonnegative_
 from priors.nets.noise_unet import NoiseUNet
-from priors.nets.unet import UNet
+from priors.nets.rising import RisingNet
+from priors.nets.unet import UNet, apply_unit_free
 
-__all__ = ["UNet", "NoiseUNet", "ICNN", "ICNN1D", "init_nonnegative_"]
+__all__ = ["UNet", "apply_unit_free", "RisingNet", "NoiseUNet", "ICNN", "ICNN1D", "init_nonnegative_"]

@@ -6,9 +6,10 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "apply_unit_free"]
 
 NORMS = ("batch", "group", None)
 GROUPS = 8  # group norm: gcd(8, channels) groups
@@ -93,3 +94,27 @@ class UNet(nn.Module):
             h = self.merge[k](torch.cat([skips[k], self.up[k](h)], dim=1))
         out = self.head(h)
         return x + out if self.residual else out
+
+
+def apply_unit_free(unet: UNet, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``scale * unet(x / scale)`` per item, padding ``x`` to the U-Net's multiple and cropping back.
+
+    Dividing by an intensity scale per item (``(B,)`` or a number) makes the network see the same numbers
+    whether the image is in 1/mm or in [0, 1]; the sides need not be multiples of ``2**(depth - 1)``
+    (reflect padding, or replicate where the image is too small to reflect).
+
+    Example:
+        >>> net = UNet(channels=(4, 8), residual=False, norm="group")
+        >>> x = torch.rand(2, 1, 30, 30)
+        >>> torch.allclose(apply_unit_free(net, 1e-3 * x, 1e-3 * torch.ones(2)), 1e-3 * apply_unit_free(net, x, 1.0),
+        ...                atol=1e-9)
+        True
+    """
+    s = torch.as_tensor(scale, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+    m = 2 ** (unet.depth - 1)
+    H, W = x.shape[-2:]
+    ph, pw = -H % m, -W % m
+    z = x / s
+    if ph or pw:
+        z = F.pad(z, (0, pw, 0, ph), mode="reflect" if min(H, W) > max(ph, pw) else "replicate")
+    return unet(z)[..., :H, :W] * s

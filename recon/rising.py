@@ -1,0 +1,62 @@
+"""RISING: a few iterations of TV, then a network that completes them (``reconstruct(A, y, "rising")``).
+
+RISING (Evangelista, Morotti & Loli Piccolomini, Comput. Med. Imaging Graph. 103, 2023) runs ``k``
+iterations of a model-based solver, ``x_k``, and maps them with a network trained to give the
+converged solution ``x_IS`` (not the ground truth): the variational problem stays the target, at a
+fraction of its time. Here the solver is ``reconstruct``'s TV (Chambolle-Pock from FBP, x >= 0, the
+default weight) and the network a residual U-Net (``priors.nets.RisingNet``) trained by
+``recon train rising`` on pairs ``(x_k, x_IS)`` of simulated sinograms. The model's card records the
+geometry it was trained for and ``k``; data of another geometry is refused, naming both.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from operators.base import LinearOperator
+
+__all__ = ["check_geometry", "geometry_of", "rising_iterations"]
+
+
+def geometry_of(A: LinearOperator) -> dict:
+    """What a RISING model depends on: the operator's kind, views, detector count and image shape."""
+    views, detectors = A.out_shape[-2:]
+    return {"operator": type(A).__name__, "views": int(views), "detectors": int(detectors),
+            "image_shape": [int(n) for n in A.in_shape[-2:]]}
+
+
+def check_geometry(card: dict, A: LinearOperator, path) -> None:
+    """``ValueError`` naming both geometries when ``A`` is not the one the model was trained for."""
+    trained = card.get("geometry")
+    if not isinstance(trained, dict):
+        raise ValueError(f"model: the card of {path} lacks 'geometry' (the one its RISING network was trained for)")
+    here = geometry_of(A)
+    diff = [k for k in ("operator", "views", "detectors", "image_shape") if trained.get(k) != here[k]]
+    if diff:
+        def show(g: dict) -> str:
+            return (f"{g.get('operator')} with {g.get('views')} views x {g.get('detectors')} detectors on "
+                    f"{'x'.join(map(str, g.get('image_shape') or []))} images")
+        raise ValueError(f"model: {path} was trained for {show(trained)}; these data are {show(here)} (differs in "
+                         f"{', '.join(diff)}); train one for this geometry with `recon train rising`")
+
+
+def rising_iterations(card: dict, iterations: int | None, path) -> int:
+    """The early iterations ``k``: the card's; an ``iterations`` other than it is refused."""
+    k = int(card.get("rising", {}).get("iterations", 0))
+    if k < 1:
+        raise ValueError(f"model: the card of {path} lacks rising.iterations (the TV iterations of its input)")
+    if iterations is not None and int(iterations) != k:
+        raise ValueError(f"iterations: the RISING model {path} completes {k} TV iterations; got {iterations} "
+                         "(leave it unset)")
+    return k
+
+
+@torch.no_grad()
+def complete(network: torch.nn.Module, x_k: torch.Tensor) -> torch.Tensor:
+    """The network's completion of ``x_k`` (eval mode, no gradients)."""
+    mode = network.training
+    network.eval()
+    try:
+        return network(x_k)
+    finally:
+        network.train(mode)
