@@ -14,7 +14,7 @@ from torch import nn
 
 from operators.finite_diff import FiniteDifference
 from priors.nets import UNet
-from priors.nets.unet import apply_unit_free
+from priors.nets.unet import apply_unit_free, eval_output
 from priors.tv import group_magnitude, intensity_scale
 
 __all__ = ["GradientMagnitudeNet", "gradient_magnitude"]
@@ -73,12 +73,6 @@ class GradientMagnitudeNet(nn.Module):
     def forward(self, x: torch.Tensor, scale: float | torch.Tensor | None = None) -> torch.Tensor:
         return self.raw(x, scale).clamp_min(0)
 
-    @torch.no_grad()
     def gradient_magnitude(self, x_fbp: torch.Tensor) -> torch.Tensor:
         """The predicted edge map, detached, in eval mode (what SV-TV's weights are built from)."""
-        mode = self.training
-        self.eval()
-        try:
-            return self(x_fbp)
-        finally:
-            self.train(mode)
+        return eval_output(self, x_fbp)

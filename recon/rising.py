@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 
 from operators.base import LinearOperator
+from priors.nets.unet import eval_output
 
-__all__ = ["check_geometry", "geometry_of", "rising_iterations"]
+__all__ = ["check_geometry", "geometry_of", "rising_iterations", "complete"]
 
 
 def geometry_of(A: LinearOperator) -> dict:
@@ -51,12 +52,6 @@ def rising_iterations(card: dict, iterations: int | None, path) -> int:
     return k
 
 
-@torch.no_grad()
 def complete(network: torch.nn.Module, x_k: torch.Tensor) -> torch.Tensor:
     """The network's completion of ``x_k`` (eval mode, no gradients)."""
-    mode = network.training
-    network.eval()
-    try:
-        return network(x_k)
-    finally:
-        network.train(mode)
+    return eval_output(network, x_k)

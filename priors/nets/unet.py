@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UNet", "apply_unit_free"]
+__all__ = ["UNet", "apply_unit_free", "eval_output"]
 
 NORMS = ("batch", "group", None)
 GROUPS = 8  # group norm: gcd(8, channels) groups
@@ -118,3 +118,14 @@ def apply_unit_free(unet: UNet, x: torch.Tensor, scale: torch.Tensor) -> torch.T
     if ph or pw:
         z = F.pad(z, (0, pw, 0, ph), mode="reflect" if min(H, W) > max(ph, pw) else "replicate")
     return unet(z)[..., :H, :W] * s
+
+
+@torch.no_grad()
+def eval_output(network: nn.Module, *args) -> torch.Tensor:
+    """``network(*args)`` in eval mode without gradients, leaving the network in the mode it was in."""
+    mode = network.training
+    network.eval()
+    try:
+        return network(*args)
+    finally:
+        network.train(mode)
