@@ -1,11 +1,12 @@
 r"""Unrolled solvers: a fixed number of an existing solver's steps, each layer with its own learnable parameters.
 
 ``Unrolled(solver, layers, learn=("eta",))`` runs ``solver.init`` once and then ``layers`` calls of
-``solver.step``, scaling the named fields of the solver's state by ``exp(theta_t)`` in layer ``t``
-(``theta`` starts at 0); with ``learn_prior_weight`` the prior's weight ``lam`` is scaled the same way.
-Parameterised as log-multipliers of the classical values, the steps stay positive and start where
-the classical solver is: **at initialisation (or frozen) the network is the classical solver**, to
-float precision, which the tests check. Autograd runs through every step (operators, proxes), so
+``solver.step``, scaling the named fields of the solver's state by a multiplier ``m(theta_t)`` in layer
+``t`` (``exp(theta)``, or ``b sigmoid(theta - log(b - 1))`` below a bound ``b``; ``theta`` starts at 0,
+where ``m = 1``); with ``learn_prior_weight`` the prior's weight ``lam`` is scaled by ``exp(phi_t)``.
+Parameterised as multipliers of the classical values, the steps stay positive (and below the bound)
+and start where the classical solver is: **at initialisation (or frozen) the network is the
+classical solver**, bit for bit, which the tests check. Autograd runs through every step (operators, proxes), so
 the parameters train by any loss on the output: ``supervised_loss`` (to the truth) or
 ``unsupervised_loss`` (the problem's own objective at the output, no ground truth needed).
 
@@ -17,6 +18,7 @@ DU-ISTA) or the ``l0`` prox (hard threshold: DU-IHT), as in Nagahisa, Hayakawa &
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import fields, replace
 
@@ -40,13 +42,16 @@ class Unrolled(nn.Module):
     r"""``layers`` steps of ``solver`` as a network with per-layer multipliers of its step parameters.
 
     Layer ``t`` runs ``solver.step`` on the state with each field ``f`` in ``learn`` replaced by
-    ``f * exp(theta_f[t])`` and, with ``learn_prior_weight``, on the problem with its prior
+    ``f * m(theta_f[t])`` and, with ``learn_prior_weight``, on the problem with its prior
     ``lam * g`` replaced by ``lam * exp(phi[t]) * g``.
 
     Args:
         solver: a ``recon.base.Solver`` whose ``step`` is differentiable (its state a dataclass).
         layers: number of steps ``T``.
         learn: names of state fields to learn per layer (e.g. ``"eta"`` of ``PnPProximalGradient``).
+        bounds: an upper bound ``b > 1`` on a field's multiplier, by name (e.g. ``{"eta": 2.0}``: a
+            gradient step below ``2 / L``, where proximal gradient stays stable); unbounded otherwise.
+            With ``b = 2`` the untrained multiplier is exactly 1.
         learn_prior_weight: also learn a per-layer multiplier of the prior's weight (the prior must be
             ``lam * g``).
         checkpoint: recompute each layer in the backward pass instead of storing it (memory for time).
@@ -64,7 +69,7 @@ class Unrolled(nn.Module):
     """
 
     def __init__(self, solver: Solver, layers: int, learn: Sequence[str] = (), learn_prior_weight: bool = False,
-                 checkpoint: bool = False) -> None:
+                 checkpoint: bool = False, bounds: dict[str, float] | None = None) -> None:
         super().__init__()
         if not isinstance(solver, Solver):
             raise TypeError(f"solver: expected a recon.base.Solver, got {type(solver).__name__}")
@@ -73,16 +78,27 @@ class Unrolled(nn.Module):
         if isinstance(learn, str):
             learn = (learn,)
         self.solver, self.layers, self.learn = solver, layers, tuple(learn)
-        self.log_multipliers = nn.ParameterDict({name: nn.Parameter(torch.zeros(layers)) for name in self.learn})
+        self.bounds = dict(bounds or {})
+        for name, b in self.bounds.items():
+            if name not in self.learn or isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 1:
+                raise ValueError(f"bounds: expected a bound > 1 for a learned field, got {name!r}: {b!r}")
+        self.thetas = nn.ParameterDict({name: nn.Parameter(torch.zeros(layers)) for name in self.learn})
         self.log_prior_weight = nn.Parameter(torch.zeros(layers)) if learn_prior_weight else None
         self.checkpoint = bool(checkpoint)
 
     def multipliers(self, name: str) -> torch.Tensor:
         """The per-layer multipliers ``exp(theta)`` of a learned field (``"prior_weight"`` for the prior's)."""
-        theta = self.log_prior_weight if name == "prior_weight" else self.log_multipliers[name]
-        if theta is None:
-            raise KeyError("name: the prior's weight is not learned (learn_prior_weight=False)")
-        return theta.detach().exp()
+        if name == "prior_weight":
+            if self.log_prior_weight is None:
+                raise KeyError("name: the prior's weight is not learned (learn_prior_weight=False)")
+            return self.log_prior_weight.detach().exp()
+        return self._multiplier(name, self.thetas[name].detach())
+
+    def _multiplier(self, name: str, theta: torch.Tensor) -> torch.Tensor:
+        # in float64, as the classical solver's Python-float steps are: untrained, bit for bit
+        theta = theta.double()
+        b = self.bounds.get(name)
+        return theta.exp() if b is None else b * torch.sigmoid(theta - math.log(b - 1.0))
 
     def forward(self, problem: Problem, x0: torch.Tensor, iterates: bool = False):
         """``x_T`` (and, with ``iterates``, the list ``[x_1, ..., x_T]``)."""
@@ -100,8 +116,7 @@ class Unrolled(nn.Module):
                             f"{type(weighted).__name__}")
         xs = []
         for t in range(self.layers):
-            # multipliers in float64, as the classical solver's Python-float steps are: untrained, bit for bit
-            state = replace(state, **{n: base[n] * self.log_multipliers[n][t].double().exp() for n in self.learn})
+            state = replace(state, **{n: base[n] * self._multiplier(n, self.thetas[n][t]) for n in self.learn})
             layer_problem = problem
             if self.log_prior_weight is not None:
                 layer_problem = replace(problem, prior=ScaledFunctional(weighted.f, weighted.lam
@@ -119,7 +134,10 @@ class UnrolledISTA(Unrolled):
     r"""Unrolled ISTA / IHT for ``min 1/2 ||A x - y||^2 + lam R(x)``, ``R`` the ``l1`` or ``l0`` norm.
 
     .. math:: x_{t+1} = \operatorname{prox}_{\alpha_t \lambda_t R}\big(x_t - \alpha_t A^H (A x_t - y)\big),
-              \quad \alpha_t = e^{\theta_t} / \|A\|^2, \ \lambda_t = e^{\phi_t} \lambda
+              \quad \alpha_t = 2\,\mathrm{sigmoid}(\theta_t) / \|A\|^2, \ \lambda_t = e^{\phi_t} \lambda
+
+    Each step stays in ``(0, 2 / ||A||^2)``, where the gradient step is non-expansive, so no training can
+    make a layer amplify its input.
 
     Args:
         layers: number of layers ``T``.
@@ -141,7 +159,7 @@ class UnrolledISTA(Unrolled):
         >>> x = net(A, y)
         >>> loss = unsupervised_loss(net.problem(A, y), x)
         >>> loss.backward()
-        >>> tuple(net.log_multipliers["eta"].grad.shape)
+        >>> tuple(net.thetas["eta"].grad.shape)
         (10,)
     """
 
@@ -152,7 +170,7 @@ class UnrolledISTA(Unrolled):
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0:
             raise ValueError(f"lam: expected a number > 0, got {lam!r}")
         super().__init__(PnPProximalGradient(tol=0.0), layers, learn=("eta",), learn_prior_weight=learn_threshold,
-                         checkpoint=checkpoint)
+                         checkpoint=checkpoint, bounds={"eta": 2.0})
         self.lam, self.prox_name = float(lam), prox
 
     def problem(self, A, y: torch.Tensor) -> Problem:

@@ -115,7 +115,7 @@ def test_unrolled_batched_equals_looped():
     y = A(gaussian_problems(3, seed=5)[2])
     net = UnrolledISTA(layers=15, lam=0.05, learn_threshold=True)
     with torch.no_grad():  # trained-looking parameters, not the classical ones
-        net.log_multipliers["eta"].copy_(torch.linspace(-0.5, 0.5, 15))
+        net.thetas["eta"].copy_(torch.linspace(-0.5, 0.5, 15))
         net.log_prior_weight.copy_(torch.linspace(0.3, -0.3, 15))
     batched = net(A, y)
     for b in range(3):
@@ -133,7 +133,7 @@ def test_gradients_reach_every_layer_and_checkpointing_changes_none(loss, checkp
         x = net(A, y)
         value = supervised_loss(x, x_true) if loss == "supervised" else unsupervised_loss(net.problem(A, y), x)
         value.backward()
-        grads.append(torch.cat([net.log_multipliers["eta"].grad, net.log_prior_weight.grad]))
+        grads.append(torch.cat([net.thetas["eta"].grad, net.log_prior_weight.grad]))
     assert bool((grads[0] != 0).all()), grads[0]  # every step and every threshold gets a gradient
     assert torch.allclose(grads[0], grads[1], rtol=1e-10)
 
@@ -158,6 +158,17 @@ def test_unsupervised_training_reaches_a_lower_objective_than_ista_at_the_same_d
     converged = float(problem.objective(PnPProximalGradient(max_iter=5000, tol=0).run(problem, x0).x).mean())
     assert converged < learned < ista
     assert learned - converged < 0.5 * (ista - converged)
+
+
+def test_bounded_steps_stay_below_the_bound():
+    """UnrolledISTA's steps: 2 sigmoid(theta) times the classical 1 / ||A||^2, 1 at theta = 0, below 2 for any theta."""
+    net = UnrolledISTA(layers=3, lam=0.1)
+    with torch.no_grad():
+        net.thetas["eta"].copy_(torch.tensor([0.0, 50.0, -50.0]))
+    m = net.multipliers("eta")
+    assert m[0] == 1.0 and 1.999 < float(m[1]) <= 2.0 and 0 <= float(m[2]) < 1e-6
+    with pytest.raises(ValueError, match="bounds: expected a bound > 1 for a learned field, got 'eta': 1.0"):
+        Unrolled(PnPProximalGradient(tol=0), layers=2, learn=("eta",), bounds={"eta": 1.0})
 
 
 def test_unrolled_errors_name_the_argument():
