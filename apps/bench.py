@@ -177,13 +177,13 @@ def _run_case(data: CTData, methods, args, device, earlier: dict | None = None,
 def run_quality(args) -> int:
     device = _device(args.device)
     methods = list(dict.fromkeys(args.method or QUALITY_METHODS))
+    models = _models(args, methods)  # before any case is read or the output made: a bad model stops here
     cases = _cases(args)
     out = args.output
     (out / "cases").mkdir(parents=True, exist_ok=True)
     # what a case's result depends on; a finished case with the same settings is not recomputed
     settings = {"size": args.size, "views": args.views, "noise": args.noise, "htc_size": args.htc_size,
                 "lam": args.lam, "iterations": args.iterations}
-    models = _models(args, methods)
     used = {m: str(v.path) for m, v in models.items()}
     per_case: dict = {}
     for i, (dataset, name, load) in enumerate(cases):

@@ -111,3 +111,16 @@ def test_recon_ct_method_rising(trained, tmp_path, capsys):
                  "--output", str(tmp_path / "o3")]) == 2
     assert "--lam: --method rising takes its TV weight" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3" / "metrics.json").exists()
+
+
+def test_bench_quality_method_rising(trained, tmp_path, capsys):
+    argv = ["bench", "quality", "--phantoms", "1", "--size", "32", "--views", "10", "--method", "tv", "--method",
+            "rising", "--no-progress"]
+    weights = ["--rising-weights", str(trained)]
+    assert main([*argv, "--datasets", "phantoms", *weights, "--output", str(tmp_path / "q")]) == 0
+    cases = json.loads((tmp_path / "q" / "quality.json").read_text())["cases"]
+    assert all(c["rising"]["psnr"] > 20 and c["rising"]["iterations"] == 3 for c in cases.values())
+    assert main([*argv, "--datasets", "phantoms", "--output", str(tmp_path / "o1")]) == 2
+    assert "--rising-weights: --method rising needs a trained rising model" in capsys.readouterr().err
+    assert main([*argv, "--htc", str(tmp_path), *weights, "--output", str(tmp_path / "o2")]) == 2
+    assert "--method rising: a RISING model serves the geometry it was trained for" in capsys.readouterr().err
