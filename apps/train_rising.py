@@ -42,7 +42,7 @@ def build_rising(network, t: dict, images, output, seed: int, train_idx, val_idx
     """The rising task's ``(network, loss_fn, train_set, val_set, val_fn, trainer_kwargs, card_extra)``."""
     from priors.tv import intensity_scale
     from recon.metrics import psnr
-    from recon.rising import geometry_of
+    from recon.models import geometry_of
 
     views, noise, k = int(t["views"]), float(t["noise"]), int(t["iterations"])
     if k < 1:

@@ -35,7 +35,7 @@ from recon.checkpoint import load_weights, write_json, write_model_card
 from recon.params import check_integer, check_number
 
 __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "load_model", "save_model", "builtin",
-           "BUILTIN", "shipped", "CT_METHOD", "CT_METHODS", "CARD_SETTINGS"]
+           "BUILTIN", "shipped", "CT_METHOD", "CT_METHODS", "CARD_SETTINGS", "geometry_of", "check_geometry"]
 
 TASKS = ("lpn", "svtv-weights", "denoiser", "score", "rising")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -269,6 +269,29 @@ def load_model(path: str | os.PathLike, task: str | None = None, device=None) ->
     for message in card_warnings(card, path):
         warnings.warn(message, UserWarning, stacklevel=2)
     return TrainedModel(card["task"], network, card, path)
+
+
+def geometry_of(A) -> dict:
+    """What a model trained on one CT geometry depends on: the operator's kind, views, detector count and
+    image shape (recorded in the card as ``geometry``)."""
+    views, detectors = A.out_shape[-2:]
+    return {"operator": type(A).__name__, "views": int(views), "detectors": int(detectors),
+            "image_shape": [int(n) for n in A.in_shape[-2:]]}
+
+
+def check_geometry(card: dict, A, path) -> None:
+    """``ValueError`` naming both geometries when ``A`` is not the one the model was trained for."""
+    trained = card.get("geometry")
+    if not isinstance(trained, dict):
+        raise ValueError(f"model: the card of {path} lacks 'geometry' (the one its network was trained for)")
+    here = geometry_of(A)
+    diff = [k for k in ("operator", "views", "detectors", "image_shape") if trained.get(k) != here[k]]
+    if diff:
+        def show(g: dict) -> str:
+            return (f"{g.get('operator')} with {g.get('views')} views x {g.get('detectors')} detectors on "
+                    f"{'x'.join(map(str, g.get('image_shape') or []))} images")
+        raise ValueError(f"model: {path} was trained for {show(trained)}; these data are {show(here)} (differs in "
+                         f"{', '.join(diff)}); train one for this geometry with `recon train {card.get('task')}`")
 
 
 #: a model trained for fewer than this share of the shipped model's steps is flagged on load

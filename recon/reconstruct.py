@@ -38,9 +38,10 @@ from recon.fbp import fbp
 from recon.lambda_rule import (LAMBDA_FACTORS, TV_LAMBDA_FACTOR, _backprojected_noise_rms, default_lambda,  # noqa: F401
                                default_tv_lambda, estimate_noise_std)
 from recon.linear import CGLS, SIRT, TIKHONOV_ITERATIONS, tikhonov
+from recon.models import check_geometry
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
-from recon.rising import check_geometry, complete, rising_iterations
+from recon.rising import complete, rising_iterations
 from recon.support import disc_bounds
 
 __all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_noise_std", "default_tv_lambda",

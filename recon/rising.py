@@ -6,39 +6,17 @@ converged solution ``x_IS`` (not the ground truth): the variational problem stay
 fraction of its time. Here the solver is ``reconstruct``'s TV (Chambolle-Pock from FBP, x >= 0, the
 default weight) and the network a residual U-Net (``priors.nets.RisingNet``) trained by
 ``recon train rising`` on pairs ``(x_k, x_IS)`` of simulated sinograms. The model's card records the
-geometry it was trained for and ``k``; data of another geometry is refused, naming both.
+geometry it was trained for and ``k``; data of another geometry is refused, naming both
+(``recon.models.check_geometry``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from operators.base import LinearOperator
 from priors.nets.unet import eval_output
 
-__all__ = ["check_geometry", "geometry_of", "rising_iterations", "complete"]
-
-
-def geometry_of(A: LinearOperator) -> dict:
-    """What a RISING model depends on: the operator's kind, views, detector count and image shape."""
-    views, detectors = A.out_shape[-2:]
-    return {"operator": type(A).__name__, "views": int(views), "detectors": int(detectors),
-            "image_shape": [int(n) for n in A.in_shape[-2:]]}
-
-
-def check_geometry(card: dict, A: LinearOperator, path) -> None:
-    """``ValueError`` naming both geometries when ``A`` is not the one the model was trained for."""
-    trained = card.get("geometry")
-    if not isinstance(trained, dict):
-        raise ValueError(f"model: the card of {path} lacks 'geometry' (the one its RISING network was trained for)")
-    here = geometry_of(A)
-    diff = [k for k in ("operator", "views", "detectors", "image_shape") if trained.get(k) != here[k]]
-    if diff:
-        def show(g: dict) -> str:
-            return (f"{g.get('operator')} with {g.get('views')} views x {g.get('detectors')} detectors on "
-                    f"{'x'.join(map(str, g.get('image_shape') or []))} images")
-        raise ValueError(f"model: {path} was trained for {show(trained)}; these data are {show(here)} (differs in "
-                         f"{', '.join(diff)}); train one for this geometry with `recon train rising`")
+__all__ = ["rising_iterations", "complete"]
 
 
 def rising_iterations(card: dict, iterations: int | None, path) -> int:
