@@ -16,7 +16,7 @@ with the learned proximal network), ``svtv-net`` (SV-TV with the weight network'
 for comparison, ``svtv-fbp`` (SV-TV with FBP as the pre-estimate); ``pnp`` is PnP-ADMM with the
 denoiser ``--pnp-weights`` (none is shipped); ``red-diff``, ``diffpir`` and ``dpir`` use the shipped
 diffusion prior unless ``--score-weights`` names another; ``rising`` (TV's first iterations completed
-by a network) the model ``--rising-weights``.
+by a network) the model ``--rising-weights``, ``lpd`` (learned primal-dual) ``--lpd-weights``.
 
 Writes ``<output>/quality.json`` (settings, per-case metrics, mean and std per dataset),
 ``quality.md`` (the table), ``quality.png`` (Shepp-Logan and the first HTC2022 case), and
@@ -43,8 +43,10 @@ from recon.diffusion_recon import DIFFUSION
 from recon.reconstruct import PNP, reconstruct
 
 QUALITY_METHODS = ("fbp", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
-LEARNED_METHODS = ("svtv-fbp", "svtv-net", "lpn", "pnp", *DIFFUSION, "rising")  # run when asked for with --method
+#: run when asked for with --method
+LEARNED_METHODS = ("svtv-fbp", "svtv-net", "lpn", "pnp", *DIFFUSION, "rising", "lpd")
 DIRECT = ("fbp", "tikhonov")  # no weight, no iteration option
+TRAINED = ("rising", "lpd")  # trained for one geometry: weight and iterations from the model
 
 
 #: the library's argument names (in error messages) that this command's options set
@@ -81,6 +83,8 @@ def add_parser(sub) -> None:
                    help="red-diff, diffpir, dpir: the diffusion prior (default shipped)")
     q.add_argument("--rising-weights", type=Path, default=None, metavar="FILE",
                    help="rising: the RISING network (recon train rising)")
+    q.add_argument("--lpd-weights", type=Path, default=None, metavar="FILE",
+                   help="lpd: the learned primal-dual network (recon train lpd)")
     q.add_argument("--svtv-weights", type=Path, default=None, metavar="FILE",
                    help="svtv-net: the weight network (default shipped)")
     q.add_argument("--lam", choices=("default", "auto"), default="default",
@@ -152,7 +156,7 @@ def _run_case(data: CTData, methods, args, device, earlier: dict | None = None,
         if method in LEARNED_METHODS:
             extra = {"svtv-fbp": {"estimate": "fbp"}, "svtv-net": {"model": models.get("svtv-net")},
                      "lpn": {"model": models.get("lpn")}, "pnp": {"model": models.get("pnp")},
-                     **{m: {"model": models.get(m)} for m in (*DIFFUSION, "rising")}}[method]
+                     **{m: {"model": models.get(m)} for m in (*DIFFUSION, "rising", "lpd")}}[method]
         if method in ("svtv", "graphla-tv"):
             def tv_estimate(_y, x=tv_x):
                 return x
@@ -160,9 +164,9 @@ def _run_case(data: CTData, methods, args, device, earlier: dict | None = None,
             extra["estimate"] = tv_estimate
         run_as = "svtv" if method.startswith("svtv-") else method
         kwargs = {} if method in DIRECT else {**common, **extra}
-        if method == "rising":
+        if method in TRAINED:
             kwargs["iterations"] = None  # the model's
-        r = reconstruct(A, y, run_as, lam=lam if method not in DIRECT + PNP + DIFFUSION + ("rising",) else None,
+        r = reconstruct(A, y, run_as, lam=lam if method not in DIRECT + PNP + DIFFUSION + TRAINED else None,
                         **kwargs)
         if method == "tv":
             tv_x, tv_seconds = r.x, r.seconds
@@ -233,14 +237,15 @@ def _models(args, methods) -> dict:
 
     wanted = {"lpn": (args.lpn_weights, "lpn"), "svtv-net": (args.svtv_weights, "svtv-weights"),
               "pnp": (args.pnp_weights, "denoiser"), **{m: (args.score_weights, "score") for m in DIFFUSION},
-              "rising": (args.rising_weights, "rising")}
-    for method, task in (("pnp", "denoiser"), ("rising", "rising")):
+              "rising": (args.rising_weights, "rising"), "lpd": (args.lpd_weights, "lpd")}
+    for method, task in (("pnp", "denoiser"), ("rising", "rising"), ("lpd", "lpd")):
         if method in methods and wanted[method][0] is None and shipped(task) is None:
             raise ValueError(f"--{method}-weights: --method {method} needs a trained {task} model (`recon train "
                              f"{task}`; none is shipped)")
-    if "rising" in methods and "htc2022" in args.datasets and args.htc is not None:
-        raise ValueError("--method rising: a RISING model serves the geometry it was trained for (parallel beam); "
-                         "the HTC2022 scans are fan beam: add --datasets phantoms")
+    trained = [m for m in TRAINED if m in methods]
+    if trained and "htc2022" in args.datasets and args.htc is not None:
+        raise ValueError(f"--method {trained[0]}: a {trained[0]} model serves the geometry it was trained for "
+                         "(parallel beam); the HTC2022 scans are fan beam: add --datasets phantoms")
     return {m: load_model(path or shipped(task), task=task) for m, (path, task) in wanted.items() if m in methods}
 
 

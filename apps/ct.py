@@ -224,13 +224,14 @@ def run(args) -> int:
     if args.estimate is not None and "svtv" not in methods:
         raise ValueError("--estimate: only the svtv method uses it; add --method svtv")
     models = _models(args.weights or [], methods)
-    for method, task in (("pnp", "denoiser"), ("rising", "rising")):
+    for method, task in (("pnp", "denoiser"), ("rising", "rising"), ("lpd", "lpd")):
         if method in methods and method not in models and shipped(task) is None:
             raise ValueError(f"--weights: --method {method} needs a trained {task} model (none is shipped): `recon "
                              f"train {task} --data ... --output DIR`, then --weights DIR/model.safetensors")
-    if "rising" in methods and (args.lam is not None or args.iterations is not None):
-        raise ValueError(f"--{'lam' if args.lam is not None else 'iterations'}: --method rising takes its TV weight "
-                         "and iterations from its model; run it without them (or separately)")
+    trained = [m for m in ("rising", "lpd") if m in methods]
+    if trained and (args.lam is not None or args.iterations is not None):
+        raise ValueError(f"--{'lam' if args.lam is not None else 'iterations'}: --method {trained[0]} takes its "
+                         "weight and iterations from its model; run it without them (or separately)")
     if args.estimate is not None and "svtv" in models:
         raise ValueError("--estimate: svtv takes its weights from --weights or from --estimate, not both")
     results, metrics = {}, {}

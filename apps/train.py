@@ -5,6 +5,7 @@
     recon train denoiser     --data FOLDER|FILE.h5 --output runs/dn
     recon train score        --data ellipses --output runs/score  (a diffusion prior, priors.diffusion)
     recon train rising       --data ellipses --output runs/rising (TV's first iterations -> converged TV)
+    recon train lpd          --data ellipses --output runs/lpd    (learned primal-dual, whole images)
     recon train denoiser     --data ellipses --count 40 --size 128 --steps 50 --output runs/try  (a quick try)
     recon train score        --init score --data FOLDER --output runs/ft  (fine-tune the shipped diffusion prior)
 
@@ -15,12 +16,13 @@ by seed. The config file (TOML or JSON) has up to four tables, each optional:
 
     [data]   count, size, seed, val_fraction       (count and size for the generators)
     [model]  the network's keyword arguments        (priors.nets.ICNN for lpn, NoiseUNet plus sigma_data
-                                                     and sigma_range for score, UNet otherwise; RisingNet
-                                                     wraps it for rising)
+                                                     and sigma_range for score, LearnedPrimalDual for lpd,
+                                                     UNet otherwise; RisingNet wraps it for rising)
     [task]   lpn: sigma, patch_size, patches_per_image, pretrain_fraction, pretrain_lr, lr, augment
              denoiser: sigma, patch_size, patches_per_image, augment
              svtv-weights: views, noise, patch_size, patches_per_image
              rising: views, noise, iterations (TV's, of the input), patch_size, patches_per_image
+             lpd: views, noise
              score: patch_size, patches_per_image, augment, p_mean, p_std (log-normal noise levels,
                     clamped to the model's sigma_range), val_sigmas (validation PSNR at each)
     [train]  recon.trainer.TrainConfig fields (steps, batch_size, lr, val_every, checkpoint_every, ...)
@@ -73,6 +75,11 @@ DEFAULTS["rising"] = {
     "task": {"views": 60, "noise": 0.01, "iterations": 10, "patch_size": 128, "patches_per_image": 4},
     "train": {"steps": 2000, "batch_size": 8, "lr": 1e-3, "scheduler": "cosine", "val_every": 250,
               "checkpoint_every": 250}}
+DEFAULTS["lpd"] = {
+    "model": {"iterations": 10, "primal": 5, "dual": 5, "hidden": 32},
+    "task": {"views": 60, "noise": 0.01},
+    "train": {"steps": 2000, "batch_size": 4, "lr": 1e-3, "scheduler": "cosine", "grad_clip": 1.0, "val_every": 250,
+              "checkpoint_every": 250}}
 DEFAULTS["score"] = {
     "model": {"channels": [32, 64, 128], "embedding": 128, "sigma_data": 0.5, "sigma_range": [0.002, 160.0]},
     "task": {"patch_size": 64, "patches_per_image": 8, "augment": True, "p_mean": -1.0, "p_std": 1.6,
@@ -85,7 +92,8 @@ TABLES = ("data", "model", "task", "train")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a learned prior (LPN, SV-TV weight network, denoiser, diffusion prior, RISING network)",
+    p = sub.add_parser("train", help="train a learned prior or reconstruction network (LPN, SV-TV weights, "
+                                     "denoiser, diffusion prior, RISING, learned primal-dual)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=TASKS, help="what to train")
     p.add_argument("--data", required=True, metavar="SOURCE",
@@ -313,7 +321,7 @@ def build(task: str, cfg: dict, images: torch.Tensor, output: Path, progress: bo
     network = build_network(task, cfg["model"])
     train_idx, val_idx = split(_Stacked(images), float(cfg["data"]["val_fraction"]), seed)
     side = min(images.shape[-2:])
-    if int(t["patch_size"]) > side:
+    if "patch_size" in t and int(t["patch_size"]) > side:
         raise ValueError(f"--config: [task] patch_size = {t['patch_size']} is larger than the images ({side} pixels)")
     extra, kwargs = {"trained_on": "images in [0, 1]" if float(images.max()) <= 1 else "images as given"}, {}
     if task == "svtv-weights":
@@ -341,10 +349,11 @@ def build(task: str, cfg: dict, images: torch.Tensor, output: Path, progress: bo
 
     if task == "score":
         return _score(network, t, images, train_idx, val_idx, seed, extra)
-    if task == "rising":
-        from apps.train_rising import build_rising
+    if task in ("rising", "lpd"):
+        from apps.train_unrolled import build_lpd, build_rising
 
-        return build_rising(network, t, images, output, seed, train_idx, val_idx, extra, progress)
+        build_task = build_rising if task == "rising" else build_lpd
+        return build_task(network, t, images, output, seed, train_idx, val_idx, extra, progress)
     sigma = float(t["sigma"])
     train_set = NoisyPairs(_patches(Subset(_Stacked(images), train_idx.indices), t, seed, bool(t["augment"])),
                            sigma, seed)

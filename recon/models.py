@@ -1,7 +1,7 @@
 """Trained models as files: ``NAME.safetensors`` (the weights) beside ``NAME.json`` (the model card).
 
 The card says what the weights are (``task``: ``"lpn"``, ``"svtv-weights"``, ``"denoiser"``, ``"score"`` or
-``"rising"``),
+``"rising"`` or ``"lpd"``),
 how to rebuild the network (``architecture``: the class's keyword arguments), what they were
 trained on and how well they did, the command that trained them, and how to use them (e.g.
 ``"pnp": {"rho": ..., "iterations": ...}`` for an LPN in CT). Loading reads JSON and safetensors
@@ -29,7 +29,7 @@ import torch
 from data.limits import check_memory
 from priors.diffusion import DiffusionPrior
 from priors.learned_prox import LearnedProximalNetwork
-from priors.nets import ICNN, NoiseUNet, RisingNet, UNet
+from priors.nets import ICNN, LearnedPrimalDual, NoiseUNet, RisingNet, UNet
 from priors.weight_net import GradientMagnitudeNet
 from recon.checkpoint import load_weights, write_json, write_model_card
 from recon.params import check_integer, check_number
@@ -37,12 +37,13 @@ from recon.params import check_integer, check_number
 __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "load_model", "save_model", "builtin",
            "BUILTIN", "shipped", "CT_METHOD", "CT_METHODS", "CARD_SETTINGS", "geometry_of", "check_geometry"]
 
-TASKS = ("lpn", "svtv-weights", "denoiser", "score", "rising")
+TASKS = ("lpn", "svtv-weights", "denoiser", "score", "rising", "lpd")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the models shipped with recon: name (the reconstruction method using it) -> file stem in recon/weights
 BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256", "score": "score_ct128"}  # score: red-diff, diffpir, dpir
 #: the reconstruction method (``recon.reconstruct``) that uses a model of each task
-CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff", "rising": "rising"}
+CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff", "rising": "rising",
+             "lpd": "lpd"}
 #: every method a model of each task serves (a score model: both diffusion solvers)
 CT_METHODS = {**{task: (method,) for task, method in CT_METHOD.items()}, "score": ("red-diff", "diffpir", "dpir")}
 #: the card settings ``recon.reconstruct`` uses, each with its check (other card entries are records only):
@@ -100,6 +101,8 @@ def build_network(task: str, architecture: dict) -> torch.nn.Module:
             return GradientMagnitudeNet(UNet(**{**kwargs, "residual": False}))
         if task == "rising":
             return RisingNet(UNet(**{**kwargs, "residual": True}))
+        if task == "lpd":
+            return LearnedPrimalDual(**kwargs)
         if task == "score":
             prior = {k: kwargs.pop(k) for k in ("sigma_data", "sigma_range") if k in kwargs}
             return DiffusionPrior(NoiseUNet(**kwargs), **prior)

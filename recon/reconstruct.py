@@ -30,6 +30,7 @@ from operators.base import LinearOperator
 from priors import TV, L2Fidelity, NonNegativity, PixelBox, SpaceVariantTV
 from priors.base import Functional
 from priors.graph_laplacian import GraphLaplacianPrior
+from priors.nets.unet import eval_output
 from priors.tv import DEFAULT_ETA, DEFAULT_P, DEFAULT_SPREAD, intensity_scale
 from recon.chambolle_pock import ChambollePock
 from recon.diffusion_recon import DEFAULT_STEPS, DIFFUSION, diffusion_reconstruction
@@ -48,7 +49,7 @@ __all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_no
            "default_lambda"]
 
 METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv", "lpn",
-           "pnp", *DIFFUSION, "rising")
+           "pnp", *DIFFUSION, "rising", "lpd")
 PNP = ("lpn", "pnp")  # plug-and-play ADMM with a trained model: a learned proximal network, a denoiser
 ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tik", "graphla-tv")  # priors built from a pre-estimate Psi(y)
 VARIATIONAL = ("tv", *ADAPTIVE)
@@ -98,7 +99,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             (graph-Laplacian prior built from FBP, Tikhonov or TV), ``"lpn"`` (PnP-ADMM with a learned
             proximal network, started from FBP), ``"pnp"`` (the same with a trained denoiser),
             ``"red-diff"``, ``"diffpir"`` or ``"dpir"`` (a diffusion prior, ``recon.diffusion_recon``),
-            ``"rising"`` (a few TV iterations completed by a network, ``recon.rising``).
+            ``"rising"`` (a few TV iterations completed by a network, ``recon.rising``), ``"lpd"``
+            (learned primal-dual, ``priors.nets.LearnedPrimalDual``).
         lam: the weight: a number, None for the default rule (``default_lambda``), or ``"auto"``
             for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)`` (one weight per batch
             item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate).
@@ -126,7 +128,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             ``"lpn"`` and ``"pnp"``, ``lam`` is the ADMM penalty ``rho`` (the prior's
             weight against the data term ``||A x - y||^2 / (2 ||A||^2)``; default: the card's). For
             ``"rising"`` a RISING network (task ``rising``, required; its card fixes the geometry, the
-            TV iterations and the weight: ``lam`` and ``iterations`` stay unset).
+            TV iterations and the weight: ``lam`` and ``iterations`` stay unset); for ``"lpd"`` a learned
+            primal-dual network (task ``lpd``, required; for the geometry of its card).
 
     Raises:
         ValueError: a bad argument, named: ``iterations`` an integer >= 1 (not a float or bool),
@@ -175,8 +178,8 @@ def _check_parameters(method, lam, iterations, noise_std, estimate, model, **num
             checks[name](value)
     if estimate is not None and method not in ADAPTIVE:
         raise ValueError(f"estimate: only svtv and graphla-* use a pre-estimate, not {method!r}")
-    if model is not None and method not in ("svtv", *PNP, *DIFFUSION, "rising"):
-        raise ValueError(f"model: only lpn, pnp, svtv, red-diff, diffpir, dpir and rising use a trained model, "
+    if model is not None and method not in ("svtv", *PNP, *DIFFUSION, "rising", "lpd"):
+        raise ValueError(f"model: only lpn, pnp, svtv, red-diff, diffpir, dpir, rising and lpd use a trained model, "
                          f"not {method!r}")
     if model is not None and estimate is not None:
         raise ValueError("estimate: svtv takes its weights from the model or from a pre-estimate, not both")
@@ -191,6 +194,14 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
         return Reconstruction(x, method, 0, time.perf_counter() - start, {"filter": filter})
     if method == "rising":
         return _rising(A, y, lam, iterations, nonneg, filter, noise_std, model, start)
+    if method == "lpd":
+        if lam is not None or iterations is not None:
+            raise ValueError(f"{'lam' if lam is not None else 'iterations'}: lpd is a trained network with no weight "
+                             "or iteration count to set; leave it unset")
+        m = _load(model, "lpd", y.device, "lpd")
+        check_geometry(m.card, A, m.path)
+        x = eval_output(m.network, A, y, intensity_scale(fbp(A, y, filter=filter)))
+        return Reconstruction(x, method, m.network.iterations, time.perf_counter() - start, {"model": str(m.path)})
     n_iter = int(iterations or DEFAULT_ITERATIONS[method])
     constraint = NonNegativity() if nonneg and method != "cgls" else None
     params: dict = {"max_iterations": n_iter, "nonneg": constraint is not None}

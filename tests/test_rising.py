@@ -15,7 +15,7 @@ from recon.metrics import psnr
 from recon.models import load_model
 from recon.reconstruct import reconstruct
 from recon.rising import complete
-from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
+from tests.trainer_helpers import one_thread, train_cli  # noqa: F401  (one_thread: autouse fixture)
 
 #: 12 generated 32x32 images, 10 views (52 detectors), 3 TV iterations as the input
 TINY = {"data": {"count": 12, "size": 32}, "model": {"channels": [8, 16], "norm": "group"},
@@ -25,13 +25,7 @@ TINY = {"data": {"count": 12, "size": 32}, "model": {"channels": [8, 16], "norm"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("rising")
-    config = folder / "config.json"
-    config.write_text(json.dumps(TINY))
-    out = folder / "run"
-    assert main(["train", "rising", "--data", "ellipses", "--config", str(config), "--output", str(out),
-                 "--steps", "80", "--batch-size", "4", "--no-progress"]) == 0
-    return out
+    return train_cli(tmp_path_factory.mktemp("rising"), "rising", TINY, steps=80)
 
 
 def problem(views: int = 10, size: int = 32, seed: int = 3):
@@ -109,7 +103,7 @@ def test_recon_ct_method_rising(trained, tmp_path, capsys):
     assert "--weights: --method rising needs a trained rising model" in capsys.readouterr().err
     assert main([*common, "--method", "rising", "--weights", str(trained), "--lam", "0.1",
                  "--output", str(tmp_path / "o3")]) == 2
-    assert "--lam: --method rising takes its TV weight" in capsys.readouterr().err
+    assert "--lam: --method rising takes its weight and iterations from its model" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3" / "metrics.json").exists()
 
 
@@ -123,4 +117,4 @@ def test_bench_quality_method_rising(trained, tmp_path, capsys):
     assert main([*argv, "--datasets", "phantoms", "--output", str(tmp_path / "o1")]) == 2
     assert "--rising-weights: --method rising needs a trained rising model" in capsys.readouterr().err
     assert main([*argv, "--htc", str(tmp_path), *weights, "--output", str(tmp_path / "o2")]) == 2
-    assert "--method rising: a RISING model serves the geometry it was trained for" in capsys.readouterr().err
+    assert "--method rising: a rising model serves the geometry it was trained for" in capsys.readouterr().err

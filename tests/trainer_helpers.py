@@ -107,6 +107,20 @@ def make_trainer(output, steps: int, variant: str = "random", after_step=None, s
                    after_step=after_step)
 
 
+def train_cli(folder, task: str, config: dict, steps: int, batch_size: int = 4):
+    """``recon train TASK --data ellipses`` with ``config`` written to ``folder``; returns the run folder."""
+    import json
+
+    from apps.cli import main as cli
+
+    path = folder / "config.json"
+    path.write_text(json.dumps(config))
+    out = folder / "run"
+    assert cli(["train", task, "--data", "ellipses", "--config", str(path), "--output", str(out),
+                "--steps", str(steps), "--batch-size", str(batch_size), "--no-progress"]) == 0
+    return out
+
+
 def weights(output) -> dict[str, torch.Tensor]:
     """The final weights of a training output folder, read through ``load_weights``."""
     model = TinyDenoiser()

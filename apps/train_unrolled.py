@@ -1,11 +1,15 @@
-"""``recon train rising``: the RISING network from pairs ``(x_k, x_IS)`` of simulated sinograms.
+"""``recon train rising`` and ``recon train lpd``: networks trained on simulated sinograms of one geometry.
 
-Each training image is projected (parallel beam over 180 degrees, ``[task] views``, Gaussian noise of
+``rising``: each training image is projected (parallel beam over 180 degrees, ``[task] views``, Gaussian noise of
 ``[task] noise`` times the sinogram's RMS, as ``recon ct --phantom`` simulates), then reconstructed
 twice as ``reconstruct(A, y, "tv")`` does, one image at a time (its own default weight): ``[task]
 iterations`` Chambolle-Pock iterations (the input ``x_k``) and the full run (the target ``x_IS``, the
 converged TV solution, not the ground truth). The pairs are cached in ``OUTPUT/cache/``; both are divided
 by ``x_k``'s intensity scale, so the network learns a unit-free map.
+
+``lpd``: learned primal-dual (``priors.nets.LearnedPrimalDual``) from each image's noisy sinogram (the same
+simulation) to the image itself, on whole images (the operator needs them), with the FBP's intensity
+scale. Both cards record the geometry; ``recon.models.check_geometry`` refuses data of another.
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
 from apps.train import _patches, _SplitChannels, _Stacked, cached, noisy_sinograms
 
-__all__ = ["simulate_pairs", "build_rising"]
+__all__ = ["simulate_pairs", "build_rising", "build_lpd"]
 
 
 def simulate_pairs(images: torch.Tensor, views: int, noise: float, iterations: int, seed: int,
@@ -66,4 +70,55 @@ def build_rising(network, t: dict, images, output, seed: int, train_idx, val_idx
     A, _ = noisy_sinograms(images[:1], views, noise, seed, "rising")
     extra.update(geometry=geometry_of(A), rising={"iterations": k},
                  simulation={"geometry": "parallel", "views": views, "noise": noise})
+    return network, loss_fn, train_set, val_set, val_fn, {"monitor": "psnr", "mode": "max"}, extra
+
+
+class _Triples(Dataset):
+    """Items ``(y, x, scale)``: a sinogram, its image and the FBP's intensity scale."""
+
+    def __init__(self, y: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> None:
+        self.y, self.x, self.scale = y, x, scale
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def __getitem__(self, i: int):
+        return self.y[i], self.x[i], self.scale[i]
+
+
+def build_lpd(network, t: dict, images, output, seed: int, train_idx, val_idx, extra: dict, progress: bool):
+    """The lpd task's ``(network, loss_fn, train_set, val_set, val_fn, trainer_kwargs, card_extra)``."""
+    from priors.tv import intensity_scale
+    from recon.fbp import fbp
+    from recon.metrics import psnr
+    from recon.models import geometry_of
+
+    views, noise = int(t["views"]), float(t["noise"])
+    A, chunks = noisy_sinograms(images, views, noise, seed, "lpd")
+    key = {"images": hashlib.sha256(images.numpy().tobytes()).hexdigest(), "views": views, "noise": noise,
+           "seed": seed, "task": "lpd"}
+
+    def simulate() -> dict[str, torch.Tensor]:
+        ys = [y for _, y in chunks]
+        y = torch.cat(ys)
+        return {"y": y, "scale": torch.cat([intensity_scale(fbp(A, c)) for c in ys])}
+    data = cached(output, key, simulate)
+    everything = _Triples(data["y"], images, data["scale"])
+    train_set, val_set = Subset(everything, train_idx.indices), Subset(everything, val_idx.indices)
+    on: dict = {}
+
+    def operator(device):
+        if device not in on:
+            on[device] = A.to(device)
+        return on[device]
+
+    def loss_fn(model, batch):
+        y, x, s = batch
+        s4 = s.reshape(-1, 1, 1, 1)
+        return torch.nn.functional.mse_loss(model(operator(y.device), y, s) / s4, x / s4)
+
+    def val_fn(model, batch):
+        y, x, s = batch
+        return {"psnr": float(psnr(model(operator(y.device), y, s).clamp(0, 1), x, data_range=1.0).mean())}
+    extra.update(geometry=geometry_of(A), simulation={"geometry": "parallel", "views": views, "noise": noise})
     return network, loss_fn, train_set, val_set, val_fn, {"monitor": "psnr", "mode": "max"}, extra

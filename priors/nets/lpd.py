@@ -1,0 +1,71 @@
+"""Learned primal-dual (Adler & Öktem, IEEE TMI 37, 2018): unrolled primal-dual with CNN updates."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from operators.base import LinearOperator
+
+__all__ = ["LearnedPrimalDual"]
+
+
+def _update(c_in: int, hidden: int, c_out: int) -> nn.Sequential:
+    """Three 3x3 convolutions with PReLU between them: one primal or dual update."""
+    return nn.Sequential(nn.Conv2d(c_in, hidden, 3, padding=1), nn.PReLU(hidden),
+                         nn.Conv2d(hidden, hidden, 3, padding=1), nn.PReLU(hidden),
+                         nn.Conv2d(hidden, c_out, 3, padding=1))
+
+
+class LearnedPrimalDual(nn.Module):
+    r"""``iterations`` primal-dual steps, each a small CNN, with the forward operator and its adjoint inside.
+
+    .. math:: h \leftarrow h + \Gamma_i\big(h,\ \hat A f^{(1)},\ \hat y\big), \qquad
+              f \leftarrow f + \Lambda_i\big(f,\ \hat A^T h^{(0)}\big)
+
+    ``h`` (``dual`` channels, sinogram-shaped) and ``f`` (``primal`` channels, image-shaped) start at
+    zero; the output is ``f^{(0)}``. The operator is normalised, ``A_hat = A / ||A||``, and the data
+    divided by ``||A||`` and by an intensity ``scale`` per item (the caller's, e.g. of the FBP), the
+    output multiplied back: the network sees the same numbers in 1/mm as in [0, 1]. The weights
+    depend on the geometry they were trained for (views, detectors, image size).
+
+    Args:
+        iterations: unrolled steps ``K`` (10 in the paper).
+        primal, dual: channels of the primal (at least 2) and dual memories (5 in the paper).
+        hidden: channels inside each update (32 in the paper).
+
+    Shapes:
+        y: ``(B, 1, views, detectors)``; returns ``(B, 1, H, W)``.
+
+    Example:
+        >>> import numpy as np
+        >>> from operators import ParallelBeam2D
+        >>> A = ParallelBeam2D((16, 16), np.linspace(0, np.pi, 6, endpoint=False), 24)
+        >>> net = LearnedPrimalDual(iterations=2, hidden=8)
+        >>> net(A, A(torch.rand(3, 1, 16, 16)), torch.ones(3)).shape
+        torch.Size([3, 1, 16, 16])
+    """
+
+    def __init__(self, iterations: int = 10, primal: int = 5, dual: int = 5, hidden: int = 32) -> None:
+        super().__init__()
+        for name, value, least in (("iterations", iterations, 1), ("primal", primal, 2), ("dual", dual, 1),
+                                   ("hidden", hidden, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+        self.iterations, self.primal, self.dual = iterations, primal, dual
+        self.dual_updates = nn.ModuleList(_update(dual + 2, hidden, dual) for _ in range(iterations))
+        self.primal_updates = nn.ModuleList(_update(primal + 1, hidden, primal) for _ in range(iterations))
+
+    def forward(self, A: LinearOperator, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        if y.dim() != 4 or y.shape[1] != 1:
+            raise ValueError(f"y: expected a sinogram of shape (B, 1, views, detectors), got {tuple(y.shape)}")
+        norm = A.norm(device=y.device)
+        s = torch.as_tensor(scale, dtype=y.dtype, device=y.device).reshape(-1, 1, 1, 1)
+        g = y / (norm * s)
+        B = y.shape[0]
+        f = y.new_zeros((B, self.primal, *A.in_shape[-2:]))
+        h = y.new_zeros((B, self.dual, *y.shape[-2:]))
+        for gamma, lam in zip(self.dual_updates, self.primal_updates):
+            h = h + gamma(torch.cat([h, A(f[:, 1:2].contiguous()) / norm, g], dim=1))
+            f = f + lam(torch.cat([f, A.adjoint(h[:, :1].contiguous()) / norm], dim=1))
+        return f[:, :1] * s
