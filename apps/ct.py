@@ -25,7 +25,7 @@ from data.phantoms import random_ellipses, shepp_logan
 from data.training import CouleLikeDataset
 from operators.ct import FanBeam2D, ParallelBeam2D, ct_operator
 from recon.metrics import psnr, ssim
-from recon.models import shipped
+from recon.models import check_geometry, load_model, shipped
 from recon.reconstruct import ESTIMATES, METHODS, VARIATIONAL, reconstruct
 
 PHANTOMS = ("shepp-logan", "ellipses", "coule")
@@ -229,6 +229,10 @@ def run(args) -> int:
             raise ValueError(f"--weights: --method {method} needs a trained {task} model (none is shipped): `recon "
                              f"train {task} --data ... --output DIR`, then --weights DIR/model.safetensors")
     trained = [m for m in ("rising", "lpd") if m in methods]
+    for method in trained:  # a model serves the geometry it was trained for: check before any work
+        if method not in models:
+            models[method] = load_model(shipped(method), task=method)
+        check_geometry(models[method].card, A, models[method].path)
     if trained and (args.lam is not None or args.iterations is not None):
         raise ValueError(f"--{'lam' if args.lam is not None else 'iterations'}: --method {trained[0]} takes its "
                          "weight and iterations from its model; run it without them (or separately)")

@@ -11,7 +11,8 @@ settings out of range (``CARD_SETTINGS``), or weights that do not fit the archit
 Inf raise a ``ValueError`` naming the file (and the card key or tensor).
 
 Shipped models live in ``recon/weights/`` (``builtin``): ``lpn_ct256``, ``svtv_weights_ct256`` and
-``score_ct128`` (the diffusion prior of ``red-diff``, ``diffpir`` and ``dpir``).
+``score_ct128`` (the diffusion prior of ``red-diff``, ``diffpir`` and ``dpir``) and ``rising_ct256`` (RISING
+for 256^2 images from 60 parallel views over 180 degrees).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "lo
 TASKS = ("lpn", "svtv-weights", "denoiser", "score", "rising", "lpd")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the models shipped with recon: name (the reconstruction method using it) -> file stem in recon/weights
-BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256", "score": "score_ct128"}  # score: red-diff, diffpir, dpir
+BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256", "score": "score_ct128",  # score: red-diff, diffpir, dpir
+           "rising": "rising_ct256"}
 #: the reconstruction method (``recon.reconstruct``) that uses a model of each task
 CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff", "rising": "rising",
              "lpd": "lpd"}

@@ -87,8 +87,9 @@ def test_rising_arguments_are_checked(trained):
         reconstruct(A, y, "rising", model=trained, lam=0.1)
     with pytest.raises(ValueError, match="nonneg: rising's network was trained"):
         reconstruct(A, y, "rising", model=trained, nonneg=False)
-    with pytest.raises(ValueError, match=r"model: rising needs a trained rising \(none is shipped\)"):
-        reconstruct(A, y, "rising")
+    with pytest.raises(ValueError, match=r"model: .*rising_ct256.safetensors was trained for ParallelBeam2D with 60 "
+                                         r"views x 401 detectors on 256x256 images"):
+        reconstruct(A, y, "rising")  # the shipped model, for another geometry
     with pytest.raises(ValueError, match="weights: .* holds a 'rising' model; expected a 'lpn' model"):
         reconstruct(A, y, "lpn", model=trained)
 
@@ -99,8 +100,8 @@ def test_recon_ct_method_rising(trained, tmp_path, capsys):
                  "--output", str(tmp_path / "out")]) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["rising"]["iterations"] == 3 and metrics["rising"]["psnr"] > 20
-    assert main([*common, "--method", "rising", "--output", str(tmp_path / "o2")]) == 2
-    assert "--weights: --method rising needs a trained rising model" in capsys.readouterr().err
+    assert main([*common, "--method", "rising", "--output", str(tmp_path / "o2")]) == 2  # the shipped one: 256^2
+    assert "--weights: " in (err := capsys.readouterr().err) and "with 60 views x 401 detectors on 256x256" in err
     assert main([*common, "--method", "rising", "--weights", str(trained), "--lam", "0.1",
                  "--output", str(tmp_path / "o3")]) == 2
     assert "--lam: --method rising takes its weight and iterations from its model" in capsys.readouterr().err
@@ -114,7 +115,5 @@ def test_bench_quality_method_rising(trained, tmp_path, capsys):
     assert main([*argv, "--datasets", "phantoms", *weights, "--output", str(tmp_path / "q")]) == 0
     cases = json.loads((tmp_path / "q" / "quality.json").read_text())["cases"]
     assert all(c["rising"]["psnr"] > 20 and c["rising"]["iterations"] == 3 for c in cases.values())
-    assert main([*argv, "--datasets", "phantoms", "--output", str(tmp_path / "o1")]) == 2
-    assert "--rising-weights: --method rising needs a trained rising model" in capsys.readouterr().err
     assert main([*argv, "--htc", str(tmp_path), *weights, "--output", str(tmp_path / "o2")]) == 2
     assert "--method rising: a rising model serves the geometry it was trained for" in capsys.readouterr().err
