@@ -20,6 +20,7 @@ from priors import (Box, DenoiserPrior, FixedSigmaDenoiser, GraphLaplacianPrior,
                     WeightedNorm, Zero)
 from priors.base import Functional, ScaledFunctional, SumFunctional
 from priors.constraints import PixelBox
+from priors.sparsity import L0Norm
 from priors.nets.icnn import ICNN
 
 N = 8
@@ -87,6 +88,7 @@ CASES = {
     "Box": (lambda: Box(0.0, 1.0), (1, 1, N, N), "refuses"),
     "NonNegativity": (lambda: NonNegativity(), (1, 1, N, N), "refuses"),
     "PixelBox": (lambda: PixelBox(torch.full((1, 1, N, N), 2.0)), (1, 1, N, N), "refuses"),
+    "L0Norm": (lambda: L0Norm(), (1, 1, N, N), "refuses"),  # a count of nonzeros: real sparse codes only
     "GraphLaplacianPrior": (lambda: GraphLaplacianPrior.from_estimate(torch.rand(1, 1, N, N)), (1, 1, N, N), "refuses"),
     "DenoiserPrior": (lambda: DenoiserPrior(_denoiser), (1, 1, N, N), "parts"),
     "FixedSigmaDenoiser": (lambda: FixedSigmaDenoiser(DenoiserPrior(_denoiser), 0.1), (1, 1, N, N), "parts"),
