@@ -136,8 +136,10 @@ class UnrolledISTA(Unrolled):
     .. math:: x_{t+1} = \operatorname{prox}_{\alpha_t \lambda_t R}\big(x_t - \alpha_t A^H (A x_t - y)\big),
               \quad \alpha_t = 2\,\mathrm{sigmoid}(\theta_t) / \|A\|^2, \ \lambda_t = e^{\phi_t} \lambda
 
-    Each step stays in ``(0, 2 / ||A||^2)``, where the gradient step is non-expansive, so no training can
-    make a layer amplify its input.
+    By default each step stays in ``(0, 2 / ||A||^2)``, where the gradient step is non-expansive, so no
+    training can make a layer amplify its input. ``||A||`` is the batch's largest norm for a matrix per
+    item, so a larger step may suit most problems of a batch: ``step_bound=None`` allows it, at the
+    risk of divergence.
 
     Args:
         layers: number of layers ``T``.
@@ -145,6 +147,8 @@ class UnrolledISTA(Unrolled):
         prox: ``"l1"`` (soft threshold) or ``"l0"`` (hard threshold at ``sqrt(2 alpha_t lam_t)``).
         learn_threshold: also learn ``lam_t`` (else only the steps ``alpha_t``).
         checkpoint: gradient checkpointing per layer.
+        step_bound: the largest multiple of the classical step a layer may take (default 2: below
+            ``2 / ||A||^2``); None for ``alpha_t = exp(theta_t) / ||A||^2``, unbounded.
 
     ``problem(A, y)`` builds the problem the network solves (also the one ``unsupervised_loss``
     evaluates); ``forward(A, y, x0=None)`` starts from zeros. The classical step ``1 / ||A||^2`` is the
@@ -164,13 +168,13 @@ class UnrolledISTA(Unrolled):
     """
 
     def __init__(self, layers: int, lam: float, prox: str = "l1", learn_threshold: bool = False,
-                 checkpoint: bool = False) -> None:
+                 checkpoint: bool = False, step_bound: float | None = 2.0) -> None:
         if prox not in PROXES:
             raise ValueError(f"prox: expected one of {', '.join(PROXES)}, got {prox!r}")
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0:
             raise ValueError(f"lam: expected a number > 0, got {lam!r}")
         super().__init__(PnPProximalGradient(tol=0.0), layers, learn=("eta",), learn_prior_weight=learn_threshold,
-                         checkpoint=checkpoint, bounds={"eta": 2.0})
+                         checkpoint=checkpoint, bounds=None if step_bound is None else {"eta": step_bound})
         self.lam, self.prox_name = float(lam), prox
 
     def problem(self, A, y: torch.Tensor) -> Problem:
