@@ -167,6 +167,10 @@ def test_bounded_steps_stay_below_the_bound():
         net.thetas["eta"].copy_(torch.tensor([0.0, 50.0, -50.0]))
     m = net.multipliers("eta")
     assert m[0] == 1.0 and 1.999 < float(m[1]) <= 2.0 and 0 <= float(m[2]) < 1e-6
+    free = UnrolledISTA(layers=2, lam=0.1, step_bound=None)  # exp(theta): unbounded, still 1 at theta = 0
+    with torch.no_grad():
+        free.thetas["eta"].copy_(torch.tensor([0.0, 2.0]))
+    assert free.multipliers("eta").tolist() == pytest.approx([1.0, float(np.exp(2.0))])
     with pytest.raises(ValueError, match="bounds: expected a bound > 1 for a learned field, got 'eta': 1.0"):
         Unrolled(PnPProximalGradient(tol=0), layers=2, learn=("eta",), bounds={"eta": 1.0})
 
