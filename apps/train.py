@@ -9,10 +9,10 @@
     recon train denoiser     --data ellipses --count 40 --size 128 --steps 50 --output runs/try  (a quick try)
     recon train score        --init score --data FOLDER --output runs/ft  (fine-tune the shipped diffusion prior)
 
-``--data`` is a built-in generator (``ellipses``, ``coule``, ``ellipses+coule``: half each; no download) or a folder of PNG/NPY
-images, a folder of DICOM files, or an HDF5 file with an ``images`` dataset. The images are read
-once into ``OUTPUT/cache/`` (reused on ``--resume``) and split into training and validation sets
-by seed. The config file (TOML or JSON) has up to four tables, each optional:
+``--data`` is a built-in generator (``ellipses``, ``coule``, ``ellipses+coule``: half each; no download)
+or a folder of PNG/NPY images, a folder of DICOM files, or an HDF5 file with an ``images`` dataset. The
+images are read once into ``OUTPUT/cache/`` (reused on ``--resume``) and split into training and
+validation sets by seed. The config file (TOML or JSON) has up to four tables, each optional:
 
     [data]   count, size, seed, val_fraction       (count and size for the generators)
     [model]  the network's keyword arguments        (priors.nets.ICNN for lpn, NoiseUNet plus sigma_data
@@ -242,17 +242,22 @@ def cached(output: Path, key: dict, build) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def noisy_sinograms(images: torch.Tensor, views: int, noise: float, seed: int, task: str):
-    """``(A, chunks)``: the parallel-beam operator over 180 degrees (``views`` views, pixel 1 mm) and, lazily,
-    ``(images, y)`` chunks of 16 with Gaussian noise of ``noise`` times each sinogram's RMS (``recon ct
-    --phantom``'s simulation), seeded."""
+def simulation_operator(images: torch.Tensor, views: int, task: str):
+    """The parallel-beam operator over 180 degrees (``views`` views, pixel 1 mm, ``recon ct --phantom``'s
+    detector) that ``task`` simulates the square ``images`` with."""
     from apps.ct import detector_count
     from operators.ct import ParallelBeam2D
 
     n = images.shape[-1]
     if images.shape[-2] != n:
         raise ValueError(f"--data: {task} simulates CT of square images; got {tuple(images.shape[-2:])}")
-    A = ParallelBeam2D((n, n), np.linspace(0, np.pi, views, endpoint=False), detector_count(n))
+    return ParallelBeam2D((n, n), np.linspace(0, np.pi, views, endpoint=False), detector_count(n))
+
+
+def noisy_sinograms(images: torch.Tensor, views: int, noise: float, seed: int, task: str):
+    """``(A, chunks)``: ``simulation_operator`` and, lazily, ``(images, y)`` chunks of 16 with Gaussian noise
+    of ``noise`` times each sinogram's RMS (``recon ct --phantom``'s simulation), seeded."""
+    A = simulation_operator(images, views, task)
 
     def chunks():
         gen = torch.Generator().manual_seed(seed)

@@ -19,7 +19,7 @@ import hashlib
 import torch
 from torch.utils.data import Dataset, Subset
 
-from apps.train import _patches, _SplitChannels, _Stacked, cached, noisy_sinograms
+from apps.train import _patches, _SplitChannels, _Stacked, cached, noisy_sinograms, simulation_operator
 
 __all__ = ["simulate_pairs", "build_rising", "build_lpd"]
 
@@ -67,8 +67,7 @@ def build_rising(network, t: dict, images, output, seed: int, train_idx, val_idx
         rng = float(target.max()) or 1.0
         return {"psnr": float(psnr(model(batch[0], 1.0), target, data_range=rng).mean()),
                 "psnr_input": float(psnr(batch[0], target, data_range=rng).mean())}
-    A, _ = noisy_sinograms(images[:1], views, noise, seed, "rising")
-    extra.update(geometry=geometry_of(A), rising={"iterations": k},
+    extra.update(geometry=geometry_of(simulation_operator(images, views, "rising")), rising={"iterations": k},
                  simulation={"geometry": "parallel", "views": views, "noise": noise})
     return network, loss_fn, train_set, val_set, val_fn, {"monitor": "psnr", "mode": "max"}, extra
 

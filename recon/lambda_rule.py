@@ -2,8 +2,9 @@
 
 ``default_tv_lambda`` is ``c sigma_hat rms(A^T eps)`` times a size and a noise term, with
 ``sigma_hat`` from ``estimate_noise_std`` when the noise is not given; ``default_lambda`` applies
-the same rule with each variational method's constant (``LAMBDA_FACTORS``). ``recon.reconstruct`` uses (and re-exports) them; ``recon.mri`` reuses
-``_backprojected_noise_rms`` with its own k-space noise estimate.
+the same rule with each variational method's constant (``LAMBDA_FACTORS``). ``recon.reconstruct`` uses
+(and re-exports) them; ``recon.mri`` reuses ``_backprojected_noise_rms`` with its own k-space noise
+estimate.
 """
 
 from __future__ import annotations

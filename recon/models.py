@@ -1,6 +1,6 @@
 """Trained models as files: ``NAME.safetensors`` (the weights) beside ``NAME.json`` (the model card).
 
-The card says what the weights are (``task``: ``"lpn"``, ``"svtv-weights"``, ``"denoiser"``, ``"score"`` or
+The card says what the weights are (``task``: ``"lpn"``, ``"svtv-weights"``, ``"denoiser"``, ``"score"``,
 ``"rising"`` or ``"lpd"``),
 how to rebuild the network (``architecture``: the class's keyword arguments), what they were
 trained on and how well they did, the command that trained them, and how to use them (e.g.

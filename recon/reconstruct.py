@@ -42,7 +42,7 @@ from recon.linear import CGLS, SIRT, TIKHONOV_ITERATIONS, tikhonov
 from recon.models import check_geometry
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
-from recon.rising import complete, rising_iterations
+from recon.rising import rising_iterations
 from recon.support import disc_bounds
 
 __all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_noise_std", "default_tv_lambda",
@@ -271,11 +271,10 @@ def _rising(A, y, lam, iterations, nonneg, filter, noise_std, model, start) -> R
     m = _load(model, "rising", y.device, "rising")
     check_geometry(m.card, A, m.path)
     k = rising_iterations(m.card, iterations, m.path)
-    early = _reconstruct(A, y, "tv", None, k, True, False, filter, noise_std, None, None, None, None, None, None,
-                         None)
+    early = reconstruct(A, y, "tv", iterations=k, filter=filter, noise_std=noise_std)
     params = {"iterations_tv": k, "lam": early.parameters["lam"], "lam_rule": early.parameters["lam_rule"],
               "model": str(m.path)}
-    return Reconstruction(complete(m.network, early.x), "rising", k, time.perf_counter() - start, params)
+    return Reconstruction(eval_output(m.network, early.x), "rising", k, time.perf_counter() - start, params)
 
 
 def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, spread, radius, sigma,

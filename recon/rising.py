@@ -12,11 +12,7 @@ geometry it was trained for and ``k``; data of another geometry is refused, nami
 
 from __future__ import annotations
 
-import torch
-
-from priors.nets.unet import eval_output
-
-__all__ = ["rising_iterations", "complete"]
+__all__ = ["rising_iterations"]
 
 
 def rising_iterations(card: dict, iterations: int | None, path) -> int:
@@ -29,7 +25,3 @@ def rising_iterations(card: dict, iterations: int | None, path) -> int:
                          "(leave it unset)")
     return k
 
-
-def complete(network: torch.nn.Module, x_k: torch.Tensor) -> torch.Tensor:
-    """The network's completion of ``x_k`` (eval mode, no gradients)."""
-    return eval_output(network, x_k)

@@ -11,10 +11,10 @@ import torch
 from apps.cli import main
 from operators import FanBeam2D, ParallelBeam2D
 from priors.nets import RisingNet, UNet
+from priors.nets.unet import eval_output
 from recon.metrics import psnr
 from recon.models import load_model
 from recon.reconstruct import reconstruct
-from recon.rising import complete
 from tests.trainer_helpers import one_thread, train_cli  # noqa: F401  (one_thread: autouse fixture)
 
 #: 12 generated 32x32 images, 10 views (52 detectors), 3 TV iterations as the input
@@ -61,7 +61,7 @@ def test_reconstruct_runs_k_tv_iterations_then_the_network(trained):
     model = load_model(trained / "model.safetensors", task="rising")
     early = reconstruct(A, y, "tv", iterations=3)
     assert r.method == "rising" and r.iterations == 3 and r.parameters["iterations_tv"] == 3
-    assert torch.allclose(r.x, complete(model.network, early.x))
+    assert torch.allclose(r.x, eval_output(model.network, early.x))
     converged = reconstruct(A, y, "tv").x
     assert float(psnr(r.x, converged)) > float(psnr(early.x, converged))  # held-out phantom (seed 3)
 
