@@ -31,7 +31,10 @@ from torch import nn
 from operators.base import per_item
 from priors.base import Functional, on_parts
 
-__all__ = ["DenoiserPrior", "FixedSigmaDenoiser", "noise_level"]
+__all__ = ["DenoiserPrior", "FixedSigmaDenoiser", "ENSEMBLES", "check_ensemble", "geometric_ensemble", "noise_level"]
+
+#: the geometric self-ensembles: 1 (none), 4 (the flips of the last two axes), 8 (with their transposes)
+ENSEMBLES = (1, 4, 8)
 
 
 def noise_level(tau, lam: float = 1.0):
@@ -53,6 +56,43 @@ def noise_level(tau, lam: float = 1.0):
     if isinstance(tau, torch.Tensor):
         return (lam * tau).sqrt()
     return math.sqrt(lam * float(tau))
+
+
+def check_ensemble(count, name: str = "ensemble") -> int:
+    """``count`` if it is one of ``ENSEMBLES``, else a ``ValueError`` naming ``name``."""
+    if isinstance(count, bool) or count not in ENSEMBLES:
+        raise ValueError(f"{name}: expected one of {ENSEMBLES}, got {count!r}")
+    return int(count)
+
+
+def geometric_ensemble(denoise: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                       count: int) -> torch.Tensor:
+    """The mean of ``denoise`` over ``count`` flips and transposes of ``x``'s last two axes, each undone.
+
+    A denoiser trained with those flips as augmentation makes errors that differ between the
+    copies; their mean keeps the image and averages part of the errors away (the "x8" of DPIR),
+    at ``count`` times the work. ``count``: one of ``ENSEMBLES``; 8 needs square images.
+
+    Example:
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> shift = lambda z: z + z[..., :1, :1]      # not flip-equivariant: adds the corner value
+        >>> geometric_ensemble(shift, x, 4)[0, 0, 0, 0].item()   # x + mean of the four corners
+        7.5
+    """
+    check_ensemble(count)
+    if count == 8 and x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"ensemble: 8 (with transposes) needs square images, got {tuple(x.shape[-2:])}; use 4")
+    if count == 1:
+        return denoise(x)
+    total = None
+    for k in range(count):
+        dims = [d for d, bit in ((-1, 1), (-2, 2)) if k & bit]
+        z = x.transpose(-1, -2) if k >= 4 else x
+        out = denoise(z.flip(dims) if dims else z)
+        out = out.flip(dims) if dims else out
+        out = out.transpose(-1, -2) if k >= 4 else out
+        total = out if total is None else total + out
+    return total / count
 
 
 def _positive(name: str, value) -> float:

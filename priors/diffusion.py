@@ -26,6 +26,7 @@ train on all noise levels at once.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -34,7 +35,7 @@ from torch import nn
 
 from operators.base import per_item
 from priors.base import on_parts
-from priors.denoiser import DenoiserPrior, FixedSigmaDenoiser
+from priors.denoiser import DenoiserPrior, FixedSigmaDenoiser, check_ensemble, geometric_ensemble
 
 __all__ = ["VPSchedule", "ve_sigmas", "score_from_denoiser", "eps_from_denoiser", "denoiser_from_eps",
            "edm_scalings", "edm_loss", "complex_noise", "DiffusionPrior"]
@@ -191,6 +192,8 @@ class DiffusionPrior(nn.Module):
         sigma_data: the data's standard deviation (EDM's ``sigma_data``).
         sigma_range: ``(sigma_min, sigma_max)`` the model was trained on; a noise level outside
             it warns once, naming the range.
+        ensemble: ``D`` is the mean over this many flips (4) or flips and transposes (8) of the
+            image (``priors.denoiser.geometric_ensemble``); 1: none. ``with_ensemble`` changes it.
 
     Example:
         >>> gauss = lambda x, sigma: x / (1 + sigma ** 2)          # D for x0 ~ N(0, I)
@@ -203,7 +206,7 @@ class DiffusionPrior(nn.Module):
     """
 
     def __init__(self, network, sigma_data: float = 0.5, preconditioned: bool = True,
-                 sigma_range: tuple[float, float] = (0.002, 80.0)) -> None:
+                 sigma_range: tuple[float, float] = (0.002, 80.0), ensemble: int = 1) -> None:
         super().__init__()
         if not callable(network):
             raise TypeError(f"network: expected a callable network(x, c_noise) (an nn.Module), "
@@ -215,7 +218,14 @@ class DiffusionPrior(nn.Module):
             raise ValueError(f"sigma_range: expected 0 < sigma_min < sigma_max, got {sigma_range!r}")
         self.network, self.sigma_data = network, float(sigma_data)
         self.preconditioned, self.sigma_range = bool(preconditioned), (lo, hi)
+        self.ensemble = check_ensemble(ensemble)
         self._warned = False
+
+    def with_ensemble(self, count: int) -> "DiffusionPrior":
+        """This prior (the same network, not a copy of its weights) with ``ensemble=count``."""
+        other = copy.copy(self)
+        other.ensemble = check_ensemble(count)
+        return other
 
     def _sigmas(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """``sigma`` as a ``(B,)`` tensor on ``x``'s device, in ``x``'s real dtype, checked."""
@@ -243,6 +253,9 @@ class DiffusionPrior(nn.Module):
         s = self._sigmas(x, sigma)
         if x.is_complex():
             return on_parts(lambda parts: self.denoise(parts, torch.cat([s, s])), x)
+        return geometric_ensemble(lambda z: self._denoise(z, s), x, self.ensemble)
+
+    def _denoise(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         if not self.preconditioned:
             return self.network(x, per_item(s, x.ndim))
         c_skip, c_out, c_in, c_noise = (per_item(c, x.ndim) for c in edm_scalings(s, self.sigma_data))
@@ -272,4 +285,5 @@ class DiffusionPrior(nn.Module):
         return self.as_prior().at(sigma)
 
     def extra_repr(self) -> str:
-        return f"sigma_data={self.sigma_data}, preconditioned={self.preconditioned}, sigma_range={self.sigma_range}"
+        return (f"sigma_data={self.sigma_data}, preconditioned={self.preconditioned}, sigma_range={self.sigma_range}, "
+                f"ensemble={self.ensemble}")

@@ -3,8 +3,10 @@ the diffusion solvers on a CT or MRI problem. ``"dpir"`` is DiffPIR without re-n
 plug-and-play HQS, ``recon.diffpir``) from the pre-estimate, over the timesteps from
 ``DPIR_START`` down to 0 (noise levels 0.72 to 0.01: the pre-estimate's errors, not pure noise).
 A model card's table for the method (``"dpir": {"lam", "steps", "start"}``, ``"diffpir": {"lam",
-"zeta", "steps"}``, ``"red-diff": {"lam", "lr", "steps", "start"}``: the settings tuned for that
-model) replaces these defaults; ``lam`` and ``iterations`` given replace both.
+"zeta", "steps"}``, ``"red-diff": {"lam", "lr", "steps", "start"}``, each also ``"ensemble"``: the
+settings tuned for that model) replaces these defaults; ``lam`` and ``iterations`` given replace both.
+``ensemble`` (1, 4 or 8) denoises each image as the mean over its flips (and transposes):
+``priors.denoiser.geometric_ensemble``, at that many times the network's work.
 
 Both start from a pre-estimate (FBP for CT; for MRI the adjoint, with data and image scaled so that
 its magnitude's 99th percentile is 1) and see the data term ``||A x - y||^2 / (2 ||A||^2)``, so that
@@ -85,14 +87,15 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Ten
     y, x_start = y / scale, x_start / scale
     norm_sq = float(A.norm()) ** 2
     problem = Problem((1.0 / norm_sq) * L2Fidelity(A, y))
-    params = {"max_iterations": steps, "lam": lam, "data_scale": 1.0 / norm_sq,
+    prior = model.network.with_ensemble(int(tuned["ensemble"])) if "ensemble" in tuned else model.network
+    params = {"max_iterations": steps, "lam": lam, "data_scale": 1.0 / norm_sq, "ensemble": prior.ensemble,
               "weights": str(model.path) if model.path is not None else "in memory",
               "settings": "the model card's" if tuned else "defaults", "scale": scale}
     if method == "red-diff":
         extra = {"lr": tuned["lr"]} if "lr" in tuned else {}
         if "start" in tuned:  # evenly spaced from the card's start down to 0, as dpir (and as tuned)
             extra["timesteps"] = dpir_timesteps(steps, int(tuned["start"]))
-        solver = REDDiff(model.network, steps=steps, lam=lam, progress=progress, **extra)
+        solver = REDDiff(prior, steps=steps, lam=lam, progress=progress, **extra)
         params["lr"] = solver.lr
     else:
         nu = float(noise())  # in the data's units; the solver sees the scaled data
@@ -100,7 +103,7 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Ten
             extra = {"steps": steps, **({"zeta": tuned["zeta"]} if "zeta" in tuned else {})}
         else:
             extra = {"renoise": False, "timesteps": dpir_timesteps(steps, int(tuned.get("start", DPIR_START)))}
-        solver = DiffPIR(model.network, noise_std=nu / scale / norm_sq ** 0.5, lam=lam, progress=progress, **extra)
+        solver = DiffPIR(prior, noise_std=nu / scale / norm_sq ** 0.5, lam=lam, progress=progress, **extra)
         params.update(noise_std=nu, **({"zeta": solver.zeta} if method == "diffpir" else
                                        {"sigma_start": float(solver.schedule.sigma(solver.timesteps[0]))}))
     result = solver.run(problem, x_start)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from data.limits import check_memory
+from priors.denoiser import check_ensemble
 from priors.diffusion import DiffusionPrior
 from priors.learned_prox import LearnedProximalNetwork
 from priors.nets import ICNN, LearnedPrimalDual, NoiseUNet, RisingNet, UNet
@@ -58,13 +59,15 @@ CARD_SETTINGS = {
              "spread": lambda n, v: check_integer(n, v, 0, 100), "lam_factor": lambda n, v: check_number(n, v)},
     # a score model's tuned solver settings (recon.diffusion_recon), one table per method
     "red-diff": {"lam": lambda n, v: check_number(n, v, strict=False), "lr": lambda n, v: check_number(n, v),
-                 "steps": lambda n, v: check_integer(n, v, 1, 1000), "start": lambda n, v: check_integer(n, v, 1, 999)},
+                 "steps": lambda n, v: check_integer(n, v, 1, 1000), "start": lambda n, v: check_integer(n, v, 1, 999),
+                 "ensemble": lambda n, v: check_ensemble(v, n)},
     # a RISING model: the solver iterations its input had (recon.rising)
     "rising": {"iterations": lambda n, v: check_integer(n, v, 1, 10_000)},
-    "diffpir": {"lam": lambda n, v: check_number(n, v), "zeta": lambda n, v: check_number(n, v, strict=False, below=1.0001),
-                "steps": lambda n, v: check_integer(n, v, 1, 1000)},
+    "diffpir": {"lam": lambda n, v: check_number(n, v),
+                "zeta": lambda n, v: check_number(n, v, strict=False, below=1.0001),
+                "steps": lambda n, v: check_integer(n, v, 1, 1000), "ensemble": lambda n, v: check_ensemble(v, n)},
     "dpir": {"lam": lambda n, v: check_number(n, v), "steps": lambda n, v: check_integer(n, v, 1, 1000),
-             "start": lambda n, v: check_integer(n, v, 1, 999)},
+             "start": lambda n, v: check_integer(n, v, 1, 999), "ensemble": lambda n, v: check_ensemble(v, n)},
 }
 
 

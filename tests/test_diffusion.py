@@ -144,3 +144,36 @@ def test_at_gives_a_pnp_prior_at_a_fixed_noise_level(x):
     prior = DiffusionPrior(gaussian_denoiser, preconditioned=False)
     torch.testing.assert_close(prior.at(0.1).prox(x, 123.0), gaussian_denoiser(x, 0.1))
     torch.testing.assert_close(prior.as_prior(lam=2.0).prox(x, 0.5), gaussian_denoiser(x, 1.0))
+
+
+def _corner_shift(x, sigma):
+    """A denoiser that is not flip-equivariant: adds each image's top-left value times sigma."""
+    return x + sigma * x[..., :1, :1]
+
+
+@pytest.mark.parametrize("count", [4, 8])
+def test_the_geometric_ensemble_is_the_mean_over_flips_and_transposes(x, count):
+    prior = DiffusionPrior(_corner_shift, preconditioned=False, ensemble=count)
+    a = x.numpy()
+    views = [a, a[..., ::-1], a[..., ::-1, :], a[..., ::-1, ::-1]]
+    views += [np.swapaxes(v, -1, -2) for v in views] if count == 8 else []
+    # for this denoiser each copy adds sigma times one of the corners (with transposes: the same four, twice)
+    corners = np.stack([v[..., :1, :1] for v in views]).mean(0)
+    torch.testing.assert_close(prior.denoise(x, 0.5), torch.from_numpy(a + 0.5 * corners))
+    # an equivariant (pixel-wise) denoiser is unchanged by the ensemble
+    exact = DiffusionPrior(gaussian_denoiser, preconditioned=False, ensemble=count)
+    torch.testing.assert_close(exact.denoise(x, 0.3), gaussian_denoiser(x, 0.3))
+    z = torch.complex(x, -x)  # complex images: real and imaginary parts, each ensembled
+    torch.testing.assert_close(prior.denoise(z, 0.5), torch.complex(prior.denoise(x, 0.5), prior.denoise(-x, 0.5)))
+
+
+def test_with_ensemble_shares_the_network_and_leaves_the_prior_unchanged(x):
+    prior = DiffusionPrior(NoiseUNet(channels=(8, 16, 16), embedding=16).double())
+    other = prior.with_ensemble(4)
+    assert (prior.ensemble, other.ensemble) == (1, 4) and other.network is prior.network
+    assert "ensemble=4" in repr(other)
+    for bad in (2, 0, True, "4"):
+        with pytest.raises(ValueError, match=r"ensemble: expected one of \(1, 4, 8\)"):
+            prior.with_ensemble(bad)
+    with pytest.raises(ValueError, match=r"ensemble: 8 \(with transposes\) needs square images, got \(8, 6\)"):
+        prior.with_ensemble(8).denoise(x[..., :6], 0.1)

@@ -163,3 +163,25 @@ def test_a_cards_tuned_settings_replace_the_defaults_and_are_checked(problem, mo
     save_model(weights, model.network, "score", ARCH, dpir={"steps": 5000})
     with pytest.raises(ValueError, match=r"bad.json: dpir.steps: expected an integer in \[1, 1000\], got 5000"):
         load_model(weights, task="score")
+
+
+def test_a_cards_ensemble_denoises_each_image_over_its_flips(problem, tmp_path):
+    from recon.models import load_model
+
+    A, y = problem
+    torch.manual_seed(0)
+    model = TrainedModel("score", build_network("score", ARCH), {"trained_on": "images in [0, 1]"})
+    for p in model.network.network.head.parameters():
+        torch.nn.init.normal_(p, std=0.1)  # a non-zero output layer (as after training): not flip-equivariant
+    card = {**model.card, "dpir": {"steps": 3, "ensemble": 4}}
+    r = reconstruct(A, y, "dpir", model=TrainedModel("score", model.network, card), noise_std=0.02)
+    assert r.parameters["ensemble"] == 4 and model.network.ensemble == 1  # the loaded model is not changed
+    by_hand = TrainedModel("score", model.network.with_ensemble(4), {**model.card, "dpir": {"steps": 3}})
+    torch.testing.assert_close(r.x, reconstruct(A, y, "dpir", model=by_hand, noise_std=0.02).x)
+    plain = reconstruct(A, y, "dpir", model=TrainedModel("score", model.network, {**card, "dpir": {"steps": 3}}),
+                        noise_std=0.02)
+    assert plain.parameters["ensemble"] == 1 and (plain.x - r.x).abs().max() > 1e-6
+    weights = tmp_path / "bad.safetensors"
+    save_model(weights, model.network, "score", ARCH, diffpir={"ensemble": 3})
+    with pytest.raises(ValueError, match=r"bad.json: diffpir.ensemble: expected one of \(1, 4, 8\), got 3"):
+        load_model(weights, task="score")
