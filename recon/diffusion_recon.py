@@ -6,10 +6,12 @@ A model card's table for the method (``"dpir": {"lam", "steps", "start"}``, ``"d
 "zeta", "steps"}``, ``"red-diff": {"lam", "lr", "steps", "start"}``, each also ``"ensemble"``: the
 settings tuned for that model) replaces these defaults; ``lam`` and ``iterations`` given replace both.
 ``ensemble`` (1, 4 or 8) denoises each image as the mean over its flips (and transposes):
-``priors.denoiser.geometric_ensemble``, at that many times the network's work.
+``priors.denoiser.geometric_ensemble``, at that many times the network's work. ``init``
+(``"direct"`` or ``"tv"``; DPIR and RED-Diff) picks the pre-estimate: the direct one below, or
+TV at its default weight, a closer start from which fewer, lower-noise timesteps suffice.
 
-Both start from a pre-estimate (FBP for CT; for MRI the adjoint, with data and image scaled so that
-its magnitude's 99th percentile is 1) and see the data term ``||A x - y||^2 / (2 ||A||^2)``, so that
+Both start from a pre-estimate (the direct one: FBP for CT; for MRI the adjoint, with data and image
+scaled so that its magnitude's 99th percentile is 1) and see the data term ``||A x - y||^2 / (2 ||A||^2)``, so that
 their weights do not depend on the operator's scale (as for the PnP methods). For DiffPIR and DPIR the
 noise ``nu`` of each real component of the data (given, else estimated) enters as ``nu / ||A||``,
 which makes its ``lam = 1`` the MAP weight: the deterministic limit minimises
@@ -33,13 +35,15 @@ from recon.diffpir import DiffPIR
 from recon.problem import Problem
 from recon.red_diff import REDDiff
 
-__all__ = ["DIFFUSION", "DEFAULT_STEPS", "DPIR_START", "diffusion_reconstruction", "dpir_timesteps", "magnitude_p99"]
+__all__ = ["DIFFUSION", "DEFAULT_STEPS", "DPIR_START", "INITS", "diffusion_reconstruction", "dpir_timesteps", "magnitude_p99"]
 
 DIFFUSION = ("red-diff", "diffpir", "dpir")
 #: timesteps of each method when ``iterations`` is None: RED-Diff's reference config, DiffPIR's paper
 DEFAULT_STEPS = {"red-diff": 50, "diffpir": 100, "dpir": 50}
 #: the reference weights: RED-Diff's grad_term_weight; DiffPIR's lambda = 1 is the MAP weight here
 DEFAULT_LAM = {"red-diff": 0.25, "diffpir": 1.0, "dpir": 1.0}
+#: the pre-estimates a card's ``init`` may name
+INITS = ("direct", "tv")
 #: DPIR's first timestep (noise level sigma_200 = 0.72 of the default schedule)
 DPIR_START = 200
 
@@ -72,24 +76,26 @@ def _range_scale(x: torch.Tensor, card: dict) -> float:
     return high
 
 
-def diffusion_reconstruction(method: str, A, y: torch.Tensor, x_start: torch.Tensor, model, lam, iterations,
-                             noise: Callable[[], float], progress: bool, start: float):
-    """Run ``method`` (one of ``DIFFUSION``) with the loaded ``model`` from ``x_start``; ``noise()`` gives
-    the noise std of each real component of ``y`` (called by DiffPIR and DPIR only). Returns
-    ``(x, n_iter, params, history)``."""
+def diffusion_reconstruction(method: str, A, y: torch.Tensor, pre_estimate: Callable[[str], torch.Tensor], model,
+                             lam, iterations, noise: Callable[[], float], progress: bool, start: float):
+    """Run ``method`` (one of ``DIFFUSION``) with the loaded ``model`` from ``pre_estimate(init)`` (``init``
+    one of ``INITS``, from the card, default ``"direct"``); ``noise()`` gives the noise std of each real
+    component of ``y`` (called by DiffPIR and DPIR only). Returns ``(x, n_iter, params, history)``."""
     if lam == "auto":
         raise ValueError(f"lam: 'auto' (the discrepancy principle) is not available for {method}; give a number "
                          "or None")
     tuned = model.card.get(method, {})  # checked by load_model (recon.models.CARD_SETTINGS)
     lam = float(tuned.get("lam", DEFAULT_LAM[method])) if lam is None else float(lam)
     steps = int(iterations or tuned.get("steps", DEFAULT_STEPS[method]))
+    init = tuned.get("init", "direct")
+    x_start = pre_estimate(init)
     scale = _range_scale(x_start, model.card)  # e.g. CT in 1/mm with a model of images in [0, 1]
     y, x_start = y / scale, x_start / scale
     norm_sq = float(A.norm()) ** 2
     problem = Problem((1.0 / norm_sq) * L2Fidelity(A, y))
     prior = model.network.with_ensemble(int(tuned["ensemble"])) if "ensemble" in tuned else model.network
     params = {"max_iterations": steps, "lam": lam, "data_scale": 1.0 / norm_sq, "ensemble": prior.ensemble,
-              "weights": str(model.path) if model.path is not None else "in memory",
+              "init": init, "weights": str(model.path) if model.path is not None else "in memory",
               "settings": "the model card's" if tuned else "defaults", "scale": scale}
     if method == "red-diff":
         extra = {"lr": tuned["lr"]} if "lr" in tuned else {}

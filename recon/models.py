@@ -34,6 +34,7 @@ from priors.learned_prox import LearnedProximalNetwork
 from priors.nets import ICNN, LearnedPrimalDual, NoiseUNet, RisingNet, UNet
 from priors.weight_net import GradientMagnitudeNet
 from recon.checkpoint import load_weights, write_json, write_model_card
+from recon.diffusion_recon import INITS
 from recon.params import check_integer, check_number
 
 __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "load_model", "save_model", "builtin",
@@ -49,6 +50,13 @@ CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "
              "lpd": "lpd"}
 #: every method a model of each task serves (a score model: both diffusion solvers)
 CT_METHODS = {**{task: (method,) for task, method in CT_METHOD.items()}, "score": ("red-diff", "diffpir", "dpir")}
+def _init(name: str, value) -> str:
+    """A diffusion method's pre-estimate: one of ``recon.diffusion_recon.INITS``."""
+    if value not in INITS:
+        raise ValueError(f"{name}: expected one of {', '.join(INITS)}, got {value!r}")
+    return value
+
+
 #: the card settings ``recon.reconstruct`` uses, each with its check (other card entries are records only):
 #: iteration counts are bounded so that a card cannot ask for days of work
 CARD_SETTINGS = {
@@ -60,14 +68,15 @@ CARD_SETTINGS = {
     # a score model's tuned solver settings (recon.diffusion_recon), one table per method
     "red-diff": {"lam": lambda n, v: check_number(n, v, strict=False), "lr": lambda n, v: check_number(n, v),
                  "steps": lambda n, v: check_integer(n, v, 1, 1000), "start": lambda n, v: check_integer(n, v, 1, 999),
-                 "ensemble": lambda n, v: check_ensemble(v, n)},
+                 "ensemble": lambda n, v: check_ensemble(v, n), "init": lambda n, v: _init(n, v)},
     # a RISING model: the solver iterations its input had (recon.rising)
     "rising": {"iterations": lambda n, v: check_integer(n, v, 1, 10_000)},
     "diffpir": {"lam": lambda n, v: check_number(n, v),
                 "zeta": lambda n, v: check_number(n, v, strict=False, below=1.0001),
                 "steps": lambda n, v: check_integer(n, v, 1, 1000), "ensemble": lambda n, v: check_ensemble(v, n)},
     "dpir": {"lam": lambda n, v: check_number(n, v), "steps": lambda n, v: check_integer(n, v, 1, 1000),
-             "start": lambda n, v: check_integer(n, v, 1, 999), "ensemble": lambda n, v: check_ensemble(v, n)},
+             "start": lambda n, v: check_integer(n, v, 1, 999), "ensemble": lambda n, v: check_ensemble(v, n),
+             "init": lambda n, v: _init(n, v)},
 }
 
 

@@ -211,6 +211,10 @@ def _diffusion(A, y, method, lam, iterations, noise_std, progress, model, start)
         return sigma / scale / 2 ** 0.5
 
     score_model = _load(model, "score", y.device, method)
-    x, n, params, history = diffusion_reconstruction(method, A, y / scale, x0 / scale, score_model, lam, iterations,
+    def pre_estimate(init: str) -> torch.Tensor:  # the adjoint, or TV at its default weight (a card's init)
+        x = _reconstruct_mri(A, y, "tv", None, None, noise_std, False).x if init == "tv" else x0
+        return x / scale
+
+    x, n, params, history = diffusion_reconstruction(method, A, y / scale, pre_estimate, score_model, lam, iterations,
                                                      noise, progress, start)
     return Reconstruction(x * scale, method, n, time.perf_counter() - start, {**params, "scale": scale}, history)

@@ -213,8 +213,13 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
         def noise() -> float:
             return float(noise_std) if noise_std is not None else float(estimate_noise_std(y).mean())
         score_model = _load(model, "score", y.device, method)
-        x, n, params, history = diffusion_reconstruction(method, A, y, fbp(A, y, filter=filter), score_model, lam,
-                                                         iterations, noise, progress, start)
+        def pre_estimate(init: str) -> torch.Tensor:  # FBP, or TV at its default weight (a card's init)
+            if init == "tv":
+                return reconstruct(A, y, "tv", nonneg=nonneg, filter=filter, noise_std=noise_std).x
+            return fbp(A, y, filter=filter)
+
+        x, n, params, history = diffusion_reconstruction(method, A, y, pre_estimate, score_model, lam, iterations,
+                                                         noise, progress, start)
         return Reconstruction(x, method, n, time.perf_counter() - start, params, history)
     if method in PNP:
         return _pnp(method, A, y, fbp(A, y, filter=filter), model, lam, iterations, constraint, progress, start,

@@ -185,3 +185,36 @@ def test_a_cards_ensemble_denoises_each_image_over_its_flips(problem, tmp_path):
     save_model(weights, model.network, "score", ARCH, diffpir={"ensemble": 3})
     with pytest.raises(ValueError, match=r"bad.json: diffpir.ensemble: expected one of \(1, 4, 8\), got 3"):
         load_model(weights, task="score")
+
+
+def test_a_cards_init_starts_dpir_from_tv(problem, model, tmp_path):
+    from operators import CartesianMRI, random_mask
+    from priors import L2Fidelity
+    from recon.diffpir import DiffPIR
+    from recon.diffusion_recon import dpir_timesteps
+    from recon.models import load_model
+    from recon.mri import reconstruct_mri
+    from recon.problem import Problem
+
+    A, y = problem
+    card = {**model.card, "dpir": {"steps": 3, "start": 100, "lam": 0.5, "init": "tv"}}
+    r = reconstruct(A, y, "dpir", model=TrainedModel("score", model.network, card), noise_std=0.02)
+    assert r.parameters["init"] == "tv"
+    norm_sq = float(A.norm()) ** 2
+    solver = DiffPIR(model.network, noise_std=0.02 / norm_sq ** 0.5, lam=0.5, renoise=False,
+                     timesteps=dpir_timesteps(3, 100))
+    tv = reconstruct(A, y, "tv", noise_std=0.02).x
+    torch.testing.assert_close(r.x, solver.run(Problem((1 / norm_sq) * L2Fidelity(A, y)), tv).x)
+    direct = reconstruct(A, y, "dpir", model=model, noise_std=0.02, iterations=3)
+    assert direct.parameters["init"] == "direct"
+
+    mri = CartesianMRI(random_mask((32, 32), 4, 0.08, seed=0))
+    k = mri(shepp_logan(32).to(torch.complex64))
+    runs = [reconstruct_mri(mri, k, "dpir", model=TrainedModel("score", model.network, {**model.card, "dpir": d}),
+                            noise_std=0.01) for d in ({"steps": 3, "init": "tv"}, {"steps": 3})]
+    assert [run.parameters["init"] for run in runs] == ["tv", "direct"]
+    assert (runs[0].x - runs[1].x).abs().max() > 1e-4
+    weights = tmp_path / "bad.safetensors"
+    save_model(weights, model.network, "score", ARCH, dpir={"init": "sirt"})
+    with pytest.raises(ValueError, match=r"bad.json: dpir.init: expected one of direct, tv, got 'sirt'"):
+        load_model(weights, task="score")
