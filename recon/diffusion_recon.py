@@ -35,7 +35,8 @@ from recon.diffpir import DiffPIR
 from recon.problem import Problem
 from recon.red_diff import REDDiff
 
-__all__ = ["DIFFUSION", "DEFAULT_STEPS", "DPIR_START", "INITS", "diffusion_reconstruction", "dpir_timesteps", "magnitude_p99"]
+__all__ = ["DIFFUSION", "DEFAULT_STEPS", "DPIR_START", "INITS", "diffusion_reconstruction", "dpir_timesteps",
+           "magnitude_p99"]
 
 DIFFUSION = ("red-diff", "diffpir", "dpir")
 #: timesteps of each method when ``iterations`` is None: RED-Diff's reference config, DiffPIR's paper

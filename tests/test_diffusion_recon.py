@@ -51,8 +51,8 @@ def test_dpir_is_diffpir_without_renoising_from_fbp_over_the_low_noise_timesteps
 
     A, y = problem
     r = reconstruct(A, y, "dpir", model=model, iterations=6, noise_std=0.02)
-    assert dpir_timesteps(6) == [DPIR_START, 160, 120, 80, 40, 0] and r.parameters["sigma_start"] == pytest.approx(0.7236,
-                                                                                                                  abs=1e-4)
+    assert dpir_timesteps(6) == [DPIR_START, 160, 120, 80, 40, 0]
+    assert r.parameters["sigma_start"] == pytest.approx(0.7236, abs=1e-4)
     norm_sq = float(A.norm()) ** 2
     solver = DiffPIR(model.network, noise_std=0.02 / norm_sq ** 0.5, lam=1.0, renoise=False,
                      timesteps=dpir_timesteps(6))
