@@ -11,8 +11,10 @@ estimated from the sinogram. The tuning phantoms are random ellipses of seeds 10
         [--json out.json]
 
 ``--grid`` names any keyword of ``recon.red_diff.REDDiff`` or ``recon.diffpir.DiffPIR`` (numbers;
-``renoise`` as 0/1), and ``t_start``: timesteps evenly spaced from it down to 0 (``steps`` of them);
-every combination is run on every phantom.
+``renoise`` as 0/1), ``t_start``: timesteps evenly spaced from it down to 0 (``steps`` of them),
+``ensemble`` (1, 4, 8: the prior's geometric self-ensemble) and ``cg_iterations`` (the data step's);
+every combination is run on every phantom. ``--init tv`` starts from TV at its default weight
+instead of FBP (a card's ``init``; its time is included in the seconds).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from recon.problem import Problem  # noqa: E402
 from recon.reconstruct import reconstruct  # noqa: E402
 from recon.red_diff import REDDiff  # noqa: E402
 
-INTEGERS = ("steps", "seed", "renoise", "t_start")
+INTEGERS = ("steps", "seed", "renoise", "t_start", "ensemble", "cg_iterations")
 
 
 def problem(size: int, seed: int):
@@ -52,17 +54,19 @@ def problem(size: int, seed: int):
     return A, y, torch.from_numpy(d.reference)[None, None].float()
 
 
-def solve(method: str, network, A, y, settings: dict) -> torch.Tensor:
+def solve(method: str, network, A, y, settings: dict, init: str = "fbp") -> torch.Tensor:
     if method == "tv":  # the baseline, at its default weight unless the grid gives lam
         return reconstruct(A, y, "tv", **settings).x
+    settings = dict(settings)
+    network = network.with_ensemble(settings.pop("ensemble", 1))
     norm_sq = float(A.norm()) ** 2
-    prob = Problem((1.0 / norm_sq) * L2Fidelity(A, y))
+    prob = Problem((1.0 / norm_sq) * L2Fidelity(A, y, cg_iterations=settings.pop("cg_iterations", 50)))
     if method == "red-diff":
         solver = REDDiff(network, **settings)
     else:
         nu = float(estimate_noise_std(y).mean())
         solver = DiffPIR(network, noise_std=nu / norm_sq ** 0.5, **settings)
-    return solver.run(prob, fbp(A, y)).x
+    return solver.run(prob, reconstruct(A, y, "tv").x if init == "tv" else fbp(A, y)).x
 
 
 def parse_grid(items: list[str]) -> dict:
@@ -78,6 +82,7 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--method", choices=("red-diff", "diffpir", "tv"), required=True)
     ap.add_argument("--grid", action="append", default=[])
+    ap.add_argument("--init", choices=("fbp", "tv"), default="fbp")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--seeds", default="100,101,102")
     ap.add_argument("--json", type=Path, default=None)
@@ -97,7 +102,7 @@ def main() -> None:
         scores, seconds = [], []
         for A, y, ref in cases.values():
             started = time.perf_counter()
-            x = solve(args.method, network, A, y, settings)
+            x = solve(args.method, network, A, y, settings, args.init)
             seconds.append(time.perf_counter() - started)
             scores.append(float(psnr(x.clamp(0, 1), ref, data_range=1.0)))
         shown = {k: v for k, v in settings.items() if k != "timesteps"} | dict(zip(grid, values))
@@ -108,8 +113,9 @@ def main() -> None:
     best = max(rows, key=lambda r: r["mean"])
     print("best:", json.dumps(best))
     if args.json is not None:
-        args.json.write_text(json.dumps({"method": args.method, "size": args.size, "seeds": args.seeds,
-                                         "weights": str(args.weights), "rows": rows, "best": best}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"method": args.method, "init": args.init, "size": args.size,
+                                         "seeds": args.seeds, "weights": str(args.weights), "rows": rows,
+                                         "best": best}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
