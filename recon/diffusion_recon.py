@@ -1,5 +1,6 @@
-r"""``reconstruct(A, y, "red-diff" | "diffpir" | "dpir", model=...)`` and ``reconstruct_mri`` the same:
-the diffusion solvers on a CT or MRI problem. ``"dpir"`` is DiffPIR without re-noising (annealed
+r"""``reconstruct(A, y, "red-diff" | "diffpir" | "dpir" | "dps", model=...)`` and ``reconstruct_mri`` the
+same: the diffusion solvers on a CT or MRI problem (``"dps"``: ``recon.dps``, whose ``lam`` is its
+guidance step ``zeta``). ``"dpir"`` is DiffPIR without re-noising (annealed
 plug-and-play HQS, ``recon.diffpir``) from the pre-estimate, over the timesteps from
 ``DPIR_START`` down to 0 (noise levels 0.72 to 0.01: the pre-estimate's errors, not pure noise).
 A model card's table for the method (``"dpir": {"lam", "steps", "start"}``, ``"diffpir": {"lam",
@@ -32,17 +33,18 @@ import torch
 from priors.data import L2Fidelity
 from priors.diffusion import VPSchedule
 from recon.diffpir import DiffPIR
+from recon.dps import DPS
 from recon.problem import Problem
 from recon.red_diff import REDDiff
 
 __all__ = ["DIFFUSION", "DEFAULT_STEPS", "DPIR_START", "INITS", "diffusion_reconstruction", "dpir_timesteps",
            "magnitude_p99"]
 
-DIFFUSION = ("red-diff", "diffpir", "dpir")
-#: timesteps of each method when ``iterations`` is None: RED-Diff's reference config, DiffPIR's paper
-DEFAULT_STEPS = {"red-diff": 50, "diffpir": 100, "dpir": 50}
-#: the reference weights: RED-Diff's grad_term_weight; DiffPIR's lambda = 1 is the MAP weight here
-DEFAULT_LAM = {"red-diff": 0.25, "diffpir": 1.0, "dpir": 1.0}
+DIFFUSION = ("red-diff", "diffpir", "dpir", "dps")
+#: timesteps of each method when ``iterations`` is None: RED-Diff's reference config, DiffPIR's and DPS's papers
+DEFAULT_STEPS = {"red-diff": 50, "diffpir": 100, "dpir": 50, "dps": 1000}
+#: the reference weights: RED-Diff's grad_term_weight; DiffPIR's lambda = 1 is the MAP weight here; DPS's zeta'
+DEFAULT_LAM = {"red-diff": 0.25, "diffpir": 1.0, "dpir": 1.0, "dps": 1.0}
 #: the pre-estimates a card's ``init`` may name
 INITS = ("direct", "tv")
 #: DPIR's first timestep (noise level sigma_200 = 0.72 of the default schedule)
@@ -104,6 +106,8 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, pre_estimate: Call
             extra["timesteps"] = dpir_timesteps(steps, int(tuned["start"]))
         solver = REDDiff(prior, steps=steps, lam=lam, progress=progress, **extra)
         params["lr"] = solver.lr
+    elif method == "dps":  # its residual is ||A x - y|| / ||A||: zeta does not depend on A's scale
+        solver = DPS(prior, steps=steps, zeta=lam, progress=progress)
     else:
         nu = float(noise())  # in the data's units; the solver sees the scaled data
         if method == "diffpir":

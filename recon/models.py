@@ -49,7 +49,8 @@ BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256", "score": "score_ct1
 CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff", "rising": "rising",
              "lpd": "lpd"}
 #: every method a model of each task serves (a score model: both diffusion solvers)
-CT_METHODS = {**{task: (method,) for task, method in CT_METHOD.items()}, "score": ("red-diff", "diffpir", "dpir")}
+CT_METHODS = {**{task: (method,) for task, method in CT_METHOD.items()},
+              "score": ("red-diff", "diffpir", "dpir", "dps")}
 def _init(name: str, value) -> str:
     """A diffusion method's pre-estimate: one of ``recon.diffusion_recon.INITS``."""
     if value not in INITS:
@@ -77,6 +78,8 @@ CARD_SETTINGS = {
     "dpir": {"lam": lambda n, v: check_number(n, v), "steps": lambda n, v: check_integer(n, v, 1, 1000),
              "start": lambda n, v: check_integer(n, v, 1, 999), "ensemble": lambda n, v: check_ensemble(v, n),
              "init": lambda n, v: _init(n, v)},
+    "dps": {"lam": lambda n, v: check_number(n, v, strict=False),
+            "steps": lambda n, v: check_integer(n, v, 1, 1000), "ensemble": lambda n, v: check_ensemble(v, n)},
 }
 
 

@@ -32,7 +32,7 @@ def model():
     return TrainedModel("score", build_network("score", ARCH), {"trained_on": "images in [0, 1]"})
 
 
-@pytest.mark.parametrize("method, lam", [("red-diff", 0.25), ("diffpir", 1.0), ("dpir", 1.0)])
+@pytest.mark.parametrize("method, lam", [("red-diff", 0.25), ("diffpir", 1.0), ("dpir", 1.0), ("dps", 1.0)])
 def test_diffusion_methods_run_seeded_with_their_reference_defaults(problem, model, method, lam):
     A, y = problem
     r = reconstruct(A, y, method, model=model, iterations=5)
@@ -108,11 +108,11 @@ def test_reconstruct_mri_runs_the_diffusion_methods_on_complex_images(model):
     A = CartesianMRI(random_mask((32, 32), 4, 0.08, seed=0))
     y = A(shepp_logan(32).to(torch.complex64))
     y = y + 0.01 * A(torch.randn(1, 1, 32, 32, dtype=torch.complex64, generator=torch.Generator().manual_seed(1)))
-    for method in ("red-diff", "diffpir", "dpir"):
+    for method in ("red-diff", "diffpir", "dpir", "dps"):
         r = reconstruct_mri(A, y, method, model=model, iterations=4)
         assert r.x.shape == (1, 1, 32, 32) and r.x.is_complex() and bool(torch.isfinite(r.x).all())
         assert r.parameters["scale"] > 0 and r.iterations == 4
-    with pytest.raises(ValueError, match="model: only red-diff, diffpir and dpir use a trained model, not 'tv'"):
+    with pytest.raises(ValueError, match="model: only red-diff, diffpir, dpir and dps use a trained model, not 'tv'"):
         reconstruct_mri(A, y, "tv", model=model)
 
 
@@ -218,3 +218,17 @@ def test_a_cards_init_starts_dpir_from_tv(problem, model, tmp_path):
     save_model(weights, model.network, "score", ARCH, dpir={"init": "sirt"})
     with pytest.raises(ValueError, match=r"bad.json: dpir.init: expected one of direct, tv, got 'sirt'"):
         load_model(weights, task="score")
+
+
+def test_dps_is_the_dps_solver_on_the_scaled_data_term(problem, model):
+    from priors import L2Fidelity
+    from recon.dps import DPS
+    from recon.fbp import fbp
+    from recon.problem import Problem
+
+    A, y = problem
+    r = reconstruct(A, y, "dps", model=model, iterations=4, lam=0.5)
+    norm_sq = float(A.norm()) ** 2
+    by_hand = DPS(model.network, steps=4, zeta=0.5).run(Problem((1 / norm_sq) * L2Fidelity(A, y)), fbp(A, y)).x
+    torch.testing.assert_close(r.x, by_hand)
+    assert r.parameters["lam"] == 0.5 and r.iterations == 4
