@@ -31,7 +31,7 @@ import torch
 
 from priors.diffusion import DiffusionPrior, VPSchedule, complex_noise
 from recon.base import relative_change
-from recon.params import check_integer, check_number
+from recon.params import check_number
 from recon.pnp import _least_squares
 from recon.problem import Problem
 from recon.red_diff import DiffusionSolver
@@ -83,12 +83,8 @@ class DiffPIR(DiffusionSolver):
     def __init__(self, prior: DiffusionPrior, noise_std: float, steps: int = 100, lam: float = 7.0,
                  zeta: float = 0.3, renoise: bool = True, timesteps=None, schedule: VPSchedule | None = None,
                  seed: int = 0, progress: bool = False) -> None:
-        if timesteps is None:
-            def timesteps(schedule):  # T - 1 down to 0, evenly spaced
-                return schedule.descending(check_integer("steps", steps, 1, schedule.steps))
-        super().__init__(prior, timesteps, schedule, seed, progress)
-        if any(a <= b for a, b in zip(self.timesteps, self.timesteps[1:])):
-            raise ValueError(f"timesteps: expected a strictly descending sequence, got {self.timesteps[:8]}")
+        super().__init__(prior, self.down_to_zero(steps) if timesteps is None else timesteps, schedule, seed,
+                         progress, strictly_descending=True)
         self.noise_std = check_number("noise_std", noise_std)
         self.lam = check_number("lam", lam)
         self.zeta = check_number("zeta", zeta, strict=False)

@@ -30,7 +30,7 @@ import torch
 
 from priors.diffusion import DiffusionPrior, VPSchedule, complex_noise
 from recon.base import relative_change
-from recon.params import check_integer, check_number
+from recon.params import check_number
 from recon.problem import Problem
 from recon.red_diff import DiffusionSolver
 
@@ -79,12 +79,8 @@ class DPS(DiffusionSolver):
 
     def __init__(self, prior: DiffusionPrior, steps: int = 1000, zeta: float = 1.0, timesteps=None,
                  schedule: VPSchedule | None = None, seed: int = 0, progress: bool = False) -> None:
-        if timesteps is None:
-            def timesteps(schedule):  # T - 1 down to 0, evenly spaced
-                return schedule.descending(check_integer("steps", steps, 1, schedule.steps))
-        super().__init__(prior, timesteps, schedule, seed, progress)
-        if any(a <= b for a, b in zip(self.timesteps, self.timesteps[1:])):
-            raise ValueError(f"timesteps: expected a strictly descending sequence, got {self.timesteps[:8]}")
+        super().__init__(prior, self.down_to_zero(steps) if timesteps is None else timesteps, schedule, seed,
+                         progress, strictly_descending=True)
         self.zeta = check_number("zeta", zeta, strict=False)
 
     def init(self, problem: Problem, x0: torch.Tensor) -> DPSState:

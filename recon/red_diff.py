@@ -46,8 +46,9 @@ class DiffusionSolver(Solver):
     label = "a diffusion solver"
 
     def __init__(self, prior: DiffusionPrior, timesteps, schedule: VPSchedule | None, seed: int,
-                 progress: bool) -> None:
-        """``timesteps``: a sequence, or a function of the schedule giving the default ones."""
+                 progress: bool, strictly_descending: bool = False) -> None:
+        """``timesteps``: a sequence, or a function of the schedule giving the default ones (e.g.
+        ``down_to_zero(steps)``); ``strictly_descending``: refuse any other order."""
         if not isinstance(prior, DiffusionPrior):
             raise TypeError(f"prior: expected a DiffusionPrior, got {type(prior).__name__}")
         self.schedule = schedule if schedule is not None else VPSchedule()
@@ -55,8 +56,15 @@ class DiffusionSolver(Solver):
         self.timesteps = [check_integer("timesteps", t, 0, self.schedule.steps - 1) for t in chosen]
         if not self.timesteps:
             raise ValueError("timesteps: expected at least one timestep, got none")
+        if strictly_descending and any(a <= b for a, b in zip(self.timesteps, self.timesteps[1:])):
+            raise ValueError(f"timesteps: expected a strictly descending sequence, got {self.timesteps[:8]}")
         super().__init__(max_iter=len(self.timesteps), tol=0.0, progress=progress)
         self.prior, self.seed = prior, check_integer("seed", seed, 0)
+
+    @staticmethod
+    def down_to_zero(steps: int):
+        """The samplers' default timesteps: ``steps`` of them evenly spaced from ``T - 1`` down to 0."""
+        return lambda schedule: schedule.descending(check_integer("steps", steps, 1, schedule.steps))
 
     def _start(self, problem: Problem, x0: torch.Tensor) -> None:
         """Check the problem and seed the noise draws (``self._generator``)."""
