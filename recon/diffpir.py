@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from priors.diffusion import DiffusionPrior, VPSchedule, complex_noise
+from priors.diffusion import DiffusionPrior, VPSchedule, complex_noise, eps_from_denoiser
 from recon.base import relative_change
 from recon.params import check_number
 from recon.pnp import _least_squares
@@ -104,15 +104,16 @@ class DiffPIR(DiffusionSolver):
     def step(self, problem: Problem, state: DiffPIRState) -> DiffPIRState:
         fidelity, scale = _least_squares(problem.data)
         t = self.timesteps[state.k]
-        abar, sigma = float(self.schedule.abar[t]), float(self.schedule.sigma(t))
-        x0 = self.prior.denoise(self.schedule.to_ve(state.x_t, t), sigma)
+        sigma = float(self.schedule.sigma(t))
+        x_ve = self.schedule.to_ve(state.x_t, t)
+        x0 = self.prior.denoise(x_ve, sigma)
         rho = self.lam * self.noise_std ** 2 / sigma ** 2
         x0_hat = fidelity.prox(x0, scale / rho)  # argmin s/2 ||A x - y||^2 + rho/2 ||x - x0||^2
         if state.k + 1 < len(self.timesteps) and not self.renoise:
             state.x_t = self.schedule.from_ve(x0_hat, self.timesteps[state.k + 1])
         elif state.k + 1 < len(self.timesteps):
             nxt = float(self.schedule.abar[self.timesteps[state.k + 1]])
-            eps_hat = (state.x_t - math.sqrt(abar) * x0_hat) / math.sqrt(1 - abar)
+            eps_hat = eps_from_denoiser(x_ve, x0_hat, sigma)  # = (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar)
             if self.zeta > 0:
                 eps_hat = math.sqrt(1 - self.zeta) * eps_hat + math.sqrt(self.zeta) * self._noise(eps_hat)
             state.x_t = math.sqrt(nxt) * x0_hat + math.sqrt(1 - nxt) * eps_hat

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from priors.diffusion import DiffusionPrior, VPSchedule, complex_noise
+from priors.diffusion import DiffusionPrior, VPSchedule, complex_noise, eps_from_denoiser
 from recon.base import relative_change
 from recon.params import check_number
 from recon.problem import Problem
@@ -94,13 +94,14 @@ class DPS(DiffusionSolver):
         abar, sigma = float(self.schedule.abar[t]), float(self.schedule.sigma(t))
         x_t = state.x_t.detach().requires_grad_(True)
         with torch.enable_grad():
-            x0 = self.prior.denoise(self.schedule.to_ve(x_t, t), sigma)
+            x_ve = self.schedule.to_ve(x_t, t)
+            x0 = self.prior.denoise(x_ve, sigma)
             residual = (2 * problem.data.value(x0)).clamp_min(1e-30).sqrt()  # ||A x0 - y|| per item
             (grad,) = torch.autograd.grad(residual.sum(), x_t)
         x0 = x0.detach()
         if state.k + 1 < len(self.timesteps):
             nxt = float(self.schedule.abar[self.timesteps[state.k + 1]])
-            eps_hat = (state.x_t - math.sqrt(abar) * x0) / math.sqrt(1 - abar)
+            eps_hat = eps_from_denoiser(x_ve.detach(), x0, sigma)  # = (x_t - sqrt(abar) x0) / sqrt(1 - abar)
             c2 = (1 - nxt) / (1 - abar) * (1 - abar / nxt)
             state.x_t = (math.sqrt(nxt) * x0 + math.sqrt(max(1 - nxt - c2, 0.0)) * eps_hat
                          + math.sqrt(c2) * complex_noise(x0, self._generator) - self.zeta * grad)
