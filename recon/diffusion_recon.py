@@ -3,17 +3,19 @@ same: the diffusion solvers on a CT or MRI problem (``"dps"``: ``recon.dps``, wh
 guidance step ``zeta``). ``"dpir"`` is DiffPIR without re-noising (annealed
 plug-and-play HQS, ``recon.diffpir``) from the pre-estimate, over the timesteps from
 ``DPIR_START`` down to 0 (noise levels 0.72 to 0.01: the pre-estimate's errors, not pure noise).
-A model card's table for the method (``"dpir": {"lam", "steps", "start"}``, ``"diffpir": {"lam",
-"zeta", "steps"}``, ``"red-diff": {"lam", "lr", "steps", "start"}``, each also ``"ensemble"``: the
-settings tuned for that model) replaces these defaults; ``lam`` and ``iterations`` given replace both.
-``ensemble`` (1, 4 or 8) denoises each image as the mean over its flips (and transposes):
-``priors.denoiser.geometric_ensemble``, at that many times the network's work. ``init``
-(``"direct"`` or ``"tv"``; DPIR and RED-Diff) picks the pre-estimate: the direct one below, or
-TV at its default weight, a closer start from which fewer, lower-noise timesteps suffice.
+A model card's table for the method (``"dpir": {"lam", "steps", "start", "init"}``, ``"diffpir":
+{"lam", "zeta", "steps"}``, ``"red-diff": {"lam", "lr", "steps", "start", "init"}``, ``"dps": {"lam",
+"steps"}``, each also ``"ensemble"``: the settings tuned for that model) replaces these defaults;
+``lam`` and ``iterations`` given replace both. ``ensemble`` (1, 4 or 8) denoises each image as the
+mean over its flips (and transposes): ``priors.denoiser.geometric_ensemble``, at that many times the
+network's work. ``init`` (``INITS``: ``"direct"`` or ``"tv"``) picks the pre-estimate: the direct
+one below, or TV at its default weight, a closer start from which fewer, lower-noise timesteps suffice.
 
-Both start from a pre-estimate (the direct one: FBP for CT; for MRI the adjoint, with data and image
-scaled so that its magnitude's 99th percentile is 1) and see the data term ``||A x - y||^2 / (2 ||A||^2)``, so that
-their weights do not depend on the operator's scale (as for the PnP methods). For DiffPIR and DPIR the
+RED-Diff and DPIR start from the pre-estimate (the direct one: FBP for CT; for MRI the adjoint,
+with data and image scaled so that its magnitude's 99th percentile is 1); DiffPIR and DPS start
+from noise and take only its shape and scale from it. All see the data term
+``||A x - y||^2 / (2 ||A||^2)``, so that their weights do not depend on the operator's scale (as
+for the PnP methods). For DiffPIR and DPIR the
 noise ``nu`` of each real component of the data (given, else estimated) enters as ``nu / ||A||``,
 which makes its ``lam = 1`` the MAP weight: the deterministic limit minimises
 ``||A x - y||^2 / (2 nu^2) + phi(x)`` for a prior ``exp(-phi)``. The model is a ``recon train score``
@@ -37,8 +39,8 @@ from recon.dps import DPS
 from recon.problem import Problem
 from recon.red_diff import REDDiff
 
-__all__ = ["DIFFUSION", "DEFAULT_STEPS", "DPIR_START", "INITS", "diffusion_reconstruction", "dpir_timesteps",
-           "magnitude_p99"]
+__all__ = ["DIFFUSION", "DEFAULT_STEPS", "DPIR_START", "INITS", "check_init", "diffusion_reconstruction",
+           "dpir_timesteps", "magnitude_p99"]
 
 DIFFUSION = ("red-diff", "diffpir", "dpir", "dps")
 #: timesteps of each method when ``iterations`` is None: RED-Diff's reference config, DiffPIR's and DPS's papers
@@ -47,6 +49,13 @@ DEFAULT_STEPS = {"red-diff": 50, "diffpir": 100, "dpir": 50, "dps": 1000}
 DEFAULT_LAM = {"red-diff": 0.25, "diffpir": 1.0, "dpir": 1.0, "dps": 1.0}
 #: the pre-estimates a card's ``init`` may name
 INITS = ("direct", "tv")
+
+
+def check_init(name: str, value) -> str:
+    """``value`` if it is one of ``INITS``, else a ``ValueError`` naming ``name`` (a card key)."""
+    if value not in INITS:
+        raise ValueError(f"{name}: expected one of {', '.join(INITS)}, got {value!r}")
+    return value
 #: DPIR's first timestep (noise level sigma_200 = 0.72 of the default schedule)
 DPIR_START = 200
 

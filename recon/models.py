@@ -11,7 +11,7 @@ settings out of range (``CARD_SETTINGS``), or weights that do not fit the archit
 Inf raise a ``ValueError`` naming the file (and the card key or tensor).
 
 Shipped models live in ``recon/weights/`` (``builtin``): ``lpn_ct256``, ``svtv_weights_ct256`` and
-``score_ct128`` (the diffusion prior of ``red-diff``, ``diffpir`` and ``dpir``) and ``rising_ct256`` (RISING
+``score_ct128`` (the diffusion prior of ``red-diff``, ``diffpir``, ``dpir`` and ``dps``) and ``rising_ct256`` (RISING
 for 256^2 images from 60 parallel views over 180 degrees).
 """
 
@@ -34,7 +34,7 @@ from priors.learned_prox import LearnedProximalNetwork
 from priors.nets import ICNN, LearnedPrimalDual, NoiseUNet, RisingNet, UNet
 from priors.weight_net import GradientMagnitudeNet
 from recon.checkpoint import load_weights, write_json, write_model_card
-from recon.diffusion_recon import INITS
+from recon.diffusion_recon import check_init
 from recon.params import check_integer, check_number
 
 __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "load_model", "save_model", "builtin",
@@ -43,19 +43,19 @@ __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "lo
 TASKS = ("lpn", "svtv-weights", "denoiser", "score", "rising", "lpd")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the models shipped with recon: name (the reconstruction method using it) -> file stem in recon/weights
-BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256", "score": "score_ct128",  # score: red-diff, diffpir, dpir
+BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256", "score": "score_ct128",  # score: the diffusion methods
            "rising": "rising_ct256"}
 #: the reconstruction method (``recon.reconstruct``) that uses a model of each task
 CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff", "rising": "rising",
              "lpd": "lpd"}
-#: every method a model of each task serves (a score model: both diffusion solvers)
+#: every method a model of each task serves (a score model: every diffusion method)
 CT_METHODS = {**{task: (method,) for task, method in CT_METHOD.items()},
               "score": ("red-diff", "diffpir", "dpir", "dps")}
-def _init(name: str, value) -> str:
-    """A diffusion method's pre-estimate: one of ``recon.diffusion_recon.INITS``."""
-    if value not in INITS:
-        raise ValueError(f"{name}: expected one of {', '.join(INITS)}, got {value!r}")
-    return value
+
+
+def _ensemble(name: str, value) -> int:
+    """``check_ensemble`` in ``CARD_SETTINGS``'s ``(name, value)`` order."""
+    return check_ensemble(value, name)
 
 
 #: the card settings ``recon.reconstruct`` uses, each with its check (other card entries are records only):
@@ -69,17 +69,17 @@ CARD_SETTINGS = {
     # a score model's tuned solver settings (recon.diffusion_recon), one table per method
     "red-diff": {"lam": lambda n, v: check_number(n, v, strict=False), "lr": lambda n, v: check_number(n, v),
                  "steps": lambda n, v: check_integer(n, v, 1, 1000), "start": lambda n, v: check_integer(n, v, 1, 999),
-                 "ensemble": lambda n, v: check_ensemble(v, n), "init": lambda n, v: _init(n, v)},
+                 "ensemble": _ensemble, "init": check_init},
     # a RISING model: the solver iterations its input had (recon.rising)
     "rising": {"iterations": lambda n, v: check_integer(n, v, 1, 10_000)},
     "diffpir": {"lam": lambda n, v: check_number(n, v),
                 "zeta": lambda n, v: check_number(n, v, strict=False, below=1.0001),
-                "steps": lambda n, v: check_integer(n, v, 1, 1000), "ensemble": lambda n, v: check_ensemble(v, n)},
+                "steps": lambda n, v: check_integer(n, v, 1, 1000), "ensemble": _ensemble},
     "dpir": {"lam": lambda n, v: check_number(n, v), "steps": lambda n, v: check_integer(n, v, 1, 1000),
-             "start": lambda n, v: check_integer(n, v, 1, 999), "ensemble": lambda n, v: check_ensemble(v, n),
-             "init": lambda n, v: _init(n, v)},
+             "start": lambda n, v: check_integer(n, v, 1, 999), "ensemble": _ensemble,
+             "init": check_init},
     "dps": {"lam": lambda n, v: check_number(n, v, strict=False),
-            "steps": lambda n, v: check_integer(n, v, 1, 1000), "ensemble": lambda n, v: check_ensemble(v, n)},
+            "steps": lambda n, v: check_integer(n, v, 1, 1000), "ensemble": _ensemble},
 }
 
 

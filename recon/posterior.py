@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from operators import CartesianMRI, MultiCoilMRI
+from recon.mri import reconstruct_mri
 from recon.params import check_integer
+from recon.reconstruct import reconstruct
 
 __all__ = ["SAMPLERS", "Posterior", "posterior", "calibration"]
 
@@ -56,10 +59,6 @@ def posterior(A, y: torch.Tensor, method: str = "dps", samples: int = 16, **kwar
         >>> p.samples.shape, p.mean.shape, bool((p.std > 0).all())
         (torch.Size([3, 1, 1, 16, 16]), torch.Size([1, 1, 16, 16]), True)
     """
-    from operators import CartesianMRI, MultiCoilMRI
-    from recon.mri import reconstruct_mri
-    from recon.reconstruct import reconstruct
-
     if method not in SAMPLERS:
         raise ValueError(f"method: posterior samples need a sampler, one of {', '.join(SAMPLERS)}; got {method!r}")
     n = check_integer("samples", samples, 2)
