@@ -14,8 +14,8 @@ the TV reconstruction as their pre-estimate, and their time includes it. The lea
 the shipped models unless ``--lpn-weights`` / ``--svtv-weights`` name others: ``lpn`` (PnP-ADMM
 with the learned proximal network), ``svtv-net`` (SV-TV with the weight network's edge map) and,
 for comparison, ``svtv-fbp`` (SV-TV with FBP as the pre-estimate); ``pnp`` is PnP-ADMM with the
-denoiser ``--pnp-weights`` (none is shipped); ``red-diff``, ``diffpir``, ``dpir`` and ``dps`` use the shipped
-diffusion prior unless ``--score-weights`` names another; ``rising`` (TV's first iterations completed
+denoiser ``--pnp-weights`` (none is shipped); ``red-diff``, ``diffpir``, ``dpir``, ``dps`` and ``score-pc``
+use the shipped diffusion prior unless ``--score-weights`` names another; ``rising`` (TV's first iterations completed
 by a network) the model ``--rising-weights``, ``lpd`` (learned primal-dual) ``--lpd-weights``.
 
 Writes ``<output>/quality.json`` (settings, per-case metrics, mean and std per dataset),
@@ -80,7 +80,7 @@ def add_parser(sub) -> None:
     q.add_argument("--pnp-weights", type=Path, default=None, metavar="FILE",
                    help="pnp: the trained denoiser (required for --method pnp; none is shipped)")
     q.add_argument("--score-weights", type=Path, default=None, metavar="FILE",
-                   help="red-diff, diffpir, dpir, dps: the diffusion prior (default shipped)")
+                   help="red-diff, diffpir, dpir, dps, score-pc: the diffusion prior (default shipped)")
     q.add_argument("--rising-weights", type=Path, default=None, metavar="FILE",
                    help="rising: the RISING network (recon train rising)")
     q.add_argument("--lpd-weights", type=Path, default=None, metavar="FILE",

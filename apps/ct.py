@@ -67,8 +67,8 @@ def add_parser(sub) -> None:
                    help="trained model (.safetensors with its .json card; repeatable): an LPN for --method lpn "
                         "(default: the shipped one), an SV-TV weight network for --method svtv (replaces "
                         "--estimate), a denoiser for --method pnp (required: none is shipped), a score model for "
-                        "--method red-diff, diffpir, dpir and dps (default: the shipped one); 'lpn', 'svtv' and "
-                        "'score' name the shipped models")
+                        "--method red-diff, diffpir, dpir, dps and score-pc (default: the shipped one); 'lpn', "
+                        "'svtv' and 'score' name the shipped models")
     add_run_options(p, METHODS, "fbp and tv", "recon.reconstruct", "the iterative methods", auto_lam=True)
     p.set_defaults(run=run)
 

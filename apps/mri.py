@@ -33,11 +33,12 @@ from operators.masks import MASK_TYPES, acceleration_of, make_mask
 from operators.mri import CartesianMRI, MultiCoilMRI
 from recon.metrics import psnr, ssim
 from recon.models import builtin, load_model
+from recon.diffusion_recon import diffusion_names
 from recon.mri import MRI_METHODS, data_consistency, reconstruct_mri, zero_filled
 
 AXES = {"columns": -1, "rows": -2}
 COLUMNS = ("psnr", "ssim", "data_consistency", "seconds", "iterations")
-CLASSIC = ("zero-filled", "cg-sense", "tv")  # the default methods; red-diff, diffpir, dpir and dps run when asked for
+CLASSIC = ("zero-filled", "cg-sense", "tv")  # the default methods; the diffusion ones run when asked for
 
 
 #: the library's argument names (in error messages) that this command's options set
@@ -60,8 +61,8 @@ def add_parser(sub) -> None:
                    help="k-space axis whose lines are skipped by 1-D masks (default columns, as fastMRI)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="mask seed (default 0)")
     p.add_argument("--weights", type=Path, default=None, metavar="FILE",
-                   help="a score model (`recon train score`) for --method red-diff, diffpir, dpir and dps (default: "
-                        "the shipped one, recon/weights/score_ct128)")
+                   help="a score model (`recon train score`) for --method red-diff, diffpir, dpir, dps and "
+                        "score-pc (default: the shipped one, recon/weights/score_ct128)")
     p.add_argument("--anisotropic", action="store_true",
                    help="--method tv with anisotropic TV (the sum of |differences|, as SigPy and BART) instead of "
                         "the isotropic default")
@@ -115,7 +116,7 @@ def run(args) -> int:
     methods = list(dict.fromkeys(args.method or list(CLASSIC)))
     learned = [m for m in methods if m not in CLASSIC]
     if args.weights is not None and not learned:
-        raise ValueError("--weights: only --method red-diff, diffpir, dpir and dps use a model")
+        raise ValueError(f"--weights: only --method {diffusion_names()} use a model")
     if args.anisotropic and "tv" not in methods:
         raise ValueError(f"--anisotropic: only --method tv has an anisotropic form; the methods are {', '.join(methods)}")
     model = None if not learned else load_model(args.weights or builtin("score"), task="score", device=device)

@@ -1,19 +1,20 @@
-r"""``reconstruct(A, y, "red-diff" | "diffpir" | "dpir" | "dps", model=...)`` and ``reconstruct_mri`` the
-same: the diffusion solvers on a CT or MRI problem (``"dps"``: ``recon.dps``, whose ``lam`` is its
-guidance step ``zeta``). ``"dpir"`` is DiffPIR without re-noising (annealed
+r"""``reconstruct(A, y, "red-diff" | "diffpir" | "dpir" | "dps" | "score-pc", model=...)`` and
+``reconstruct_mri`` the same: the diffusion solvers on a CT or MRI problem (``"dps"``: ``recon.dps``,
+whose ``lam`` is its guidance step ``zeta``; ``"score-pc"``: ``recon.score_pc``, whose ``lam`` is its
+projection's weight in ``[0, 1]``). ``"dpir"`` is DiffPIR without re-noising (annealed
 plug-and-play HQS, ``recon.diffpir``) from the pre-estimate, over the timesteps from
 ``DPIR_START`` down to 0 (noise levels 0.72 to 0.01: the pre-estimate's errors, not pure noise).
 A model card's table for the method (``"dpir": {"lam", "steps", "start", "init"}``, ``"diffpir":
 {"lam", "zeta", "steps"}``, ``"red-diff": {"lam", "lr", "steps", "start", "init"}``, ``"dps": {"lam",
-"steps"}``, each also ``"ensemble"``: the settings tuned for that model) replaces these defaults;
-``lam`` and ``iterations`` given replace both. ``ensemble`` (1, 4 or 8) denoises each image as the
-mean over its flips (and transposes): ``priors.denoiser.geometric_ensemble``, at that many times the
-network's work. ``init`` (``INITS``: ``"direct"`` or ``"tv"``) picks the pre-estimate: the direct
+"steps"}``, ``"score-pc": {"lam", "snr", "steps"}``, each also ``"ensemble"``: the settings tuned for
+that model) replaces these defaults; ``lam`` and ``iterations`` given replace both. ``ensemble`` (1, 4
+or 8) denoises each image as the mean over its flips (and transposes):
+``priors.denoiser.geometric_ensemble``, at that many times the network's work. ``init`` (``INITS``: ``"direct"`` or ``"tv"``) picks the pre-estimate: the direct
 one below, or TV at its default weight, a closer start from which fewer, lower-noise timesteps suffice.
 
 RED-Diff and DPIR start from the pre-estimate (the direct one: FBP for CT; for MRI the adjoint,
-with data and image scaled so that its magnitude's 99th percentile is 1); DiffPIR and DPS start
-from noise and take only its shape and scale from it. All see the data term
+with data and image scaled so that its magnitude's 99th percentile is 1); DiffPIR, DPS and score-PC
+start from noise and take only its shape and scale from it. All see the data term
 ``||A x - y||^2 / (2 ||A||^2)``, so that their weights do not depend on the operator's scale (as
 for the PnP methods). For DiffPIR and DPIR the
 noise ``nu`` of each real component of the data (given, else estimated) enters as ``nu / ||A||``,
@@ -38,15 +39,22 @@ from recon.diffpir import DiffPIR
 from recon.dps import DPS
 from recon.problem import Problem
 from recon.red_diff import REDDiff
+from recon.score_pc import ScorePC, projection_for
 
-__all__ = ["DIFFUSION", "DEFAULT_STEPS", "DPIR_START", "INITS", "check_init", "diffusion_reconstruction",
-           "dpir_timesteps", "magnitude_p99"]
+__all__ = ["DIFFUSION", "DEFAULT_STEPS", "diffusion_names", "DPIR_START", "INITS", "check_init",
+           "diffusion_reconstruction", "dpir_timesteps", "magnitude_p99"]
 
-DIFFUSION = ("red-diff", "diffpir", "dpir", "dps")
-#: timesteps of each method when ``iterations`` is None: RED-Diff's reference config, DiffPIR's and DPS's papers
-DEFAULT_STEPS = {"red-diff": 50, "diffpir": 100, "dpir": 50, "dps": 1000}
-#: the reference weights: RED-Diff's grad_term_weight; DiffPIR's lambda = 1 is the MAP weight here; DPS's zeta'
-DEFAULT_LAM = {"red-diff": 0.25, "diffpir": 1.0, "dpir": 1.0, "dps": 1.0}
+DIFFUSION = ("red-diff", "diffpir", "dpir", "dps", "score-pc")
+#: timesteps of each method when ``iterations`` is None: RED-Diff's reference config, the others' papers
+DEFAULT_STEPS = {"red-diff": 50, "diffpir": 100, "dpir": 50, "dps": 1000, "score-pc": 1000}
+#: the reference weights: RED-Diff's grad_term_weight; DiffPIR's lambda = 1 is the MAP weight here; DPS's zeta';
+#: score-PC's lambda = 1, hard data consistency (the paper's MRI setting; its CT one is 0.84)
+DEFAULT_LAM = {"red-diff": 0.25, "diffpir": 1.0, "dpir": 1.0, "dps": 1.0, "score-pc": 1.0}
+
+
+def diffusion_names() -> str:
+    """The diffusion methods for a message: ``"red-diff, diffpir, dpir, dps and score-pc"``."""
+    return f"{', '.join(DIFFUSION[:-1])} and {DIFFUSION[-1]}"
 #: the pre-estimates a card's ``init`` may name
 INITS = ("direct", "tv")
 
@@ -117,6 +125,10 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, pre_estimate: Call
         params["lr"] = solver.lr
     elif method == "dps":  # its residual is ||A x - y|| / ||A||: zeta does not depend on A's scale
         solver = DPS(prior, steps=steps, zeta=lam, progress=progress)
+    elif method == "score-pc":  # its projection is free of A's and y's scale
+        snr = {"snr": tuned["snr"]} if "snr" in tuned else {}
+        solver = ScorePC(prior, steps=steps, lam=lam, progress=progress, **snr)
+        params.update(snr=solver.snr, projection=projection_for(A))
     else:
         nu = float(noise())  # in the data's units; the solver sees the scaled data
         if method == "diffpir":

@@ -50,7 +50,7 @@ CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "
              "lpd": "lpd"}
 #: every method a model of each task serves (a score model: every diffusion method)
 CT_METHODS = {**{task: (method,) for task, method in CT_METHOD.items()},
-              "score": ("red-diff", "diffpir", "dpir", "dps")}
+              "score": ("red-diff", "diffpir", "dpir", "dps", "score-pc")}
 
 
 def _ensemble(name: str, value) -> int:
@@ -80,6 +80,9 @@ CARD_SETTINGS = {
              "init": check_init},
     "dps": {"lam": lambda n, v: check_number(n, v, strict=False),
             "steps": lambda n, v: check_integer(n, v, 1, 1000), "ensemble": _ensemble},
+    "score-pc": {"lam": lambda n, v: check_number(n, v, strict=False, below=1.0001),
+                 "snr": lambda n, v: check_number(n, v, strict=False),
+                 "steps": lambda n, v: check_integer(n, v, 1, 1000), "ensemble": _ensemble},
 }
 
 

@@ -29,7 +29,7 @@ from operators.fourier import ifft2c
 from operators.mri import CartesianMRI, MultiCoilMRI
 from priors import TV, L2Fidelity
 from recon.chambolle_pock import ChambollePock
-from recon.diffusion_recon import DIFFUSION, diffusion_reconstruction, magnitude_p99
+from recon.diffusion_recon import DIFFUSION, diffusion_names, diffusion_reconstruction, magnitude_p99
 from recon.lambda_rule import _backprojected_noise_rms
 from recon.linear import CGLS
 from recon.params import check_finite_result, check_integer, check_number
@@ -128,7 +128,7 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
         A: ``CartesianMRI`` (single coil) or ``MultiCoilMRI`` (coil maps, e.g. from ``espirit_maps``).
         y: k-space ``(B, coils, H, W)`` complex, zero where not sampled.
         method: ``"zero-filled"``, ``"cg-sense"``, ``"tv"``, or ``"red-diff"`` / ``"diffpir"`` / ``"dpir"`` /
-            ``"dps"`` (a diffusion prior on the real and imaginary parts, ``recon.diffusion_recon``).
+            ``"dps"`` / ``"score-pc"`` (a diffusion prior on the real and imaginary parts, ``recon.diffusion_recon``).
         lam: TV weight (None uses ``default_mri_tv_lambda``); the diffusion methods' weight.
         iterations: iteration cap (defaults in ``DEFAULT_MRI_ITERATIONS``).
         noise_std: k-space noise std for the default ``lam`` (None: estimated).
@@ -167,7 +167,7 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
         raise TypeError(f"y: {type(A).__name__} expects complex k-space (complex64), got "
                         f"{getattr(y, 'dtype', type(y).__name__)}")
     if model is not None and method not in DIFFUSION:
-        raise ValueError(f"model: only red-diff, diffpir, dpir and dps use a trained model, not {method!r}")
+        raise ValueError(f"model: only {diffusion_names()} use a trained model, not {method!r}")
     if not isinstance(isotropic, bool):
         raise TypeError(f"isotropic: expected True or False, got {isotropic!r}")
     if not isotropic and method != "tv":

@@ -24,7 +24,7 @@ from recon.reconstruct import reconstruct
 __all__ = ["SAMPLERS", "Posterior", "posterior", "calibration"]
 
 #: the methods whose runs are draws from an (approximate) posterior
-SAMPLERS = ("dps", "diffpir")
+SAMPLERS = ("dps", "diffpir", "score-pc")
 
 
 @dataclass
@@ -46,7 +46,7 @@ def posterior(A, y: torch.Tensor, method: str = "dps", samples: int = 16, **kwar
         A: a CT operator (``recon.reconstruct``) or an MRI one (``CartesianMRI`` / ``MultiCoilMRI``,
             ``recon.mri.reconstruct_mri``).
         y: the data, ``(B, *A.out_shape)``.
-        method: ``"dps"`` or ``"diffpir"``.
+        method: ``"dps"``, ``"diffpir"`` or ``"score-pc"``.
         samples: draws per item, at least 2 (a standard deviation needs two).
         **kwargs: passed to the reconstruction (``model``, ``lam``, ``iterations``, ``noise_std``, ...).
 

@@ -12,8 +12,8 @@ Tikhonov, TV, or any callable such as a trained network) and build the prior fro
 ``|grad x|`` instead. ``"lpn"`` is plug-and-play ADMM with a learned proximal network
 (``recon train lpn``; the shipped ``recon/weights/lpn_ct256`` by default), ``"pnp"`` the same with
 a trained denoiser (``recon train denoiser``; none is shipped). ``"red-diff"``, ``"diffpir"``,
-``"dpir"`` and ``"dps"`` use a diffusion prior (``recon train score``; the shipped ``recon/weights/score_ct128`` by
-default).
+``"dpir"``, ``"dps"`` and ``"score-pc"`` use a diffusion prior (``recon train score``; the shipped
+``recon/weights/score_ct128`` by default).
 ``lam="auto"`` chooses the weight by the discrepancy principle (``recon.discrepancy``).
 """
 
@@ -98,7 +98,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             from ``estimate``), ``"graphla-fbp"``, ``"graphla-tik"`` or ``"graphla-tv"``
             (graph-Laplacian prior built from FBP, Tikhonov or TV), ``"lpn"`` (PnP-ADMM with a learned
             proximal network, started from FBP), ``"pnp"`` (the same with a trained denoiser),
-            ``"red-diff"``, ``"diffpir"``, ``"dpir"`` or ``"dps"`` (a diffusion prior, ``recon.diffusion_recon``),
+            ``"red-diff"``, ``"diffpir"``, ``"dpir"``, ``"dps"`` or ``"score-pc"`` (a diffusion prior,
+            ``recon.diffusion_recon``),
             ``"rising"`` (a few TV iterations completed by a network, ``recon.rising``), ``"lpd"``
             (learned primal-dual, ``priors.nets.LearnedPrimalDual``).
         lam: the weight: a number, None for the default rule (``default_lambda``), or ``"auto"``
@@ -123,8 +124,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             learned proximal network (None: the shipped one, ``recon.models.builtin("lpn")``); for
             ``"svtv"`` a weight network (task ``svtv-weights``) whose predicted ``|grad x|`` from the
             FBP replaces ``estimate``; for ``"pnp"`` a denoiser (task ``denoiser``, required); for
-            ``"red-diff"``, ``"diffpir"``, ``"dpir"`` and ``"dps"`` a diffusion prior (task ``score``; None:
-            the shipped one; ``lam`` is their weight, DPS's guidance step, and ``iterations`` their number
+            ``"red-diff"``, ``"diffpir"``, ``"dpir"``, ``"dps"`` and ``"score-pc"`` a diffusion prior (task
+            ``score``; None: the shipped one; ``lam`` is their weight, DPS's guidance step, score-PC's
+            projection weight, and ``iterations`` their number
             of timesteps). For
             ``"lpn"`` and ``"pnp"``, ``lam`` is the ADMM penalty ``rho`` (the prior's
             weight against the data term ``||A x - y||^2 / (2 ||A||^2)``; default: the card's). For
@@ -180,7 +182,7 @@ def _check_parameters(method, lam, iterations, noise_std, estimate, model, **num
     if estimate is not None and method not in ADAPTIVE:
         raise ValueError(f"estimate: only svtv and graphla-* use a pre-estimate, not {method!r}")
     if model is not None and method not in ("svtv", *PNP, *DIFFUSION, "rising", "lpd"):
-        raise ValueError(f"model: only lpn, pnp, svtv, red-diff, diffpir, dpir, dps, rising and lpd use a trained "
+        raise ValueError(f"model: only lpn, pnp, svtv, {', '.join(DIFFUSION)}, rising and lpd use a trained "
                          f"model, not {method!r}")
     if model is not None and estimate is not None:
         raise ValueError("estimate: svtv takes its weights from the model or from a pre-estimate, not both")

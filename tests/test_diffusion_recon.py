@@ -32,14 +32,16 @@ def model():
     return TrainedModel("score", build_network("score", ARCH), {"trained_on": "images in [0, 1]"})
 
 
-@pytest.mark.parametrize("method, lam", [("red-diff", 0.25), ("diffpir", 1.0), ("dpir", 1.0), ("dps", 1.0)])
+@pytest.mark.parametrize("method, lam", [("red-diff", 0.25), ("diffpir", 1.0), ("dpir", 1.0), ("dps", 1.0),
+                                         ("score-pc", 1.0)])
 def test_diffusion_methods_run_seeded_with_their_reference_defaults(problem, model, method, lam):
     A, y = problem
     r = reconstruct(A, y, method, model=model, iterations=5)
     assert r.x.shape == (1, 1, 32, 32) and r.iterations == 5 and bool(torch.isfinite(r.x).all())
     assert r.parameters["lam"] == lam and r.parameters["data_scale"] == pytest.approx(1 / float(A.norm()) ** 2)
     assert torch.equal(r.x, reconstruct(A, y, method, model=model, iterations=5).x)
-    assert not torch.equal(r.x, reconstruct(A, y, method, model=model, iterations=5, lam=2 * lam).x)
+    other = lam / 2 if method == "score-pc" else 2 * lam  # score-PC's weight is at most 1
+    assert not torch.equal(r.x, reconstruct(A, y, method, model=model, iterations=5, lam=other).x)
 
 
 def test_dpir_is_diffpir_without_renoising_from_fbp_over_the_low_noise_timesteps(problem, model):
@@ -112,7 +114,8 @@ def test_reconstruct_mri_runs_the_diffusion_methods_on_complex_images(model):
         r = reconstruct_mri(A, y, method, model=model, iterations=4)
         assert r.x.shape == (1, 1, 32, 32) and r.x.is_complex() and bool(torch.isfinite(r.x).all())
         assert r.parameters["scale"] > 0 and r.iterations == 4
-    with pytest.raises(ValueError, match="model: only red-diff, diffpir, dpir and dps use a trained model, not 'tv'"):
+    with pytest.raises(ValueError, match="model: only red-diff, diffpir, dpir, dps and score-pc use a trained model, "
+                                         "not 'tv'"):
         reconstruct_mri(A, y, "tv", model=model)
 
 
@@ -232,3 +235,17 @@ def test_dps_is_the_dps_solver_on_the_scaled_data_term(problem, model):
     by_hand = DPS(model.network, steps=4, zeta=0.5).run(Problem((1 / norm_sq) * L2Fidelity(A, y)), fbp(A, y)).x
     torch.testing.assert_close(r.x, by_hand)
     assert r.parameters["lam"] == 0.5 and r.iterations == 4
+
+
+def test_score_pc_is_the_score_pc_solver_with_the_operators_projection(problem, model):
+    from priors import L2Fidelity
+    from recon.problem import Problem
+    from recon.score_pc import ScorePC
+
+    A, y = problem
+    r = reconstruct(A, y, "score-pc", model=model, iterations=4, lam=0.8)
+    by_hand = ScorePC(model.network, steps=4, lam=0.8).run(Problem(L2Fidelity(A, y)), torch.zeros_like(A.adjoint(y))).x
+    torch.testing.assert_close(r.x, by_hand)
+    assert r.parameters["projection"] == "fbp" and r.parameters["snr"] == 0.25
+    with pytest.raises(ValueError, match="lam: .*1"):
+        reconstruct(A, y, "score-pc", model=model, iterations=4, lam=1.5)

@@ -370,8 +370,8 @@ def test_lpn_model_from_a_file_and_its_errors(ct_problem, tmp_path):
     assert nonneg.parameters["nonneg"] and bool((nonneg.x >= 0).all())
     with pytest.raises(ValueError, match="lam: 'auto' .* is not available for lpn"):
         reconstruct(A, y, "lpn", lam="auto", model=path)
-    with pytest.raises(ValueError, match="model: only lpn, pnp, svtv, red-diff, diffpir, dpir, dps, rising and lpd "
-                                         "use a trained model, not 'tv'"):
+    with pytest.raises(ValueError, match="model: only lpn, pnp, svtv, red-diff, diffpir, dpir, dps, score-pc, rising and "
+                                         "lpd use a trained model, not 'tv'"):
         reconstruct(A, y, "tv", model=path)
     denoiser = TrainedModel("denoiser", build_network("denoiser", UNET))
     with pytest.raises(ValueError, match="model: expected a 'lpn' model, got a 'denoiser' model"):

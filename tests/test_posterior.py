@@ -29,7 +29,7 @@ def ct():
     return A, A(x)
 
 
-@pytest.mark.parametrize("method", ["dps", "diffpir"])
+@pytest.mark.parametrize("method", ["dps", "diffpir", "score-pc"])
 def test_draws_are_arranged_per_item_and_summarised_as_numpy_does(ct, model, method):
     A, y = ct
     p = posterior(A, y, method, samples=4, model=model, iterations=6, noise_std=0.01)
@@ -46,7 +46,7 @@ def test_draws_are_arranged_per_item_and_summarised_as_numpy_does(ct, model, met
 def test_mri_draws_are_complex_with_a_real_std(model):
     A = CartesianMRI(random_mask((16, 16), 4, 0.1, seed=0))
     y = A(shepp_logan(16).to(torch.complex64))
-    p = posterior(A, y, "dps", samples=3, model=model, iterations=4, noise_std=0.01)
+    p = posterior(A, y, "score-pc", samples=3, model=model, iterations=4, noise_std=0.01)
     assert p.mean.is_complex() and not p.std.is_complex() and bool((p.std >= 0).all())
     expected = np.sqrt((np.abs(p.samples.numpy() - p.mean.numpy()) ** 2).sum(0) / 2)
     np.testing.assert_allclose(p.std.numpy(), expected, rtol=1e-4, atol=1e-6)
@@ -81,7 +81,7 @@ def test_bad_arguments_are_named(ct, model):
     for bad in (1, 0, -2, 2.5, "4"):
         with pytest.raises(ValueError, match="samples: expected an integer >= 2"):
             posterior(A, y, "dps", samples=bad, model=model)
-    with pytest.raises(ValueError, match="method: posterior samples need a sampler, one of dps, diffpir; got 'tv'"):
+    with pytest.raises(ValueError, match="method: posterior samples need a sampler, one of dps, diffpir, score-pc; got 'tv'"):
         posterior(A, y, "tv", samples=4)
     good, truth = _draws(1.0)
     with pytest.raises(ValueError, match=r"truth: expected shape \(1, 1, 64, 64\)"):
