@@ -19,6 +19,8 @@ import torch
 
 from apps.argtypes import fraction, nonneg_float, nonneg_int, positive_float, positive_int
 from apps.outputs import check_output, locked_output, remove_stale_images, write_metrics
+from apps.uncertainty import (IMAGES, add_samples_option, check_samples, posterior_metrics, run_method,
+                              write_uncertainty)
 from data.hdf5 import CTData, read_ct, write_reconstructions
 from data.limits import array_bytes, check_memory
 from data.phantoms import random_ellipses, shepp_logan
@@ -70,6 +72,7 @@ def add_parser(sub) -> None:
                         "--method red-diff, diffpir, dpir, dps and score-pc (default: the shipped one); 'lpn', "
                         "'svtv' and 'score' name the shipped models")
     add_run_options(p, METHODS, "fbp and tv", "recon.reconstruct", "the iterative methods", auto_lam=True)
+    add_samples_option(p)
     p.set_defaults(run=run)
 
 
@@ -223,6 +226,7 @@ def run(args) -> int:
                          f"{', '.join(methods)}")
     if args.estimate is not None and "svtv" not in methods:
         raise ValueError("--estimate: only the svtv method uses it; add --method svtv")
+    sampled = check_samples(args.samples, methods)
     models = _models(args.weights or [], methods)
     for method, task in (("pnp", "denoiser"), ("rising", "rising"), ("lpd", "lpd")):
         if method in methods and method not in models and shipped(task) is None:
@@ -238,7 +242,7 @@ def run(args) -> int:
                          "weight and iterations from its model; run it without them (or separately)")
     if args.estimate is not None and "svtv" in models:
         raise ValueError("--estimate: svtv takes its weights from --weights or from --estimate, not both")
-    results, metrics = {}, {}
+    results, metrics, drawn = {}, {}, None
     with locked_output(args.output):
         for method in methods:
             extra = {"estimate": args.estimate} if method == "svtv" and args.estimate else {}
@@ -246,12 +250,13 @@ def run(args) -> int:
                 extra["support"] = args.support
             if method in models:
                 extra["model"] = models[method]
-            r = reconstruct(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress,
-                            noise_std=noise_std, **extra)
+            r, p = run_method(reconstruct, A, y, method, sampled, args.samples, lam=args.lam,
+                              iterations=args.iterations, progress=not args.no_progress, noise_std=noise_std, **extra)
             results[method] = r
-            metrics[method] = _metrics(r, ref)
-        _write_outputs(args.output, data, results, metrics, ref)
-        remove_stale_images(args.output, METHODS, results)
+            metrics[method] = _metrics(r, ref) | ({} if p is None else posterior_metrics(p, ref))
+            drawn = p or drawn
+        _write_outputs(args.output, data, results, metrics, ref, drawn)
+        remove_stale_images(args.output, (*METHODS, *IMAGES), [*results, *(IMAGES if drawn else ())])
     print(format_table(metrics))
     print(f"outputs in {args.output}/")
     return 0
@@ -301,16 +306,17 @@ def format_table(metrics: dict, cols=("psnr", "ssim", "seconds", "iterations")) 
     return "\n".join(lines)
 
 
-def _write_outputs(out: Path, data: CTData, results: dict, metrics: dict, ref) -> None:
+def _write_outputs(out: Path, data: CTData, results: dict, metrics: dict, ref, drawn=None) -> None:
     from apps.figures import comparison_figure, save_image
 
     images = {name: r.x[0, 0].detach().cpu().numpy() for name, r in results.items()}
     vmax = float(ref.max()) if ref is not None else float(np.percentile(next(iter(images.values())), 99.5))
     for name, image in images.items():
         save_image(out / f"{name}.png", image, 0.0, vmax)
+    reference = None if ref is None else ref[0, 0].cpu().numpy()
+    extra = None if drawn is None else write_uncertainty(out, drawn, reference, vmax, metrics[drawn.method])
     geometry = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.geometry.items()}
     params = {name: {**r.parameters, "iterations_run": r.iterations} for name, r in results.items()}
-    write_reconstructions(out / "reconstructions.h5", images, {**geometry, "angles": data.angles}, params)
+    write_reconstructions(out / "reconstructions.h5", images, {**geometry, "angles": data.angles}, params, extra=extra)
     write_metrics(out / "metrics.json", metrics)
-    reference = None if ref is None else ref[0, 0].cpu().numpy()
     comparison_figure(out / "comparison.png", images, metrics, reference, vmax)

@@ -58,3 +58,38 @@ def _subtitle(m: dict) -> str:
         parts.append(f"residual {m['data_consistency']:.3f}")
     parts.append(f"{m.get('seconds', 0):.2f} s" + (f", {m['iterations']} it" if m.get("iterations") else ""))
     return "\n".join(parts)
+
+
+def std_map(path: Path, std: np.ndarray, title: str = "posterior std") -> None:
+    """The pixel-wise standard deviation in a colour map, with its colour bar (in the image's units)."""
+    fig, ax = plt.subplots(figsize=(4.4, 3.8))
+    shown = ax.imshow(std, cmap="magma", vmin=0.0, vmax=float(np.percentile(std, 99.5)) or 1.0)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def uncertainty_figure(path: Path, reference: np.ndarray, mean: np.ndarray, std: np.ndarray, vmax: float,
+                       subtitle: str = "") -> None:
+    """Truth, posterior mean, posterior std and |mean - truth|: the last two share one colour scale, so
+    where the error is large the std should be large too."""
+    error = np.abs(mean - reference)
+    top = float(np.percentile(np.concatenate([std.ravel(), error.ravel()]), 99.5)) or 1.0
+    fig, axes = plt.subplots(1, 4, figsize=(13.6, 3.7))
+    for ax, (name, img, cmap, hi) in zip(axes, (("truth", reference, "gray", vmax), ("posterior mean", mean, "gray", vmax),
+                                                ("posterior std", std, "magma", top), ("|mean - truth|", error, "magma", top))):
+        shown = ax.imshow(img, cmap=cmap, vmin=0.0, vmax=hi)
+        if cmap != "gray":
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    if subtitle:
+        fig.suptitle(subtitle, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

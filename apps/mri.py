@@ -26,6 +26,7 @@ import torch
 from apps.argtypes import nonneg_int, open_fraction, positive_float
 from apps.ct import _device, add_run_options, format_table
 from apps.outputs import check_output, locked_output, remove_stale_images, write_metrics
+from apps.uncertainty import IMAGES, add_samples_option, check_samples, posterior_metrics, run_method, write_uncertainty
 from data.hdf5 import write_reconstructions
 from data.mri import KSpaceData, read_kspace
 from operators.coils import calibration_region, espirit_maps
@@ -67,6 +68,7 @@ def add_parser(sub) -> None:
                    help="--method tv with anisotropic TV (the sum of |differences|, as SigPy and BART) instead of "
                         "the isotropic default")
     add_run_options(p, MRI_METHODS, ", ".join(CLASSIC), "recon.mri", "cg-sense/tv")
+    add_samples_option(p)
     p.set_defaults(run=run)
 
 
@@ -119,22 +121,25 @@ def run(args) -> int:
         raise ValueError(f"--weights: only --method {diffusion_names()} use a model")
     if args.anisotropic and "tv" not in methods:
         raise ValueError(f"--anisotropic: only --method tv has an anisotropic form; the methods are {', '.join(methods)}")
+    sampled = check_samples(args.samples, methods)
     model = None if not learned else load_model(args.weights or builtin("score"), task="score", device=device)
     y = torch.as_tensor(kspace, device=device)[None]
     A, maps = operator(y, torch.as_tensor(mask, device=device))
     A = A.to(device)
     print(f"recon mri: {args.input}: {y.shape[1]} coil(s), {y.shape[2]} x {y.shape[3]}, {how}, on {device}")
     ref = None if reference is None else torch.as_tensor(reference, device=device)[None, None]
-    results, metrics = {}, {}
+    results, metrics, drawn = {}, {}, None
     with locked_output(args.output):
         for method in methods:
-            r = reconstruct_mri(A, y, method, lam=args.lam, iterations=args.iterations, progress=not args.no_progress,
-                                **({"model": model} if method in learned else {}),
-                                **({"isotropic": False} if args.anisotropic and method == "tv" else {}))
+            r, p = run_method(reconstruct_mri, A, y, method, sampled, args.samples, lam=args.lam,
+                              iterations=args.iterations, progress=not args.no_progress,
+                              **({"model": model} if method in learned else {}),
+                              **({"isotropic": False} if args.anisotropic and method == "tv" else {}))
             results[method] = r
-            metrics[method] = _metrics(A, r, y, ref)
-        _write_outputs(args.output, results, metrics, reference, mask, maps, how)
-        remove_stale_images(args.output, MRI_METHODS, results)
+            metrics[method] = _metrics(A, r, y, ref) | ({} if p is None else posterior_metrics(p, ref))
+            drawn = p or drawn
+        _write_outputs(args.output, results, metrics, reference, mask, maps, how, drawn)
+        remove_stale_images(args.output, (*MRI_METHODS, *IMAGES), [*results, *(IMAGES if drawn else ())])
     print(format_table(metrics, COLUMNS))
     print(f"outputs in {args.output}/")
     return 0
@@ -153,7 +158,7 @@ def _metrics(A, r, y, ref) -> dict:
     return m
 
 
-def _write_outputs(out: Path, results: dict, metrics: dict, reference, mask, maps, how: str) -> None:
+def _write_outputs(out: Path, results: dict, metrics: dict, reference, mask, maps, how: str, drawn=None) -> None:
     from apps.figures import comparison_figure, save_image, save_panels
 
     images = {name: r.x[0, 0].abs().detach().cpu().numpy() for name, r in results.items()}
@@ -163,8 +168,11 @@ def _write_outputs(out: Path, results: dict, metrics: dict, reference, mask, map
     save_image(out / "mask.png", np.asarray(mask, dtype=np.float32), 0.0, 1.0)
     if maps is not None:
         save_panels(out / "maps.png", {f"coil {c}": m for c, m in enumerate(maps[0].abs().cpu().numpy())}, 0.0, 1.0)
+    extra = {"mask": np.asarray(mask, dtype=bool)}
+    if drawn is not None:
+        extra.update(write_uncertainty(out, drawn, reference, vmax, metrics[drawn.method]))
     params = {name: {**r.parameters, "iterations_run": r.iterations} for name, r in results.items()}
     write_reconstructions(out / "reconstructions.h5", images, {"modality": "mri", "sampling": how}, params,
-                          units="magnitude, scale of the input", extra={"mask": np.asarray(mask, dtype=bool)})
+                          units="magnitude, scale of the input", extra=extra)
     write_metrics(out / "metrics.json", metrics)
     comparison_figure(out / "comparison.png", images, metrics, reference, vmax)

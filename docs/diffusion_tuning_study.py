@@ -1,4 +1,4 @@
-"""Tuning RED-Diff and DiffPIR on tuning phantoms (not the benchmark's): a grid over each solver's
+"""Tuning RED-Diff, DiffPIR, DPS and score-PC on tuning phantoms (not the benchmark's): a grid over each solver's
 settings, PSNR and seconds per reconstruction, parallel beam, 60 views, 1% noise.
 
 The problems are set up as ``reconstruct`` sets them up (``recon.diffusion_recon``): the FBP
@@ -10,7 +10,8 @@ estimated from the sinogram. The tuning phantoms are random ellipses of seeds 10
         --grid lam=0.5,1,2 --grid zeta=0,0.3 --grid steps=50 [--size 128] [--seeds 100,101,102]
         [--json out.json]
 
-``--grid`` names any keyword of ``recon.red_diff.REDDiff`` or ``recon.diffpir.DiffPIR`` (numbers;
+``--grid`` names any keyword of ``recon.red_diff.REDDiff``, ``recon.diffpir.DiffPIR``, ``recon.dps.DPS``
+or ``recon.score_pc.ScorePC`` (numbers;
 ``renoise`` as 0/1), ``t_start``: timesteps evenly spaced from it down to 0 (``steps`` of them),
 ``ensemble`` (1, 4, 8: the prior's geometric self-ensemble) and ``cg_iterations`` (the data step's);
 every combination is run on every phantom. ``--init tv`` starts from TV at its default weight
@@ -36,6 +37,7 @@ from operators import ParallelBeam2D  # noqa: E402
 from priors import L2Fidelity  # noqa: E402
 from recon.diffpir import DiffPIR  # noqa: E402
 from recon.diffusion_recon import dpir_timesteps  # noqa: E402
+from recon.dps import DPS  # noqa: E402
 from recon.fbp import fbp  # noqa: E402
 from recon.lambda_rule import estimate_noise_std  # noqa: E402
 from recon.metrics import psnr  # noqa: E402
@@ -43,6 +45,7 @@ from recon.models import load_model  # noqa: E402
 from recon.problem import Problem  # noqa: E402
 from recon.reconstruct import reconstruct  # noqa: E402
 from recon.red_diff import REDDiff  # noqa: E402
+from recon.score_pc import ScorePC  # noqa: E402
 
 INTEGERS = ("steps", "seed", "renoise", "t_start", "ensemble", "cg_iterations")
 
@@ -63,6 +66,8 @@ def solve(method: str, network, A, y, settings: dict, init: str = "fbp") -> torc
     prob = Problem((1.0 / norm_sq) * L2Fidelity(A, y, cg_iterations=settings.pop("cg_iterations", 50)))
     if method == "red-diff":
         solver = REDDiff(network, **settings)
+    elif method in ("dps", "score-pc"):  # from noise: the start gives only the shape
+        solver = DPS(network, **settings) if method == "dps" else ScorePC(network, **settings)
     else:
         nu = float(estimate_noise_std(y).mean())
         solver = DiffPIR(network, noise_std=nu / norm_sq ** 0.5, **settings)
@@ -80,7 +85,7 @@ def parse_grid(items: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=None)
-    ap.add_argument("--method", choices=("red-diff", "diffpir", "tv"), required=True)
+    ap.add_argument("--method", choices=("red-diff", "diffpir", "dps", "score-pc", "tv"), required=True)
     ap.add_argument("--grid", action="append", default=[])
     ap.add_argument("--init", choices=("fbp", "tv"), default="fbp")
     ap.add_argument("--size", type=int, default=128)

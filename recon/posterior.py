@@ -29,7 +29,8 @@ SAMPLERS = ("dps", "diffpir", "score-pc")
 
 @dataclass
 class Posterior:
-    """``mean`` and ``std`` shaped like one reconstruction ``(B, *image)``; ``samples`` ``(N, B, *image)``."""
+    """``mean`` and ``std`` shaped like one reconstruction ``(B, *image)``; ``samples`` ``(N, B, *image)``;
+    ``iterations`` the sampler's steps per draw."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -37,6 +38,7 @@ class Posterior:
     method: str
     seconds: float
     parameters: dict = field(default_factory=dict)
+    iterations: int = 0
 
 
 def posterior(A, y: torch.Tensor, method: str = "dps", samples: int = 16, **kwargs) -> Posterior:
@@ -72,7 +74,7 @@ def posterior(A, y: torch.Tensor, method: str = "dps", samples: int = 16, **kwar
     mean = draws.mean(0)
     std = ((draws - mean).abs().pow(2).sum(0) / (n - 1)).sqrt()
     return Posterior(mean, std, draws, method, time.perf_counter() - started,
-                     {**r.parameters, "samples": n, "seconds_per_sample": r.seconds / (n * batch)})
+                     {**r.parameters, "samples": n, "seconds_per_sample": r.seconds / (n * batch)}, r.iterations)
 
 
 def calibration(p: Posterior, truth: torch.Tensor, level: float = 0.9) -> dict:

@@ -12,6 +12,13 @@ from recon.metrics import psnr
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def _block(marker: str) -> str:
+    """The README's one Python block that contains ``marker``."""
+    found = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if marker in b]
+    assert len(found) == 1, f"{len(found)} README Python blocks contain {marker!r}"
+    return found[0]
+
+
 def test_readme_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README has no python example"
@@ -58,10 +65,18 @@ def test_readme_adaptive_priors_example_runs():
 
 def test_readme_unrolled_example_runs():
     """The unrolled-ISTA block trains: every layer's step moves away from the classical 1/||A||^2."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    code = blocks[3]
-    assert "UnrolledISTA" in code
+    code = _block("UnrolledISTA")
     torch.manual_seed(0)
     scope: dict = {}
     exec(compile(code, str(README), "exec"), scope)
     assert bool((scope["net"].multipliers("eta") > 1.2).all())
+
+
+def test_readme_posterior_example_runs():
+    """The posterior block draws its samples and calibrates them against the phantom."""
+    scope: dict = {}
+    exec(compile(_block("posterior("), str(README), "exec"), scope)
+    p, truth = scope["p"], scope["truth"]
+    assert p.samples.shape == (4, 1, 1, 64, 64) and bool((p.std > 0).all())
+    c = scope["calibration"](p, truth)
+    assert 0 <= c["coverage"][0] <= 1 and -1 <= c["pearson"][0] <= 1
