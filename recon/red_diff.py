@@ -74,6 +74,12 @@ class DiffusionSolver(Solver):
         if problem.prior is not None or problem.K is not None:
             raise ValueError(f"problem.prior: {self.label}'s regulariser is its DiffusionPrior; expected a problem "
                              "with a data term only")
+        fidelity, _ = _least_squares(problem.data)
+        try:  # every step needs A^H (a gradient, a data step or a projection): refuse before any work
+            fidelity.A.adjoint(fidelity.y)
+        except NotImplementedError:
+            raise TypeError(f"A: {self.label} needs the operator's adjoint A^H, and {type(fidelity.A).__name__} "
+                            "(or an operator inside it) defines none (implement _adjoint)") from None
         self._generator = torch.Generator(device=x0.device).manual_seed(self.seed)
 
 

@@ -81,8 +81,12 @@ def test_bad_arguments_are_named(ct, model):
     for bad in (1, 0, -2, 2.5, "4"):
         with pytest.raises(ValueError, match="samples: expected an integer >= 2"):
             posterior(A, y, "dps", samples=bad, model=model)
-    with pytest.raises(ValueError, match="method: posterior samples need a sampler, one of dps, diffpir, score-pc; got 'tv'"):
+    with pytest.raises(ValueError, match="method: posterior samples need a sampler, one of dps, diffpir, score-pc; "
+                                         "got 'tv'"):
         posterior(A, y, "tv", samples=4)
+    with pytest.raises(ValueError, match="model: expected a 'score' model, got a 'lpn' model"):
+        posterior(A, y, "score-pc", samples=2, model=TrainedModel("lpn", build_network("lpn", {"hidden": 4,
+                                                                                                "strides": [1]})))
     good, truth = _draws(1.0)
     with pytest.raises(ValueError, match=r"truth: expected shape \(1, 1, 64, 64\)"):
         calibration(good, truth[..., :32])

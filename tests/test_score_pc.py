@@ -10,8 +10,12 @@ import torch
 
 from data.phantoms import shepp_logan
 from operators import CartesianMRI, MultiCoilMRI, ParallelBeam2D
+from operators.base import LinearOperator
 from operators.matrix import MatrixOperator
 from priors import L2Fidelity
+from priors.diffusion import DiffusionPrior
+from recon.diffpir import DiffPIR
+from recon.dps import DPS
 from recon.fbp import fbp
 from recon.problem import Problem
 from recon.score_pc import ScorePC, projection_for
@@ -159,3 +163,23 @@ def test_projection_choice_and_argument_errors():
         ScorePC(prior, steps=2, projection="fft").run(Problem(L2Fidelity(A, y)), y)
     with pytest.raises(ValueError, match="projection: 'fbp' needs a 2D CT operator .* got MatrixOperator"):
         ScorePC(prior, steps=2, projection="fbp").run(Problem(L2Fidelity(A, y)), y)
+
+
+class _NoAdjoint(LinearOperator):
+    """An operator with a forward map and no adjoint."""
+
+    def __init__(self):
+        super().__init__((1, 8, 8), (1, 8, 8))
+
+    def _forward(self, x):
+        return 2 * x
+
+
+@pytest.mark.parametrize("make", [lambda p: ScorePC(p, steps=3), lambda p: DPS(p, steps=3),
+                                  lambda p: DiffPIR(p, 0.1, steps=3)], ids=["score-pc", "dps", "diffpir"])
+def test_an_operator_without_an_adjoint_is_refused_before_any_step(make):
+    prior = DiffusionPrior(lambda x, s: x / (1 + s ** 2), preconditioned=False)
+    y = torch.ones(1, 1, 8, 8)
+    solver = make(prior)
+    with pytest.raises(TypeError, match=r"A: .* needs the operator's adjoint A\^H, and _NoAdjoint .*defines none"):
+        solver.run(Problem(L2Fidelity(_NoAdjoint(), y)), y)
