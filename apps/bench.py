@@ -233,15 +233,14 @@ def run_quality(args) -> int:
 
 def _models(args, methods) -> dict:
     """The trained models of the learned methods among ``methods`` (shipped ones by default)."""
-    from recon.models import load_model, shipped
+    from recon.models import check_shipped, load_model, shipped
 
     wanted = {"lpn": (args.lpn_weights, "lpn"), "svtv-net": (args.svtv_weights, "svtv-weights"),
               "pnp": (args.pnp_weights, "denoiser"), **{m: (args.score_weights, "score") for m in DIFFUSION},
               "rising": (args.rising_weights, "rising"), "lpd": (args.lpd_weights, "lpd")}
     for method, task in (("pnp", "denoiser"), ("rising", "rising"), ("lpd", "lpd")):
-        if method in methods and wanted[method][0] is None and shipped(task) is None:
-            raise ValueError(f"--{method}-weights: --method {method} needs a trained {task} model (`recon train "
-                             f"{task}`; none is shipped)")
+        if method in methods and wanted[method][0] is None:
+            check_shipped(method, task, f"--{method}-weights")
     trained = [m for m in TRAINED if m in methods]
     if trained and "htc2022" in args.datasets and args.htc is not None:
         raise ValueError(f"--method {trained[0]}: a {trained[0]} model serves the geometry it was trained for "

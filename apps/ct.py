@@ -27,7 +27,7 @@ from data.phantoms import random_ellipses, shepp_logan
 from data.training import CouleLikeDataset
 from operators.ct import FanBeam2D, ParallelBeam2D, ct_operator
 from recon.metrics import psnr, ssim
-from recon.models import check_geometry, load_model, shipped
+from recon.models import check_geometry, check_shipped, load_model, shipped
 from recon.reconstruct import ESTIMATES, METHODS, VARIATIONAL, reconstruct
 
 PHANTOMS = ("shepp-logan", "ellipses", "coule")
@@ -229,9 +229,8 @@ def run(args) -> int:
     sampled = check_samples(args.samples, methods)
     models = _models(args.weights or [], methods)
     for method, task in (("pnp", "denoiser"), ("rising", "rising"), ("lpd", "lpd")):
-        if method in methods and method not in models and shipped(task) is None:
-            raise ValueError(f"--weights: --method {method} needs a trained {task} model (none is shipped): `recon "
-                             f"train {task} --data ... --output DIR`, then --weights DIR/model.safetensors")
+        if method in methods and method not in models:
+            check_shipped(method, task, "--weights")
     trained = [m for m in ("rising", "lpd") if m in methods]
     for method in trained:  # a model serves the geometry it was trained for: check before any work
         if method not in models:

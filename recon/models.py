@@ -38,7 +38,8 @@ from recon.diffusion_recon import check_init
 from recon.params import check_integer, check_number
 
 __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "load_model", "save_model", "builtin",
-           "BUILTIN", "shipped", "CT_METHOD", "CT_METHODS", "CARD_SETTINGS", "geometry_of", "check_geometry"]
+           "BUILTIN", "shipped", "check_shipped", "CT_METHOD", "CT_METHODS", "CARD_SETTINGS", "geometry_of",
+           "check_geometry"]
 
 TASKS = ("lpn", "svtv-weights", "denoiser", "score", "rising", "lpd")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -230,6 +231,22 @@ def shipped(task: str) -> Path | None:
     """
     name = "score" if task == "score" else CT_METHOD.get(task)  # the others are named by their method
     return builtin(name) if name in BUILTIN else None
+
+
+def check_shipped(method: str, task: str, flag: str) -> None:
+    """A ``ValueError`` naming ``flag`` (the option that gives a model) when no ``task`` model is shipped
+    for ``method``: the apps' check before any work.
+
+    Example:
+        >>> check_shipped("red-diff", "score", "--weights")       # shipped: nothing to say
+        >>> check_shipped("pnp", "denoiser", "--weights")
+        Traceback (most recent call last):
+        ...
+        ValueError: --weights: --method pnp needs a trained denoiser model (none is shipped): `recon train denoiser --data ... --output DIR`, then --weights DIR/model.safetensors
+    """
+    if shipped(task) is None:
+        raise ValueError(f"{flag}: --method {method} needs a trained {task} model (none is shipped): `recon train "
+                         f"{task} --data ... --output DIR`, then {flag} DIR/model.safetensors")
 
 
 def builtin(name: str) -> Path:
