@@ -34,7 +34,7 @@ from recon.lambda_rule import _backprojected_noise_rms
 from recon.linear import CGLS
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
-from recon.reconstruct import Reconstruction, _load
+from recon.reconstruct import Reconstruction, _load, check_samples, summarise_draws
 
 __all__ = ["MRI_METHODS", "reconstruct_mri", "zero_filled", "estimate_kspace_noise_std",
            "default_mri_tv_lambda", "data_consistency"]
@@ -121,7 +121,7 @@ def data_consistency(A, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str = "tv",
                     lam: float | None = None, iterations: int | None = None,
                     noise_std: float | None = None, progress: bool = False, model=None,
-                    isotropic: bool = True) -> Reconstruction:
+                    isotropic: bool = True, samples: int | None = None) -> Reconstruction:
     """Reconstruct k-space ``y`` with one of ``MRI_METHODS``.
 
     Args:
@@ -136,6 +136,7 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
         model: the diffusion methods' score model (``recon train score``; a file or a loaded model).
         isotropic: TV's norm of the complex gradient: per pixel over both directions (True), or the
             sum of the moduli of each difference (False, anisotropic: SigPy's and BART's TV).
+        samples: ``N >= 2`` draws per item of a sampler, as in ``recon.reconstruct.reconstruct``.
 
     Returns:
         A ``Reconstruction`` whose ``x`` is complex ``(B, 1, H, W)`` (real RSS for zero-filled).
@@ -172,6 +173,12 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
         raise TypeError(f"isotropic: expected True or False, got {isotropic!r}")
     if not isotropic and method != "tv":
         raise ValueError(f"isotropic: only method 'tv' has an anisotropic form, not {method!r}")
+    if samples is not None:
+        n = check_samples(samples, method)
+        r = _reconstruct_mri(A, y.repeat_interleave(n, dim=0), method, lam, iterations, noise_std, progress, model,
+                             isotropic)
+        check_finite_result(r.x, method)
+        return summarise_draws(r, n)
     r = _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model, isotropic)
     check_finite_result(r.x, method)
     return r

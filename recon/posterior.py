@@ -4,14 +4,14 @@ deviation and the samples; ``calibration`` says how far the standard deviation c
 error bar, given the truth.
 
 The samplers are the stochastic diffusion methods of ``recon.reconstruct`` / ``recon.mri``
-(``SAMPLERS``): each chain starts from its own noise and draws its own noise, all from the method's
-one seeded generator, so the same call gives the same samples. A complex image (MRI) has the
-standard deviation of its complex samples, ``sqrt(mean |x - mean|^2)``.
+(``SAMPLERS``), and ``posterior`` is their ``samples=N`` (``reconstruct(A, y, method, samples=N)``)
+seen as a posterior: each chain starts from its own noise and draws its own noise, all from the
+method's one seeded generator, so the same call gives the same samples. A complex image (MRI) has
+the standard deviation of its complex samples, ``sqrt(sum |x - mean|^2 / (N - 1))``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -19,12 +19,9 @@ import torch
 from operators import CartesianMRI, MultiCoilMRI
 from recon.mri import reconstruct_mri
 from recon.params import check_integer
-from recon.reconstruct import reconstruct
+from recon.reconstruct import SAMPLERS, reconstruct
 
 __all__ = ["SAMPLERS", "Posterior", "posterior", "calibration"]
-
-#: the methods whose runs are draws from an (approximate) posterior
-SAMPLERS = ("dps", "diffpir", "score-pc")
 
 
 @dataclass
@@ -67,14 +64,8 @@ def posterior(A, y: torch.Tensor, method: str = "dps", samples: int = 16, **kwar
     if not isinstance(y, torch.Tensor) or y.ndim < 2:
         raise TypeError(f"y: expected a batched tensor (B, ...), got {getattr(y, 'shape', type(y).__name__)}")
     solve = reconstruct_mri if isinstance(A, (CartesianMRI, MultiCoilMRI)) else reconstruct
-    started = time.perf_counter()
-    batch = y.shape[0]
-    r = solve(A, y.repeat_interleave(n, dim=0), method, **kwargs)  # item b's draws are rows b*n .. b*n + n - 1
-    draws = r.x.reshape(batch, n, *r.x.shape[1:]).transpose(0, 1)
-    mean = draws.mean(0)
-    std = ((draws - mean).abs().pow(2).sum(0) / (n - 1)).sqrt()
-    return Posterior(mean, std, draws, method, time.perf_counter() - started,
-                     {**r.parameters, "samples": n, "seconds_per_sample": r.seconds / (n * batch)}, r.iterations)
+    r = solve(A, y, method, samples=n, **kwargs)
+    return Posterior(r.x, r.std, r.samples, method, r.seconds, r.parameters, r.iterations)
 
 
 def calibration(p: Posterior, truth: torch.Tensor, level: float = 0.9) -> dict:

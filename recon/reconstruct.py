@@ -71,7 +71,9 @@ class Reconstruction:
     """A reconstruction with what produced it.
 
     ``iterations`` is the number of iterations run (fewer than the cap when the solver met its
-    tolerance); ``parameters["max_iterations"]`` is the cap it was given.
+    tolerance); ``parameters["max_iterations"]`` is the cap it was given. With ``samples=N`` (a
+    sampler, ``SAMPLERS``) ``x`` is the mean of the ``N`` draws ``samples`` ``(N, B, *image)`` and
+    ``std`` their pixel-wise standard deviation (of the complex values for MRI).
     """
 
     x: torch.Tensor
@@ -80,6 +82,30 @@ class Reconstruction:
     seconds: float
     parameters: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)
+    std: torch.Tensor | None = None
+    samples: torch.Tensor | None = None
+
+
+#: the methods whose runs are draws from an (approximate) posterior: ``samples=N`` draws N of them
+SAMPLERS = ("dps", "diffpir", "score-pc")
+
+
+def check_samples(samples, method: str) -> int:
+    """``samples`` as an integer >= 2 for one of ``SAMPLERS``, else a ``ValueError`` naming it."""
+    n = check_integer("samples", samples, 2)
+    if method not in SAMPLERS:
+        raise ValueError(f"samples: only the samplers {', '.join(SAMPLERS)} draw posterior samples, not {method!r}")
+    return n
+
+
+def summarise_draws(r: Reconstruction, n: int) -> Reconstruction:
+    """``r`` of ``B * n`` items, item ``b``'s draws being rows ``b * n`` to ``b * n + n - 1``, as one
+    reconstruction per item: the mean, the std (``sqrt(sum |x - mean|^2 / (n - 1))``) and the draws."""
+    draws = r.x.reshape(-1, n, *r.x.shape[1:]).transpose(0, 1)
+    mean = draws.mean(0)
+    std = ((draws - mean).abs().pow(2).sum(0) / (n - 1)).sqrt()
+    params = {**r.parameters, "samples": n, "seconds_per_sample": r.seconds / r.x.shape[0]}
+    return Reconstruction(mean, r.method, r.iterations, r.seconds, params, r.history, std, draws)
 
 
 def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: float | str | None = None,
@@ -87,7 +113,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
                 filter: str = "ram-lak", noise_std: float | None = None,
                 estimate: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
                 eta: float | None = None, p: float | None = None, spread: int | None = None, radius: int | None = None,
-                sigma: float | None = None, model=None, support: str | None = None) -> Reconstruction:
+                sigma: float | None = None, model=None, support: str | None = None,
+                samples: int | None = None) -> Reconstruction:
     """Reconstruct ``y`` with one of ``METHODS``.
 
     Args:
@@ -110,6 +137,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         support: ``"disc"``: the variational methods also keep ``x`` inside the disc fitted to each
             sinogram's shadow, below the largest attenuation its rays allow (``recon.support``; for a
             disc-shaped object scanned over a short arc, as in HTC2022).
+        samples: ``N >= 2`` draws per item of a sampler (``SAMPLERS``) in one batched, seeded run:
+            ``x`` is their mean, ``std`` and ``samples`` are set (``Reconstruction``).
         progress: show a progress bar for iterative methods.
         filter: FBP filter.
         noise_std: the sinogram's noise standard deviation, if known (default rule and ``"auto"``).
@@ -151,6 +180,11 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
     """
     _check_parameters(method, lam, iterations, noise_std, estimate, model, eta=eta, p=p, spread=spread,
                       radius=radius, sigma=sigma)
+    if samples is not None:  # N draws per item in one batched run (seeded: the same call, the same draws)
+        n = check_samples(samples, method)
+        r = reconstruct(A, y.repeat_interleave(n, dim=0), method, lam, iterations, nonneg, progress, filter,
+                        noise_std, estimate, eta, p, spread, radius, sigma, model, support)
+        return summarise_draws(r, n)
     if support not in (None, "disc"):
         raise ValueError(f"support: expected None or 'disc', got {support!r}")
     if support is not None and (method not in VARIATIONAL or not nonneg):

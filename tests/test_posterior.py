@@ -92,3 +92,29 @@ def test_bad_arguments_are_named(ct, model):
         calibration(good, truth[..., :32])
     with pytest.raises(ValueError, match="level: expected a number in"):
         calibration(good, truth, level=1.5)
+
+
+def test_reconstruct_with_samples_is_the_posterior(ct, model):
+    """``reconstruct(..., samples=N)`` and ``reconstruct_mri(..., samples=N)`` give the mean as ``x``
+    with ``std`` and ``samples`` set: the same draws as ``posterior``; other methods refuse ``samples``."""
+    from recon.mri import reconstruct_mri
+    from recon.reconstruct import reconstruct
+
+    A, y = ct
+    r = reconstruct(A, y, "score-pc", model=model, iterations=4, samples=3)
+    p = posterior(A, y, "score-pc", samples=3, model=model, iterations=4)
+    torch.testing.assert_close(r.samples, p.samples, rtol=0, atol=0)
+    torch.testing.assert_close(r.x, p.mean, rtol=0, atol=0)
+    assert r.std.shape == r.x.shape == (2, 1, 16, 16) and r.parameters["samples"] == 3
+    assert reconstruct(A, y, "score-pc", model=model, iterations=4).std is None
+    with pytest.raises(ValueError, match="samples: only the samplers dps, diffpir, score-pc draw posterior samples, "
+                                         "not 'tv'"):
+        reconstruct(A, y, "tv", samples=3)
+    with pytest.raises(ValueError, match="samples: expected an integer >= 2"):
+        reconstruct(A, y, "dps", samples=1, model=model)
+    B = CartesianMRI(random_mask((16, 16), 4, 0.1, seed=0))
+    k = B(shepp_logan(16).to(torch.complex64))
+    m = reconstruct_mri(B, k, "dps", model=model, iterations=3, samples=2)
+    assert m.samples.shape == (2, 1, 1, 16, 16) and m.samples.is_complex() and not m.std.is_complex()
+    with pytest.raises(ValueError, match="samples: only the samplers"):
+        reconstruct_mri(B, k, "tv", samples=2)
