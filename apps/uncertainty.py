@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from recon.posterior import SAMPLERS, Posterior, calibration, posterior
-from recon.reconstruct import Reconstruction
+from recon.result import Reconstruction
 
 __all__ = ["IMAGES", "add_samples_option", "check_samples", "run_method", "posterior_metrics", "summary",
            "write_uncertainty"]

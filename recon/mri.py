@@ -34,7 +34,8 @@ from recon.lambda_rule import _backprojected_noise_rms
 from recon.linear import CGLS
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
-from recon.reconstruct import Reconstruction, _load, check_samples, summarise_draws
+from recon.reconstruct import _load
+from recon.result import Reconstruction, check_samples, summarise_draws
 
 __all__ = ["MRI_METHODS", "reconstruct_mri", "zero_filled", "estimate_kspace_noise_std",
            "default_mri_tv_lambda", "data_consistency"]

@@ -42,11 +42,12 @@ from recon.linear import CGLS, SIRT, TIKHONOV_ITERATIONS, tikhonov
 from recon.models import check_geometry
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
+from recon.result import SAMPLERS, Reconstruction, check_samples, summarise_draws
 from recon.rising import rising_iterations
 from recon.support import disc_bounds
 
-__all__ = ["METHODS", "ESTIMATES", "Reconstruction", "reconstruct", "estimate_noise_std", "default_tv_lambda",
-           "default_lambda"]
+__all__ = ["METHODS", "ESTIMATES", "SAMPLERS", "Reconstruction", "reconstruct", "estimate_noise_std",
+           "default_tv_lambda", "default_lambda"]
 
 METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv", "lpn",
            "pnp", *DIFFUSION, "rising", "lpd")
@@ -64,48 +65,6 @@ DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tikhonov": TIKHONOV_ITERATIONS, 
 PNP_RHO_FACTOR, PNP_CG_ITERATIONS = 0.5, 10
 #: each graphLa method's default pre-estimate
 GRAPHLA_ESTIMATES = {"graphla-fbp": "fbp", "graphla-tik": "tikhonov", "graphla-tv": "tv"}
-
-
-@dataclass
-class Reconstruction:
-    """A reconstruction with what produced it.
-
-    ``iterations`` is the number of iterations run (fewer than the cap when the solver met its
-    tolerance); ``parameters["max_iterations"]`` is the cap it was given. With ``samples=N`` (a
-    sampler, ``SAMPLERS``) ``x`` is the mean of the ``N`` draws ``samples`` ``(N, B, *image)`` and
-    ``std`` their pixel-wise standard deviation (of the complex values for MRI).
-    """
-
-    x: torch.Tensor
-    method: str
-    iterations: int
-    seconds: float
-    parameters: dict = field(default_factory=dict)
-    history: dict = field(default_factory=dict)
-    std: torch.Tensor | None = None
-    samples: torch.Tensor | None = None
-
-
-#: the methods whose runs are draws from an (approximate) posterior: ``samples=N`` draws N of them
-SAMPLERS = ("dps", "diffpir", "score-pc")
-
-
-def check_samples(samples, method: str) -> int:
-    """``samples`` as an integer >= 2 for one of ``SAMPLERS``, else a ``ValueError`` naming it."""
-    n = check_integer("samples", samples, 2)
-    if method not in SAMPLERS:
-        raise ValueError(f"samples: only the samplers {', '.join(SAMPLERS)} draw posterior samples, not {method!r}")
-    return n
-
-
-def summarise_draws(r: Reconstruction, n: int) -> Reconstruction:
-    """``r`` of ``B * n`` items, item ``b``'s draws being rows ``b * n`` to ``b * n + n - 1``, as one
-    reconstruction per item: the mean, the std (``sqrt(sum |x - mean|^2 / (n - 1))``) and the draws."""
-    draws = r.x.reshape(-1, n, *r.x.shape[1:]).transpose(0, 1)
-    mean = draws.mean(0)
-    std = ((draws - mean).abs().pow(2).sum(0) / (n - 1)).sqrt()
-    params = {**r.parameters, "samples": n, "seconds_per_sample": r.seconds / r.x.shape[0]}
-    return Reconstruction(mean, r.method, r.iterations, r.seconds, params, r.history, std, draws)
 
 
 def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: float | str | None = None,
