@@ -6,7 +6,7 @@ plug-and-play HQS, ``recon.diffpir``) from the pre-estimate, over the timesteps 
 ``DPIR_START`` down to 0 (noise levels 0.72 to 0.01: the pre-estimate's errors, not pure noise).
 A model card's table for the method (``"dpir": {"lam", "steps", "start", "init"}``, ``"diffpir":
 {"lam", "zeta", "steps"}``, ``"red-diff": {"lam", "lr", "steps", "start", "init"}``, ``"dps": {"lam",
-"steps"}``, ``"score-pc": {"lam", "snr", "steps"}``, each also ``"ensemble"``: the settings tuned for
+"steps"}``, ``"score-pc": {"lam", "snr", "steps", "final_projection"}``, each also ``"ensemble"``: the settings tuned for
 that model) replaces these defaults; ``lam`` and ``iterations`` given replace both. ``ensemble`` (1, 4
 or 8) denoises each image as the mean over its flips (and transposes):
 ``priors.denoiser.geometric_ensemble``, at that many times the network's work. ``init`` (``INITS``: ``"direct"`` or ``"tv"``) picks the pre-estimate: the direct
@@ -126,9 +126,9 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, pre_estimate: Call
     elif method == "dps":  # its residual is ||A x - y|| / ||A||: zeta does not depend on A's scale
         solver = DPS(prior, steps=steps, zeta=lam, progress=progress)
     elif method == "score-pc":  # its projection is free of A's and y's scale
-        snr = {"snr": tuned["snr"]} if "snr" in tuned else {}
-        solver = ScorePC(prior, steps=steps, lam=lam, progress=progress, **snr)
-        params.update(snr=solver.snr, projection=projection_for(A))
+        extra = {k: tuned[k] for k in ("snr", "final_projection") if k in tuned}
+        solver = ScorePC(prior, steps=steps, lam=lam, progress=progress, **extra)
+        params.update(snr=solver.snr, projection=projection_for(A), final_projection=solver.final_projection)
     else:
         nu = float(noise())  # in the data's units; the solver sees the scaled data
         if method == "diffpir":

@@ -59,6 +59,13 @@ def _ensemble(name: str, value) -> int:
     return check_ensemble(value, name)
 
 
+def _boolean(name: str, value) -> bool:
+    """``value`` if it is ``True`` or ``False``, else a ``ValueError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
+    return value
+
+
 #: the card settings ``recon.reconstruct`` uses, each with its check (other card entries are records only):
 #: iteration counts are bounded so that a card cannot ask for days of work
 CARD_SETTINGS = {
@@ -82,7 +89,7 @@ CARD_SETTINGS = {
     "dps": {"lam": lambda n, v: check_number(n, v, strict=False),
             "steps": lambda n, v: check_integer(n, v, 1, 1000), "ensemble": _ensemble},
     "score-pc": {"lam": lambda n, v: check_number(n, v, strict=False, below=1.0001),
-                 "snr": lambda n, v: check_number(n, v, strict=False),
+                 "snr": lambda n, v: check_number(n, v, strict=False), "final_projection": _boolean,
                  "steps": lambda n, v: check_integer(n, v, 1, 1000), "ensemble": _ensemble},
 }
 

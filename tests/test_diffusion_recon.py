@@ -12,7 +12,7 @@ import torch
 from apps.cli import main
 from data.phantoms import shepp_logan
 from operators import ParallelBeam2D
-from recon.models import TrainedModel, build_network, save_model
+from recon.models import TrainedModel, build_network, load_model, save_model
 from recon.reconstruct import reconstruct
 from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
 
@@ -237,7 +237,7 @@ def test_dps_is_the_dps_solver_on_the_scaled_data_term(problem, model):
     assert r.parameters["lam"] == 0.5 and r.iterations == 4
 
 
-def test_score_pc_is_the_score_pc_solver_with_the_operators_projection(problem, model):
+def test_score_pc_is_the_score_pc_solver_with_the_operators_projection(problem, model, tmp_path):
     from priors import L2Fidelity
     from recon.problem import Problem
     from recon.score_pc import ScorePC
@@ -246,6 +246,14 @@ def test_score_pc_is_the_score_pc_solver_with_the_operators_projection(problem, 
     r = reconstruct(A, y, "score-pc", model=model, iterations=4, lam=0.8)
     by_hand = ScorePC(model.network, steps=4, lam=0.8).run(Problem(L2Fidelity(A, y)), torch.zeros_like(A.adjoint(y))).x
     torch.testing.assert_close(r.x, by_hand)
-    assert r.parameters["projection"] == "fbp" and r.parameters["snr"] == 0.25
+    assert r.parameters["projection"] == "fbp" and r.parameters["snr"] == 0.25 and r.parameters["final_projection"]
     with pytest.raises(ValueError, match="lam: .*1"):
         reconstruct(A, y, "score-pc", model=model, iterations=4, lam=1.5)
+    card = {**model.card, "score-pc": {"lam": 0.8, "steps": 4, "snr": 0.1, "final_projection": False}}
+    tuned = reconstruct(A, y, "score-pc", model=TrainedModel("score", model.network, card))
+    solver = ScorePC(model.network, steps=4, lam=0.8, snr=0.1, final_projection=False)
+    torch.testing.assert_close(tuned.x, solver.run(Problem(L2Fidelity(A, y)), torch.zeros_like(r.x)).x)
+    weights = tmp_path / "bad.safetensors"
+    save_model(weights, model.network, "score", ARCH, **{"score-pc": {"final_projection": "no"}})
+    with pytest.raises(ValueError, match=r"bad.json: score-pc.final_projection: expected true or false, got 'no'"):
+        load_model(weights, task="score")
