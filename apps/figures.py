@@ -73,20 +73,25 @@ def std_map(path: Path, std: np.ndarray, title: str = "posterior std") -> None:
     plt.close(fig)
 
 
-def uncertainty_figure(path: Path, reference: np.ndarray, mean: np.ndarray, std: np.ndarray, vmax: float,
-                       subtitle: str = "") -> None:
-    """Truth, posterior mean, posterior std and |mean - truth|: the last two share one colour scale, so
-    where the error is large the std should be large too."""
+def uncertainty_panels(fig, axes, reference: np.ndarray, mean: np.ndarray, std: np.ndarray, vmax: float,
+                       titles: tuple[str, ...] = ("truth", "posterior mean", "posterior std", "|mean - truth|")) -> None:
+    """Truth, posterior mean, posterior std and |mean - truth| on four ``axes``: the last two share one
+    colour scale (with colour bars), so where the error is large the std should be large too."""
     error = np.abs(mean - reference)
     top = float(np.percentile(np.concatenate([std.ravel(), error.ravel()]), 99.5)) or 1.0
-    fig, axes = plt.subplots(1, 4, figsize=(13.6, 3.7))
-    for ax, (name, img, cmap, hi) in zip(axes, (("truth", reference, "gray", vmax), ("posterior mean", mean, "gray", vmax),
-                                                ("posterior std", std, "magma", top), ("|mean - truth|", error, "magma", top))):
-        shown = ax.imshow(img, cmap=cmap, vmin=0.0, vmax=hi)
-        if cmap != "gray":
+    for ax, title, img, coloured in zip(axes, titles, (reference, mean, std, error), (False, False, True, True)):
+        shown = ax.imshow(img, cmap="magma" if coloured else "gray", vmin=0.0, vmax=top if coloured else vmax)
+        if coloured:
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
-        ax.set_title(name, fontsize=10)
+        ax.set_title(title, fontsize=9)
         ax.axis("off")
+
+
+def uncertainty_figure(path: Path, reference: np.ndarray, mean: np.ndarray, std: np.ndarray, vmax: float,
+                       subtitle: str = "") -> None:
+    """``uncertainty_panels`` in one row, titled ``subtitle``."""
+    fig, axes = plt.subplots(1, 4, figsize=(13.6, 3.7))
+    uncertainty_panels(fig, axes, reference, mean, std, vmax)
     if subtitle:
         fig.suptitle(subtitle, fontsize=10)
     fig.tight_layout()

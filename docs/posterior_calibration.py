@@ -7,7 +7,8 @@ The phantoms are ``recon bench quality``'s held-out ones (Shepp-Logan and random
 0, 1, ...; parallel beam over 180 deg, 1% noise), at ``--size``; the sampler runs with the shipped
 diffusion prior, ``--steps`` and ``--lam`` (its weight: DPS's zeta, score-PC's projection weight). Results are appended
 one phantom per line to ``--jsonl`` as they finish, and phantoms already there are skipped, so an
-interrupted run resumes.
+interrupted run resumes. ``--save DIR`` keeps each phantom's truth, mean and std for figures
+(``docs/posterior_figure.py``).
 
     python docs/posterior_calibration.py --method score-pc --samples 16 --size 128 --ellipses 4 \\
         --steps 300 --lam 1 --jsonl docs/posterior_calibration.jsonl
@@ -23,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from apps.ct import simulate  # noqa: E402
@@ -44,6 +46,7 @@ def main() -> None:
     ap.add_argument("--lam", type=float, required=True)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jsonl", type=Path, required=True)
+    ap.add_argument("--save", type=Path, default=None, help="folder for each phantom's truth, mean, std (.npz)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     done = set()
@@ -70,6 +73,10 @@ def main() -> None:
                "pearson_std_error": c["pearson"][0], "coverage_90": c["coverage"][0],
                "seconds_per_sample": round(p.parameters["seconds_per_sample"], 2), "threads": args.threads,
                "finished": time.strftime("%Y-%m-%d %H:%M")}
+        if args.save is not None:
+            args.save.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(args.save / f"{name}_{args.method}_{args.size}.npz", truth=truth[0, 0].numpy(),
+                                mean=p.mean[0, 0].numpy(), std=p.std[0, 0].numpy(), row=json.dumps(row))
         with open(args.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
