@@ -15,8 +15,9 @@ the shipped models unless ``--lpn-weights`` / ``--svtv-weights`` name others: ``
 with the learned proximal network), ``svtv-net`` (SV-TV with the weight network's edge map) and,
 for comparison, ``svtv-fbp`` (SV-TV with FBP as the pre-estimate); ``pnp`` is PnP-ADMM with the
 denoiser ``--pnp-weights`` (none is shipped); ``red-diff``, ``diffpir``, ``dpir``, ``dps`` and ``score-pc``
-use the shipped diffusion prior unless ``--score-weights`` names another; ``rising`` (TV's first iterations completed
-by a network) the model ``--rising-weights``, ``lpd`` (learned primal-dual) ``--lpd-weights``.
+use the shipped diffusion prior unless ``--score-weights`` names another; ``rising`` (TV's first iterations
+completed by a network) the model ``--rising-weights``, ``lpd`` (learned primal-dual) ``--lpd-weights``,
+``unrolled-ista`` ``--unrolled-ista-weights``.
 
 Writes ``<output>/quality.json`` (settings, per-case metrics, mean and std per dataset),
 ``quality.md`` (the table), ``quality.png`` (Shepp-Logan and the first HTC2022 case), and
@@ -40,13 +41,13 @@ from apps.ct import _device, _metrics, simulate
 from data.hdf5 import CTData, atomic_path
 from operators.ct import ct_operator
 from recon.diffusion_recon import DIFFUSION
-from recon.reconstruct import PNP, reconstruct
+from recon.reconstruct import PNP, TRAINED_FOR_GEOMETRY, reconstruct
 
 QUALITY_METHODS = ("fbp", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")
 #: run when asked for with --method
-LEARNED_METHODS = ("svtv-fbp", "svtv-net", "lpn", "pnp", *DIFFUSION, "rising", "lpd")
+LEARNED_METHODS = ("svtv-fbp", "svtv-net", "lpn", "pnp", *DIFFUSION, *TRAINED_FOR_GEOMETRY)
 DIRECT = ("fbp", "tikhonov")  # no weight, no iteration option
-TRAINED = ("rising", "lpd")  # trained for one geometry: weight and iterations from the model
+TRAINED = TRAINED_FOR_GEOMETRY  # trained for one geometry: weight and iterations from the model
 
 
 #: the library's argument names (in error messages) that this command's options set
@@ -85,6 +86,8 @@ def add_parser(sub) -> None:
                    help="rising: the RISING network (recon train rising)")
     q.add_argument("--lpd-weights", type=Path, default=None, metavar="FILE",
                    help="lpd: the learned primal-dual network (recon train lpd)")
+    q.add_argument("--unrolled-ista-weights", type=Path, default=None, metavar="FILE",
+                   help="unrolled-ista: the unrolled ISTA network (recon train unrolled-ista)")
     q.add_argument("--svtv-weights", type=Path, default=None, metavar="FILE",
                    help="svtv-net: the weight network (default shipped)")
     q.add_argument("--lam", choices=("default", "auto"), default="default",
@@ -156,7 +159,7 @@ def _run_case(data: CTData, methods, args, device, earlier: dict | None = None,
         if method in LEARNED_METHODS:
             extra = {"svtv-fbp": {"estimate": "fbp"}, "svtv-net": {"model": models.get("svtv-net")},
                      "lpn": {"model": models.get("lpn")}, "pnp": {"model": models.get("pnp")},
-                     **{m: {"model": models.get(m)} for m in (*DIFFUSION, "rising", "lpd")}}[method]
+                     **{m: {"model": models.get(m)} for m in (*DIFFUSION, *TRAINED)}}[method]
         if method in ("svtv", "graphla-tv"):
             def tv_estimate(_y, x=tv_x):
                 return x
@@ -237,8 +240,9 @@ def _models(args, methods) -> dict:
 
     wanted = {"lpn": (args.lpn_weights, "lpn"), "svtv-net": (args.svtv_weights, "svtv-weights"),
               "pnp": (args.pnp_weights, "denoiser"), **{m: (args.score_weights, "score") for m in DIFFUSION},
-              "rising": (args.rising_weights, "rising"), "lpd": (args.lpd_weights, "lpd")}
-    for method, task in (("pnp", "denoiser"), ("rising", "rising"), ("lpd", "lpd")):
+              "rising": (args.rising_weights, "rising"), "lpd": (args.lpd_weights, "lpd"),
+              "unrolled-ista": (args.unrolled_ista_weights, "unrolled-ista")}
+    for method, task in (("pnp", "denoiser"), *((m, m) for m in TRAINED)):
         if method in methods and wanted[method][0] is None:
             check_shipped(method, task, f"--{method}-weights")
     trained = [m for m in TRAINED if m in methods]

@@ -28,7 +28,7 @@ from data.training import CouleLikeDataset
 from operators.ct import FanBeam2D, ParallelBeam2D, ct_operator
 from recon.metrics import psnr, ssim
 from recon.models import check_geometry, check_shipped, load_model, shipped
-from recon.reconstruct import ESTIMATES, METHODS, VARIATIONAL, reconstruct
+from recon.reconstruct import ESTIMATES, METHODS, TRAINED_FOR_GEOMETRY, VARIATIONAL, reconstruct
 
 PHANTOMS = ("shepp-logan", "ellipses", "coule")
 
@@ -228,10 +228,10 @@ def run(args) -> int:
         raise ValueError("--estimate: only the svtv method uses it; add --method svtv")
     sampled = check_samples(args.samples, methods)
     models = _models(args.weights or [], methods)
-    for method, task in (("pnp", "denoiser"), ("rising", "rising"), ("lpd", "lpd")):
+    for method, task in (("pnp", "denoiser"), *((m, m) for m in TRAINED_FOR_GEOMETRY)):
         if method in methods and method not in models:
             check_shipped(method, task, "--weights")
-    trained = [m for m in ("rising", "lpd") if m in methods]
+    trained = [m for m in TRAINED_FOR_GEOMETRY if m in methods]
     for method in trained:  # a model serves the geometry it was trained for: check before any work
         if method not in models:
             models[method] = load_model(shipped(method), task=method)

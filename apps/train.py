@@ -6,6 +6,7 @@
     recon train score        --data ellipses --output runs/score  (a diffusion prior, priors.diffusion)
     recon train rising       --data ellipses --output runs/rising (TV's first iterations -> converged TV)
     recon train lpd          --data ellipses --output runs/lpd    (learned primal-dual, whole images)
+    recon train unrolled-ista --data ellipses --output runs/ista  (unrolled ISTA with CNN proxes, whole images)
     recon train denoiser     --data ellipses --count 40 --size 128 --steps 50 --output runs/try  (a quick try)
     recon train score        --init score --data FOLDER --output runs/ft  (fine-tune the shipped diffusion prior)
 
@@ -17,12 +18,15 @@ validation sets by seed. The config file (TOML or JSON) has up to four tables, e
     [data]   count, size, seed, val_fraction       (count and size for the generators)
     [model]  the network's keyword arguments        (priors.nets.ICNN for lpn, NoiseUNet plus sigma_data
                                                      and sigma_range for score, LearnedPrimalDual for lpd,
-                                                     UNet otherwise; RisingNet wraps it for rising)
+                                                     UnrolledISTANet for unrolled-ista, UNet otherwise; RisingNet wraps it for rising)
     [task]   lpn: sigma, patch_size, patches_per_image, pretrain_fraction, pretrain_lr, lr, augment
              denoiser: sigma, patch_size, patches_per_image, augment
              svtv-weights: views, noise, patch_size, patches_per_image
              rising: views, noise, iterations (TV's, of the input), patch_size, patches_per_image
              lpd: views, noise
+             unrolled-ista: views, noise, loss ("supervised": MSE to the image; "unsupervised": the
+                    objective at the output, ||A x - y||^2 / (2 ||A||^2) + tv TV(x) on the FBP's intensity
+                    scale, no image needed), tv
              score: patch_size, patches_per_image, augment, p_mean, p_std (log-normal noise levels,
                     clamped to the model's sigma_range), val_sigmas (validation PSNR at each)
     [train]  recon.trainer.TrainConfig fields (steps, batch_size, lr, val_every, checkpoint_every, ...)
@@ -78,6 +82,11 @@ DEFAULTS["rising"] = {
 DEFAULTS["lpd"] = {
     "model": {"iterations": 10, "primal": 5, "dual": 5, "hidden": 32},
     "task": {"views": 60, "noise": 0.01},
+    "train": {"steps": 2000, "batch_size": 4, "lr": 1e-3, "scheduler": "cosine", "grad_clip": 1.0, "val_every": 250,
+              "checkpoint_every": 250}}
+DEFAULTS["unrolled-ista"] = {
+    "model": {"layers": 10, "hidden": 32},
+    "task": {"views": 60, "noise": 0.01, "loss": "supervised", "tv": 0.0},
     "train": {"steps": 2000, "batch_size": 4, "lr": 1e-3, "scheduler": "cosine", "grad_clip": 1.0, "val_every": 250,
               "checkpoint_every": 250}}
 DEFAULTS["score"] = {
@@ -354,7 +363,7 @@ def build(task: str, cfg: dict, images: torch.Tensor, output: Path, progress: bo
 
     if task == "score":
         return _score(network, t, images, train_idx, val_idx, seed, extra)
-    if task in ("rising", "lpd"):
+    if task in ("rising", "lpd", "unrolled-ista"):
         from apps.train_unrolled import build_lpd, build_rising
 
         build_task = build_rising if task == "rising" else build_lpd

@@ -9,7 +9,11 @@ by ``x_k``'s intensity scale, so the network learns a unit-free map.
 
 ``lpd``: learned primal-dual (``priors.nets.LearnedPrimalDual``) from each image's noisy sinogram (the same
 simulation) to the image itself, on whole images (the operator needs them), with the FBP's intensity
-scale. Both cards record the geometry; ``recon.models.check_geometry`` refuses data of another.
+scale. ``unrolled-ista`` (``priors.nets.UnrolledISTANet``) the same, on the same simulated data; its
+``[task] loss`` is ``"supervised"`` (as lpd: MSE to the image) or ``"unsupervised"``: the objective at
+the output, ``||A_hat x - y_hat||^2 / 2 + tv TV(x)`` per pixel on the intensity scale, which needs no
+image (the validation PSNR still uses them). The cards record the geometry;
+``recon.models.check_geometry`` refuses data of another.
 """
 
 from __future__ import annotations
@@ -86,7 +90,9 @@ class _Triples(Dataset):
 
 
 def build_lpd(network, t: dict, images, output, seed: int, train_idx, val_idx, extra: dict, progress: bool):
-    """The lpd task's ``(network, loss_fn, train_set, val_set, val_fn, trainer_kwargs, card_extra)``."""
+    """The lpd (and unrolled-ista) task's ``(network, loss_fn, train_set, val_set, val_fn, trainer_kwargs,
+    card_extra)``."""
+    from priors import TV
     from priors.tv import intensity_scale
     from recon.fbp import fbp
     from recon.metrics import psnr
@@ -111,13 +117,26 @@ def build_lpd(network, t: dict, images, output, seed: int, train_idx, val_idx, e
             on[device] = A.to(device)
         return on[device]
 
+    loss = t.get("loss", "supervised")
+    if loss not in ("supervised", "unsupervised"):
+        raise ValueError(f"--config: [task] loss = {loss!r}; expected 'supervised' or 'unsupervised'")
+    tv = TV()
+
     def loss_fn(model, batch):
         y, x, s = batch
         s4 = s.reshape(-1, 1, 1, 1)
-        return torch.nn.functional.mse_loss(model(operator(y.device), y, s) / s4, x / s4)
+        A = operator(y.device)
+        out = model(A, y, s) / s4
+        if loss == "supervised":
+            return torch.nn.functional.mse_loss(out, x / s4)
+        norm = A.norm(device=y.device)  # the data term on the network's own scale, per pixel
+        fit = 0.5 * (A(out) / norm - y / (norm * s4)).pow(2).flatten(1).sum(1)
+        return ((fit + float(t["tv"]) * tv.value(out)) / out[0].numel()).mean()
 
     def val_fn(model, batch):
         y, x, s = batch
         return {"psnr": float(psnr(model(operator(y.device), y, s).clamp(0, 1), x, data_range=1.0).mean())}
     extra.update(geometry=geometry_of(A), simulation={"geometry": "parallel", "views": views, "noise": noise})
+    if "loss" in t:
+        extra["loss"] = {"loss": loss, "tv": float(t["tv"])}
     return network, loss_fn, train_set, val_set, val_fn, {"monitor": "psnr", "mode": "max"}, extra

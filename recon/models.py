@@ -1,7 +1,7 @@
 """Trained models as files: ``NAME.safetensors`` (the weights) beside ``NAME.json`` (the model card).
 
 The card says what the weights are (``task``: ``"lpn"``, ``"svtv-weights"``, ``"denoiser"``, ``"score"``,
-``"rising"`` or ``"lpd"``),
+``"rising"``, ``"lpd"`` or ``"unrolled-ista"``),
 how to rebuild the network (``architecture``: the class's keyword arguments), what they were
 trained on and how well they did, the command that trained them, and how to use them (e.g.
 ``"pnp": {"rho": ..., "iterations": ...}`` for an LPN in CT). Loading reads JSON and safetensors
@@ -11,7 +11,8 @@ settings out of range (``CARD_SETTINGS``), or weights that do not fit the archit
 Inf raise a ``ValueError`` naming the file (and the card key or tensor).
 
 Shipped models live in ``recon/weights/`` (``builtin``): ``lpn_ct256``, ``svtv_weights_ct256`` and
-``score_ct128`` (the diffusion prior of ``red-diff``, ``diffpir``, ``dpir`` and ``dps``) and ``rising_ct256`` (RISING
+``score_ct128`` (the diffusion prior of ``red-diff``, ``diffpir``, ``dpir``, ``dps`` and ``score-pc``) and
+``rising_ct256`` (RISING
 for 256^2 images from 60 parallel views over 180 degrees).
 """
 
@@ -31,7 +32,7 @@ from data.limits import check_memory
 from priors.denoiser import check_ensemble
 from priors.diffusion import DiffusionPrior
 from priors.learned_prox import LearnedProximalNetwork
-from priors.nets import ICNN, LearnedPrimalDual, NoiseUNet, RisingNet, UNet
+from priors.nets import ICNN, LearnedPrimalDual, NoiseUNet, RisingNet, UNet, UnrolledISTANet
 from priors.weight_net import GradientMagnitudeNet
 from recon.checkpoint import load_weights, write_json, write_model_card
 from recon.diffusion_recon import check_init
@@ -41,14 +42,14 @@ __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "lo
            "BUILTIN", "shipped", "check_shipped", "CT_METHOD", "CT_METHODS", "CARD_SETTINGS", "geometry_of",
            "check_geometry"]
 
-TASKS = ("lpn", "svtv-weights", "denoiser", "score", "rising", "lpd")
+TASKS = ("lpn", "svtv-weights", "denoiser", "score", "rising", "lpd", "unrolled-ista")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the models shipped with recon: name (the reconstruction method using it) -> file stem in recon/weights
 BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256", "score": "score_ct128",  # score: the diffusion methods
            "rising": "rising_ct256"}
 #: the reconstruction method (``recon.reconstruct``) that uses a model of each task
 CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff", "rising": "rising",
-             "lpd": "lpd"}
+             "lpd": "lpd", "unrolled-ista": "unrolled-ista"}
 #: every method a model of each task serves (a score model: every diffusion method)
 CT_METHODS = {**{task: (method,) for task, method in CT_METHOD.items()},
               "score": ("red-diff", "diffpir", "dpir", "dps", "score-pc")}
@@ -131,6 +132,8 @@ def build_network(task: str, architecture: dict) -> torch.nn.Module:
             return RisingNet(UNet(**{**kwargs, "residual": True}))
         if task == "lpd":
             return LearnedPrimalDual(**kwargs)
+        if task == "unrolled-ista":
+            return UnrolledISTANet(**kwargs)
         if task == "score":
             prior = {k: kwargs.pop(k) for k in ("sigma_data", "sigma_range") if k in kwargs}
             return DiffusionPrior(NoiseUNet(**kwargs), **prior)

@@ -50,7 +50,9 @@ __all__ = ["METHODS", "ESTIMATES", "SAMPLERS", "Reconstruction", "reconstruct", 
            "default_tv_lambda", "default_lambda"]
 
 METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv", "lpn",
-           "pnp", *DIFFUSION, "rising", "lpd")
+           "pnp", *DIFFUSION, "rising", "lpd", "unrolled-ista")
+#: networks trained for one geometry (their card's): weight and iterations come from the model
+TRAINED_FOR_GEOMETRY = ("rising", "lpd", "unrolled-ista")
 PNP = ("lpn", "pnp")  # plug-and-play ADMM with a trained model: a learned proximal network, a denoiser
 ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tik", "graphla-tv")  # priors built from a pre-estimate Psi(y)
 VARIATIONAL = ("tv", *ADAPTIVE)
@@ -87,7 +89,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             ``"red-diff"``, ``"diffpir"``, ``"dpir"``, ``"dps"`` or ``"score-pc"`` (a diffusion prior,
             ``recon.diffusion_recon``),
             ``"rising"`` (a few TV iterations completed by a network, ``recon.rising``), ``"lpd"``
-            (learned primal-dual, ``priors.nets.LearnedPrimalDual``).
+            (learned primal-dual, ``priors.nets.LearnedPrimalDual``) or ``"unrolled-ista"`` (unrolled
+            ISTA with CNN proxes, ``priors.nets.UnrolledISTANet``).
         lam: the weight: a number, None for the default rule (``default_lambda``), or ``"auto"``
             for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)`` (one weight per batch
             item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate).
@@ -119,8 +122,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             ``"lpn"`` and ``"pnp"``, ``lam`` is the ADMM penalty ``rho`` (the prior's
             weight against the data term ``||A x - y||^2 / (2 ||A||^2)``; default: the card's). For
             ``"rising"`` a RISING network (task ``rising``, required; its card fixes the geometry, the
-            TV iterations and the weight: ``lam`` and ``iterations`` stay unset); for ``"lpd"`` a learned
-            primal-dual network (task ``lpd``, required; for the geometry of its card).
+            TV iterations and the weight: ``lam`` and ``iterations`` stay unset); for ``"lpd"`` and
+            ``"unrolled-ista"`` their network (task ``lpd`` / ``unrolled-ista``, required; for the
+            geometry of its card).
 
     Raises:
         ValueError: a bad argument, named: ``iterations`` an integer >= 1 (not a float or bool),
@@ -174,9 +178,9 @@ def _check_parameters(method, lam, iterations, noise_std, estimate, model, **num
             checks[name](value)
     if estimate is not None and method not in ADAPTIVE:
         raise ValueError(f"estimate: only svtv and graphla-* use a pre-estimate, not {method!r}")
-    if model is not None and method not in ("svtv", *PNP, *DIFFUSION, "rising", "lpd"):
-        raise ValueError(f"model: only lpn, pnp, svtv, {', '.join(DIFFUSION)}, rising and lpd use a trained "
-                         f"model, not {method!r}")
+    if model is not None and method not in ("svtv", *PNP, *DIFFUSION, *TRAINED_FOR_GEOMETRY):
+        raise ValueError(f"model: only lpn, pnp, svtv, {', '.join(DIFFUSION)}, {', '.join(TRAINED_FOR_GEOMETRY[:-1])} "
+                         f"and {TRAINED_FOR_GEOMETRY[-1]} use a trained model, not {method!r}")
     if model is not None and estimate is not None:
         raise ValueError("estimate: svtv takes its weights from the model or from a pre-estimate, not both")
 
@@ -190,11 +194,11 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
         return Reconstruction(x, method, 0, time.perf_counter() - start, {"filter": filter})
     if method == "rising":
         return _rising(A, y, lam, iterations, nonneg, filter, noise_std, model, start)
-    if method == "lpd":
+    if method in ("lpd", "unrolled-ista"):  # sinogram -> image networks, run at the FBP's intensity scale
         if lam is not None or iterations is not None:
-            raise ValueError(f"{'lam' if lam is not None else 'iterations'}: lpd is a trained network with no weight "
-                             "or iteration count to set; leave it unset")
-        m = _load(model, "lpd", y.device, "lpd")
+            raise ValueError(f"{'lam' if lam is not None else 'iterations'}: {method} is a trained network with no "
+                             "weight or iteration count to set; leave it unset")
+        m = _load(model, method, y.device, method)
         check_geometry(m.card, A, m.path)
         x = eval_output(m.network, A, y, intensity_scale(fbp(A, y, filter=filter)))
         return Reconstruction(x, method, m.network.iterations, time.perf_counter() - start, {"model": str(m.path)})

@@ -29,10 +29,10 @@ def operator(views: int = 10, size: int = 32):
     return ParallelBeam2D((size, size), np.linspace(0, np.pi, views, endpoint=False), detector_count(size))
 
 
-def test_the_network_is_unit_free_batched_and_differentiable():
+def check_unit_free_batched_and_differentiable(net) -> None:
+    """A sinogram-to-image network: scaling data and scale scales the output, batched equals looped,
+    every parameter gets a gradient."""
     A = operator()
-    torch.manual_seed(0)
-    net = LearnedPrimalDual(iterations=2, hidden=8)
     x = torch.rand(3, 1, 32, 32)
     y, s = A(x), torch.tensor([1.0, 2.0, 0.5])
     out = net(A, y, s)
@@ -40,6 +40,11 @@ def test_the_network_is_unit_free_batched_and_differentiable():
     assert torch.allclose(out[1:2], net(A, y[1:2], s[1:2]), rtol=1e-5, atol=1e-6)  # batched = looped
     out.pow(2).sum().backward()
     assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.parameters())
+
+
+def test_the_network_is_unit_free_batched_and_differentiable():
+    torch.manual_seed(0)
+    check_unit_free_batched_and_differentiable(LearnedPrimalDual(iterations=2, hidden=8))
     with pytest.raises(ValueError, match="primal: expected an integer >= 2, got 1"):
         LearnedPrimalDual(primal=1)
 

@@ -7,7 +7,17 @@ from torch import nn
 
 from operators.base import LinearOperator
 
-__all__ = ["LearnedPrimalDual"]
+__all__ = ["LearnedPrimalDual", "normalised_data"]
+
+
+def normalised_data(A: LinearOperator, y: torch.Tensor, scale) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """``(||A||, s, y / (||A|| s))`` for a sinogram-to-image network: ``s`` the intensity scale per item
+    ``(B, 1, 1, 1)`` (the output is multiplied back by it); checks that ``y`` is ``(B, 1, views, detectors)``."""
+    if y.dim() != 4 or y.shape[1] != 1:
+        raise ValueError(f"y: expected a sinogram of shape (B, 1, views, detectors), got {tuple(y.shape)}")
+    norm = A.norm(device=y.device)
+    s = torch.as_tensor(scale, dtype=y.dtype, device=y.device).reshape(-1, 1, 1, 1)
+    return norm, s, y / (norm * s)
 
 
 def _update(c_in: int, hidden: int, c_out: int) -> nn.Sequential:
@@ -57,11 +67,7 @@ class LearnedPrimalDual(nn.Module):
         self.primal_updates = nn.ModuleList(_update(primal + 1, hidden, primal) for _ in range(iterations))
 
     def forward(self, A: LinearOperator, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        if y.dim() != 4 or y.shape[1] != 1:
-            raise ValueError(f"y: expected a sinogram of shape (B, 1, views, detectors), got {tuple(y.shape)}")
-        norm = A.norm(device=y.device)
-        s = torch.as_tensor(scale, dtype=y.dtype, device=y.device).reshape(-1, 1, 1, 1)
-        g = y / (norm * s)
+        norm, s, g = normalised_data(A, y, scale)
         B = y.shape[0]
         f = y.new_zeros((B, self.primal, *A.in_shape[-2:]))
         h = y.new_zeros((B, self.dual, *y.shape[-2:]))
