@@ -18,6 +18,7 @@ folder is locked while a run writes to it and images of methods not in this run 
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from apps.outputs import check_output, locked_output, remove_stale_images, write
 from apps.uncertainty import IMAGES, add_samples_option, check_samples, posterior_metrics, run_method, write_uncertainty
 from data.hdf5 import write_reconstructions
 from data.mri import KSpaceData, read_kspace
-from operators.coils import calibration_region, espirit_maps
+from operators.coils import calibration_region, espirit_maps, map_coverage
 from operators.masks import MASK_TYPES, acceleration_of, make_mask
 from operators.mri import CartesianMRI, MultiCoilMRI
 from recon.metrics import psnr, ssim
@@ -39,6 +40,8 @@ from recon.mri import MRI_METHODS, data_consistency, reconstruct_mri, zero_fille
 
 AXES = {"columns": -1, "rows": -2}
 COLUMNS = ("psnr", "ssim", "data_consistency", "seconds", "iterations")
+#: below this share of the object covered by the coil maps (operators.coils.map_coverage), recon mri warns
+MIN_MAP_COVERAGE = 0.95
 CLASSIC = ("zero-filled", "cg-sense", "tv")  # the default methods; the diffusion ones run when asked for
 
 
@@ -104,6 +107,12 @@ def operator(kspace: torch.Tensor, mask: torch.Tensor) -> tuple[CartesianMRI | M
                          "ESPIRiT needs at least 5 x 5 calibration samples (raise --center-fraction)")
     # a narrow centre gets a smaller kernel, so that at least 3 kernel positions fit along each side
     maps = espirit_maps(kspace, kernel_size=min(6, min(region) - 2))
+    covered = float(map_coverage(kspace, maps).min())
+    if covered < MIN_MAP_COVERAGE:
+        warnings.warn(f"--center-fraction: the ESPIRiT coil maps are zero on {100 * (1 - covered):.0f}% of the object "
+                      f"(a {region[0]} x {region[1]} calibration region is too small for these coils), where the "
+                      "SENSE reconstructions will be blank or wrong: sample a larger centre (raise --center-fraction)",
+                      UserWarning, stacklevel=2)
     return MultiCoilMRI(mask, maps), maps
 
 

@@ -19,7 +19,7 @@ import torch
 
 from operators.fourier import ifft2c
 
-__all__ = ["calibration_region", "espirit_maps", "rss"]
+__all__ = ["calibration_region", "espirit_maps", "map_coverage", "rss"]
 
 #: Largest calibration side used when ``calib_size`` is not given (SigPy's and BART's default).
 AUTO_CALIB_MAX = 24
@@ -250,3 +250,38 @@ def espirit_maps(
         P = _kernel_projector(item[:, top : top + calib[0], left : left + calib[1]], k, threshold)
         maps.append(_top_eigenvectors(_image_space_matrices(P, C, k, (H, W)), crop))
     return torch.stack(maps).to(torch.complex64)
+
+
+def map_coverage(kspace: torch.Tensor, maps: torch.Tensor, level: float = 0.5) -> torch.Tensor:
+    r"""The share of the object where the coil maps are nonzero, per item ``(B,)``.
+
+    The object is where the root-sum-of-squares image of the calibration region alone (a low-pass,
+    alias-free image; :func:`calibration_region`) exceeds ``level`` times its 99th percentile: a
+    level of a half keeps to the inside of the object, where a narrow calibration region blurs its
+    edges outwards (at 0.2 a simulated 64 x 5 region counted 9% of blur as uncovered object). ESPIRiT
+    zeroes its maps where the calibration data do not support a sensitivity model (``crop``): a
+    calibration region too small for the coils leaves holes inside the object, where a SENSE
+    reconstruction is then blank. A coverage well below 1 says to sample a larger centre.
+
+    Example:
+        >>> from operators.fourier import fft2c
+        >>> yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+        >>> disc = (xx ** 2 + yy ** 2 < 0.6).to(torch.complex64)
+        >>> S = torch.stack([1 + 0.5 * xx, 1 - 0.5 * xx]).to(torch.complex64)
+        >>> S = S / rss(S, dim=0)
+        >>> k = fft2c(S * disc)
+        >>> round(float(map_coverage(k, S[None])[0]), 2), round(float(map_coverage(k, S[None] * (xx > 0))[0]), 1)
+        (1.0, 0.5)
+    """
+    kspace = _check_kspace(kspace)
+    H, W = kspace.shape[-2:]
+    rows, cols = calibration_region(kspace)
+    box = torch.zeros_like(kspace)
+    top, left = H // 2 - rows // 2, W // 2 - cols // 2
+    box[..., top : top + rows, left : left + cols] = kspace[..., top : top + rows, left : left + cols]
+    image = rss(ifft2c(box), dim=1)
+    flat = image.flatten(1)
+    obj = flat > level * torch.quantile(flat.float(), 0.99, dim=1, keepdim=True)
+    covered = (rss(maps.to(kspace.device), dim=1).flatten(1) > 0) & obj
+    return covered.sum(1) / obj.sum(1).clamp_min(1)
+

@@ -126,3 +126,27 @@ def test_anisotropic_tv_from_the_command_line(tmp_path, capsys):
     assert run("--input", path, "--method", "cg-sense", "--anisotropic", "--output", tmp_path / "no") == 2
     assert "--anisotropic: only --method tv has an anisotropic form" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
+
+
+def test_maps_with_holes_in_the_object_are_reported(tmp_path, capsys, monkeypatch):
+    """Coil maps zero on part of the object (as ESPIRiT gives from too small a calibration region on real
+    coils): recon mri says so, naming --center-fraction, and still runs."""
+    import apps.mri
+
+    real = apps.mri.espirit_maps
+
+    def with_hole(kspace, **kwargs):
+        maps = real(kspace, **kwargs)
+        maps[..., : maps.shape[-2] // 2, :] = 0  # the top half of the image
+        return maps
+    monkeypatch.setattr(apps.mri, "espirit_maps", with_hole)
+    path = simulated_scan(tmp_path / "scan.h5")
+    assert run("--input", path, "--acceleration", 2, "--method", "zero-filled", "--output", tmp_path / "o",
+               "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert "recon mri: warning: --center-fraction: the ESPIRiT coil maps are zero on" in err
+    assert "raise --center-fraction" in err
+    monkeypatch.setattr(apps.mri, "espirit_maps", real)
+    assert run("--input", path, "--acceleration", 2, "--method", "zero-filled", "--output", tmp_path / "o2",
+               "--no-progress") == 0
+    assert "warning" not in capsys.readouterr().err
