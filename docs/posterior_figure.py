@@ -1,8 +1,9 @@
 """The README's uncertainty figure: truth, posterior mean, posterior std and |mean - truth| for the
-phantoms saved by ``docs/posterior_calibration.py --save DIR``, one row each, the std and the error of
+phantoms saved by ``docs/posterior_calibration.py --save DIR`` (the ``.npz`` files given), one row each, the std and the error of
 a row on one colour scale (``apps.figures.uncertainty_panels``).
 
-    python docs/posterior_figure.py runs/post/cal --out docs/uncertainty.png
+    python docs/posterior_figure.py runs/post/cal/ellipses-0_score-pc_128.npz \
+        runs/post/cal/shepp-logan_score-pc_128.npz --out docs/uncertainty.png
 """
 
 from __future__ import annotations
@@ -21,13 +22,10 @@ from apps.figures import plt, uncertainty_panels  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("folder", type=Path)
+    ap.add_argument("files", type=Path, nargs="+", help="from docs/posterior_calibration.py --save DIR")
     ap.add_argument("--out", type=Path, default=Path("docs/uncertainty.png"))
-    ap.add_argument("--rows", type=int, default=2)
     args = ap.parse_args()
-    files = sorted(args.folder.glob("*.npz"))[: args.rows]
-    if not files:
-        raise SystemExit(f"{args.folder}: no .npz files (run docs/posterior_calibration.py --save {args.folder})")
+    files = args.files
     fig, axes = plt.subplots(len(files), 4, figsize=(13.6, 3.5 * len(files)), squeeze=False)
     for row, path in zip(axes, files):
         d = np.load(path)
