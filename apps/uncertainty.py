@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.posterior import SAMPLERS, Posterior, calibration, posterior
-from recon.result import Reconstruction
+from recon.posterior import SAMPLERS, Posterior, calibration
 
 __all__ = ["IMAGES", "add_samples_option", "check_samples", "run_method", "posterior_metrics", "summary",
            "write_uncertainty"]
@@ -56,11 +55,11 @@ def check_samples(samples: int | None, methods: list[str]) -> str | None:
 
 def run_method(solve, A, y, method: str, sampled: str | None, samples: int | None, **kwargs):
     """``(reconstruction, posterior)``: ``solve(A, y, method, **kwargs)`` and None, or for the sampled
-    method ``samples`` draws and their mean as the reconstruction."""
+    method ``samples`` draws (their mean the reconstruction) and them as a ``Posterior``."""
     if method != sampled:
         return solve(A, y, method, **kwargs), None
-    p = posterior(A, y, method, samples=samples, **kwargs)
-    return Reconstruction(p.mean, method, p.iterations, p.seconds, p.parameters), p
+    r = solve(A, y, method, samples=samples, **kwargs)
+    return r, Posterior.of(r)
 
 
 def posterior_metrics(p: Posterior, reference) -> dict:

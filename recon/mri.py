@@ -35,7 +35,7 @@ from recon.linear import CGLS
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
 from recon.reconstruct import _load
-from recon.result import Reconstruction, check_samples, summarise_draws
+from recon.result import Reconstruction, draw_samples
 
 __all__ = ["MRI_METHODS", "reconstruct_mri", "zero_filled", "estimate_kspace_noise_std",
            "default_mri_tv_lambda", "data_consistency"]
@@ -175,11 +175,8 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
     if not isotropic and method != "tv":
         raise ValueError(f"isotropic: only method 'tv' has an anisotropic form, not {method!r}")
     if samples is not None:
-        n = check_samples(samples, method)
-        r = _reconstruct_mri(A, y.repeat_interleave(n, dim=0), method, lam, iterations, noise_std, progress, model,
-                             isotropic)
-        check_finite_result(r.x, method)
-        return summarise_draws(r, n)
+        return draw_samples(lambda ys: reconstruct_mri(A, ys, method, lam, iterations, noise_std, progress, model,
+                                                       isotropic), y, method, samples)
     r = _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model, isotropic)
     check_finite_result(r.x, method)
     return r

@@ -18,8 +18,8 @@ import torch
 
 from operators import CartesianMRI, MultiCoilMRI
 from recon.mri import reconstruct_mri
-from recon.params import check_integer
 from recon.reconstruct import SAMPLERS, reconstruct
+from recon.result import Reconstruction
 
 __all__ = ["SAMPLERS", "Posterior", "posterior", "calibration"]
 
@@ -36,6 +36,11 @@ class Posterior:
     seconds: float
     parameters: dict = field(default_factory=dict)
     iterations: int = 0
+
+    @classmethod
+    def of(cls, r: Reconstruction) -> "Posterior":
+        """A ``samples=N`` reconstruction (``std`` and ``samples`` set) as a posterior."""
+        return cls(r.x, r.std, r.samples, r.method, r.seconds, r.parameters, r.iterations)
 
 
 def posterior(A, y: torch.Tensor, method: str = "dps", samples: int = 16, **kwargs) -> Posterior:
@@ -60,12 +65,8 @@ def posterior(A, y: torch.Tensor, method: str = "dps", samples: int = 16, **kwar
     """
     if method not in SAMPLERS:
         raise ValueError(f"method: posterior samples need a sampler, one of {', '.join(SAMPLERS)}; got {method!r}")
-    n = check_integer("samples", samples, 2)
-    if not isinstance(y, torch.Tensor) or y.ndim < 2:
-        raise TypeError(f"y: expected a batched tensor (B, ...), got {getattr(y, 'shape', type(y).__name__)}")
     solve = reconstruct_mri if isinstance(A, (CartesianMRI, MultiCoilMRI)) else reconstruct
-    r = solve(A, y, method, samples=n, **kwargs)
-    return Posterior(r.x, r.std, r.samples, method, r.seconds, r.parameters, r.iterations)
+    return Posterior.of(solve(A, y, method, samples=samples, **kwargs))
 
 
 def calibration(p: Posterior, truth: torch.Tensor, level: float = 0.9) -> dict:

@@ -42,7 +42,7 @@ from recon.linear import CGLS, SIRT, TIKHONOV_ITERATIONS, tikhonov
 from recon.models import check_geometry
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
-from recon.result import SAMPLERS, Reconstruction, check_samples, summarise_draws
+from recon.result import SAMPLERS, Reconstruction, draw_samples
 from recon.rising import rising_iterations
 from recon.support import disc_bounds
 
@@ -144,10 +144,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
     _check_parameters(method, lam, iterations, noise_std, estimate, model, eta=eta, p=p, spread=spread,
                       radius=radius, sigma=sigma)
     if samples is not None:  # N draws per item in one batched run (seeded: the same call, the same draws)
-        n = check_samples(samples, method)
-        r = reconstruct(A, y.repeat_interleave(n, dim=0), method, lam, iterations, nonneg, progress, filter,
-                        noise_std, estimate, eta, p, spread, radius, sigma, model, support)
-        return summarise_draws(r, n)
+        return draw_samples(lambda ys: reconstruct(A, ys, method, lam, iterations, nonneg, progress, filter,
+                                                   noise_std, estimate, eta, p, spread, radius, sigma, model, support),
+                            y, method, samples)
     if support not in (None, "disc"):
         raise ValueError(f"support: expected None or 'disc', got {support!r}")
     if support is not None and (method not in VARIATIONAL or not nonneg):

@@ -67,19 +67,22 @@ class DiffusionSolver(Solver):
         return lambda schedule: schedule.descending(check_integer("steps", steps, 1, schedule.steps))
 
     def _start(self, problem: Problem, x0: torch.Tensor) -> None:
-        """Check the problem and seed the noise draws (``self._generator``)."""
-        if _least_squares(problem.data) is None:
+        """Check the problem, keep its least-squares term (``self._fidelity``) and seed the noise draws
+        (``self._generator``)."""
+        found = _least_squares(problem.data)
+        if found is None:
             raise TypeError(f"problem.data: {self.label} needs a least-squares data term L2Fidelity(A, y) (or "
                             f"s * it), got {type(problem.data).__name__}")
         if problem.prior is not None or problem.K is not None:
             raise ValueError(f"problem.prior: {self.label}'s regulariser is its DiffusionPrior; expected a problem "
                              "with a data term only")
-        fidelity, _ = _least_squares(problem.data)
+        self._fidelity = found[0]
         try:  # every step needs A^H (a gradient, a data step or a projection): refuse before any work
-            fidelity.A.adjoint(fidelity.y)
+            self._fidelity.A.adjoint(self._fidelity.y)
         except NotImplementedError:
-            raise TypeError(f"A: {self.label} needs the operator's adjoint A^H, and {type(fidelity.A).__name__} "
-                            "(or an operator inside it) defines none (implement _adjoint)") from None
+            raise TypeError(f"A: {self.label} needs the operator's adjoint A^H, and "
+                            f"{type(self._fidelity.A).__name__} (or an operator inside it) defines none "
+                            "(implement _adjoint)") from None
         self._generator = torch.Generator(device=x0.device).manual_seed(self.seed)
 
 

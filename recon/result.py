@@ -8,7 +8,7 @@ import torch
 
 from recon.params import check_integer
 
-__all__ = ["Reconstruction", "SAMPLERS", "check_samples", "summarise_draws"]
+__all__ = ["Reconstruction", "SAMPLERS", "check_samples", "draw_samples", "summarise_draws"]
 
 
 @dataclass
@@ -41,6 +41,15 @@ def check_samples(samples, method: str) -> int:
     if method not in SAMPLERS:
         raise ValueError(f"samples: only the samplers {', '.join(SAMPLERS)} draw posterior samples, not {method!r}")
     return n
+
+
+def draw_samples(solve, y: torch.Tensor, method: str, samples) -> Reconstruction:
+    """``samples`` draws of ``method`` per item of ``y`` in one batched run: ``solve(y_repeated)`` sees
+    each item repeated ``samples`` times in a row, and the result is summarised by ``summarise_draws``."""
+    n = check_samples(samples, method)
+    if not isinstance(y, torch.Tensor) or y.ndim < 2:
+        raise TypeError(f"y: expected a batched tensor (B, ...), got {getattr(y, 'shape', type(y).__name__)}")
+    return summarise_draws(solve(y.repeat_interleave(n, dim=0)), n)
 
 
 def summarise_draws(r: Reconstruction, n: int) -> Reconstruction:

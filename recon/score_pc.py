@@ -56,7 +56,6 @@ from priors.diffusion import DiffusionPrior, VPSchedule, complex_noise
 from recon.base import relative_change
 from recon.fbp import fbp
 from recon.params import check_integer, check_number
-from recon.pnp import _least_squares
 from recon.problem import Problem
 from recon.red_diff import DiffusionSolver
 
@@ -64,15 +63,14 @@ __all__ = ["PROJECTIONS", "ScorePC", "ScorePCState", "projection_for"]
 
 #: how ``T^-1`` is taken: by the operator (``"auto"``), or as named
 PROJECTIONS = ("auto", "fft", "fbp", "cg")
+#: the operators each special projection needs (``"cg"`` takes any), with their names for messages
+_OPERATORS = {"fft": ((CartesianMRI, MultiCoilMRI), "an MRI operator (CartesianMRI, MultiCoilMRI)"),
+              "fbp": ((ParallelBeam2D, FanBeam2D), "a 2D CT operator (ParallelBeam2D, FanBeam2D)")}
 
 
 def projection_for(A) -> str:
     """The projection ``"auto"`` picks for ``A``: ``"fft"`` for MRI, ``"fbp"`` for 2D CT, else ``"cg"``."""
-    if isinstance(A, (CartesianMRI, MultiCoilMRI)):
-        return "fft"
-    if isinstance(A, (ParallelBeam2D, FanBeam2D)):
-        return "fbp"
-    return "cg"
+    return next((kind for kind, (types, _) in _OPERATORS.items() if isinstance(A, types)), "cg")
 
 
 @dataclass
@@ -135,14 +133,10 @@ class ScorePC(DiffusionSolver):
     def init(self, problem: Problem, x0: torch.Tensor) -> ScorePCState:
         """``x0`` gives the shape, dtype and device; the chains start from ``N(0, sigma_0^2 I)``."""
         self._start(problem, x0)
-        fidelity, _ = _least_squares(problem.data)
-        self._A, self._y = fidelity.A, fidelity.y
+        self._A, self._y = self._fidelity.A, self._fidelity.y
         self._kind = projection_for(self._A) if self.projection == "auto" else self.projection
-        if self._kind == "fft" and not isinstance(self._A, (CartesianMRI, MultiCoilMRI)):
-            raise ValueError(f"projection: 'fft' needs an MRI operator (CartesianMRI, MultiCoilMRI), got "
-                             f"{type(self._A).__name__}")
-        if self._kind == "fbp" and not isinstance(self._A, (ParallelBeam2D, FanBeam2D)):
-            raise ValueError(f"projection: 'fbp' needs a 2D CT operator (ParallelBeam2D, FanBeam2D), got "
+        if self._kind in _OPERATORS and not isinstance(self._A, _OPERATORS[self._kind][0]):
+            raise ValueError(f"projection: {self._kind!r} needs {_OPERATORS[self._kind][1]}, got "
                              f"{type(self._A).__name__}")
         x_k = self.sigmas[0] * self._noise(x0)
         return ScorePCState(x0.detach().clone(), x_k, 0, torch.zeros(x0.shape[0], device=x0.device))

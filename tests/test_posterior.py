@@ -112,6 +112,8 @@ def test_reconstruct_with_samples_is_the_posterior(ct, model):
         reconstruct(A, y, "tv", samples=3)
     with pytest.raises(ValueError, match="samples: expected an integer >= 2"):
         reconstruct(A, y, "dps", samples=1, model=model)
+    with pytest.raises(TypeError, match=r"y: expected a batched tensor \(B, ...\), got \(2, 1, 10, 24\)"):
+        reconstruct(A, y.numpy(), "dps", samples=2, model=model)
     B = CartesianMRI(random_mask((16, 16), 4, 0.1, seed=0))
     k = B(shepp_logan(16).to(torch.complex64))
     m = reconstruct_mri(B, k, "dps", model=model, iterations=3, samples=2)
