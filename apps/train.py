@@ -18,7 +18,8 @@ validation sets by seed. The config file (TOML or JSON) has up to four tables, e
     [data]   count, size, seed, val_fraction       (count and size for the generators)
     [model]  the network's keyword arguments        (priors.nets.ICNN for lpn, NoiseUNet plus sigma_data
                                                      and sigma_range for score, LearnedPrimalDual for lpd,
-                                                     UnrolledISTANet for unrolled-ista, UNet otherwise; RisingNet wraps it for rising)
+                                                     UnrolledISTANet for unrolled-ista, UNet otherwise;
+                                                     RisingNet wraps it for rising)
     [task]   lpn: sigma, patch_size, patches_per_image, pretrain_fraction, pretrain_lr, lr, augment
              denoiser: sigma, patch_size, patches_per_image, augment
              svtv-weights: views, noise, patch_size, patches_per_image

@@ -6,11 +6,12 @@ plug-and-play HQS, ``recon.diffpir``) from the pre-estimate, over the timesteps 
 ``DPIR_START`` down to 0 (noise levels 0.72 to 0.01: the pre-estimate's errors, not pure noise).
 A model card's table for the method (``"dpir": {"lam", "steps", "start", "init"}``, ``"diffpir":
 {"lam", "zeta", "steps"}``, ``"red-diff": {"lam", "lr", "steps", "start", "init"}``, ``"dps": {"lam",
-"steps"}``, ``"score-pc": {"lam", "snr", "steps", "final_projection"}``, each also ``"ensemble"``: the settings tuned for
-that model) replaces these defaults; ``lam`` and ``iterations`` given replace both. ``ensemble`` (1, 4
-or 8) denoises each image as the mean over its flips (and transposes):
-``priors.denoiser.geometric_ensemble``, at that many times the network's work. ``init`` (``INITS``: ``"direct"`` or ``"tv"``) picks the pre-estimate: the direct
-one below, or TV at its default weight, a closer start from which fewer, lower-noise timesteps suffice.
+"steps"}``, ``"score-pc": {"lam", "snr", "steps", "final_projection"}``, each also ``"ensemble"``:
+the settings tuned for that model) replaces these defaults; ``lam`` and ``iterations`` given replace
+both. ``ensemble`` (1, 4 or 8) denoises each image as the mean over its flips (and transposes):
+``priors.denoiser.geometric_ensemble``, at that many times the network's work. ``init`` (``INITS``:
+``"direct"`` or ``"tv"``) picks the pre-estimate: the direct one below, or TV at its default weight,
+a closer start from which fewer, lower-noise timesteps suffice.
 
 RED-Diff and DPIR start from the pre-estimate (the direct one: FBP for CT; for MRI the adjoint,
 with data and image scaled so that its magnitude's 99th percentile is 1); DiffPIR, DPS and score-PC

@@ -8,5 +8,5 @@ from priors.nets.rising import RisingNet
 from priors.nets.unet import UNet, apply_unit_free
 from priors.nets.unrolled_ista import UnrolledISTANet
 
-__all__ = ["UNet", "apply_unit_free", "RisingNet", "LearnedPrimalDual", "UnrolledISTANet", "NoiseUNet", "ICNN", "ICNN1D",
-           "init_nonnegative_"]
+__all__ = ["UNet", "apply_unit_free", "RisingNet", "LearnedPrimalDual", "UnrolledISTANet", "NoiseUNet", "ICNN",
+           "ICNN1D", "init_nonnegative_"]
