@@ -9,10 +9,11 @@ by ``x_k``'s intensity scale, so the network learns a unit-free map.
 
 ``lpd``: learned primal-dual (``priors.nets.LearnedPrimalDual``) from each image's noisy sinogram (the same
 simulation) to the image itself, on whole images (the operator needs them), with the FBP's intensity
-scale. ``unrolled-ista`` (``priors.nets.UnrolledISTANet``) the same, on the same simulated data; its
-``[task] loss`` is ``"supervised"`` (as lpd: MSE to the image) or ``"unsupervised"``: the objective at
-the output, ``||A_hat x - y_hat||^2 / 2 + tv TV(x)`` per pixel on the intensity scale, which needs no
-image (the validation PSNR still uses them). The cards record the geometry;
+scale; a network with ``[model] start_iterations = k`` starts from TV after ``k`` iterations, computed
+as ``reconstruct`` does and cached with the sinograms. ``unrolled-ista`` (``priors.nets.UnrolledISTANet``)
+the same, on the same simulated data; its ``[task] loss`` is ``"supervised"`` (as lpd: MSE to the
+image) or ``"unsupervised"``: the objective at the output, ``||A_hat x - y_hat||^2 / 2 + tv TV(x)`` per
+pixel on the intensity scale, which needs no image (the validation PSNR still uses them). The cards record the geometry;
 ``recon.models.check_geometry`` refuses data of another.
 """
 
@@ -25,25 +26,32 @@ from torch.utils.data import Dataset, Subset
 
 from apps.train import _patches, _SplitChannels, _Stacked, cached, noisy_sinograms, simulation_operator
 
-__all__ = ["simulate_pairs", "build_rising", "build_lpd"]
+__all__ = ["tv_iterates", "simulate_pairs", "build_rising", "build_lpd"]
+
+
+def tv_iterates(A, sinograms, iterations: int | None, progress: bool, desc: str) -> torch.Tensor:
+    """``reconstruct(A, y, "tv", iterations=...)`` of every item of the ``sinograms`` chunks, one at a time (its
+    own default weight): the TV a trained network starts from or imitates (``None``: run to convergence)."""
+    from tqdm.auto import tqdm
+
+    from recon.reconstruct import reconstruct
+
+    out = []
+    with tqdm(total=sum(len(y) for y in sinograms), desc=desc, disable=not progress) as bar:
+        for y in sinograms:
+            for item in y.split(1):
+                out.append(reconstruct(A, item, "tv", iterations=iterations).x)
+                bar.update(1)
+    return torch.cat(out)
 
 
 def simulate_pairs(images: torch.Tensor, views: int, noise: float, iterations: int, seed: int,
                    progress: bool) -> dict[str, torch.Tensor]:
     """``{"early": x_k, "converged": x_IS}`` for every image."""
-    from tqdm.auto import tqdm
-
-    from recon.reconstruct import reconstruct
-
     A, chunks = noisy_sinograms(images, views, noise, seed, "rising")
-    early, converged = [], []
-    with tqdm(total=len(images), desc="TV pairs", disable=not progress) as bar:
-        for _, y in chunks:
-            for item in y.split(1):
-                early.append(reconstruct(A, item, "tv", iterations=iterations).x)
-                converged.append(reconstruct(A, item, "tv").x)
-                bar.update(1)
-    return {"early": torch.cat(early), "converged": torch.cat(converged)}
+    ys = [y for _, y in chunks]
+    return {"early": tv_iterates(A, ys, iterations, progress, "TV inputs"),
+            "converged": tv_iterates(A, ys, None, progress, "TV targets")}
 
 
 def build_rising(network, t: dict, images, output, seed: int, train_idx, val_idx, extra: dict, progress: bool):
@@ -76,17 +84,18 @@ def build_rising(network, t: dict, images, output, seed: int, train_idx, val_idx
     return network, loss_fn, train_set, val_set, val_fn, {"monitor": "psnr", "mode": "max"}, extra
 
 
-class _Triples(Dataset):
-    """Items ``(y, x, scale)``: a sinogram, its image and the FBP's intensity scale."""
+class _Items(Dataset):
+    """Items ``(y, x, scale[, x0])``: a sinogram, its image, the FBP's intensity scale and, for a network that
+    starts from an estimate, that estimate."""
 
-    def __init__(self, y: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> None:
-        self.y, self.x, self.scale = y, x, scale
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.tensors = tensors
 
     def __len__(self) -> int:
-        return self.y.shape[0]
+        return self.tensors[0].shape[0]
 
     def __getitem__(self, i: int):
-        return self.y[i], self.x[i], self.scale[i]
+        return tuple(t[i] for t in self.tensors)
 
 
 def build_lpd(network, t: dict, images, output, seed: int, train_idx, val_idx, extra: dict, progress: bool):
@@ -99,16 +108,19 @@ def build_lpd(network, t: dict, images, output, seed: int, train_idx, val_idx, e
     from recon.models import geometry_of
 
     views, noise = int(t["views"]), float(t["noise"])
+    k = int(getattr(network, "start_iterations", 0))
     A, chunks = noisy_sinograms(images, views, noise, seed, "lpd")
     key = {"images": hashlib.sha256(images.numpy().tobytes()).hexdigest(), "views": views, "noise": noise,
-           "seed": seed, "task": "lpd"}
+           "seed": seed, "task": "lpd", **({"start_iterations": k} if k else {})}
 
     def simulate() -> dict[str, torch.Tensor]:
         ys = [y for _, y in chunks]
-        y = torch.cat(ys)
-        return {"y": y, "scale": torch.cat([intensity_scale(fbp(A, c)) for c in ys])}
+        data = {"y": torch.cat(ys), "scale": torch.cat([intensity_scale(fbp(A, c)) for c in ys])}
+        if k:
+            data["x0"] = tv_iterates(A, ys, k, progress, "TV starts")
+        return data
     data = cached(output, key, simulate)
-    everything = _Triples(data["y"], images, data["scale"])
+    everything = _Items(data["y"], images, data["scale"], *([data["x0"]] if k else []))
     train_set, val_set = Subset(everything, train_idx.indices), Subset(everything, val_idx.indices)
     on: dict = {}
 
@@ -123,10 +135,10 @@ def build_lpd(network, t: dict, images, output, seed: int, train_idx, val_idx, e
     tv = TV()
 
     def loss_fn(model, batch):
-        y, x, s = batch
+        y, x, s, *x0 = batch
         s4 = s.reshape(-1, 1, 1, 1)
         A = operator(y.device)
-        out = model(A, y, s) / s4
+        out = model(A, y, s, *x0) / s4
         if loss == "supervised":
             return torch.nn.functional.mse_loss(out, x / s4)
         norm = A.norm(device=y.device)  # the data term on the network's own scale, per pixel
@@ -134,8 +146,11 @@ def build_lpd(network, t: dict, images, output, seed: int, train_idx, val_idx, e
         return ((fit + float(t["tv"]) * tv.value(out)) / out[0].numel()).mean()
 
     def val_fn(model, batch):
-        y, x, s = batch
-        return {"psnr": float(psnr(model(operator(y.device), y, s).clamp(0, 1), x, data_range=1.0).mean())}
+        y, x, s, *x0 = batch
+        scores = {"psnr": float(psnr(model(operator(y.device), y, s, *x0).clamp(0, 1), x, data_range=1.0).mean())}
+        if x0:
+            scores["psnr_start"] = float(psnr(x0[0].clamp(0, 1), x, data_range=1.0).mean())
+        return scores
     extra.update(geometry=geometry_of(A), simulation={"geometry": "parallel", "views": views, "noise": noise})
     if "loss" in t:
         extra["loss"] = {"loss": loss, "tv": float(t["tv"])}

@@ -199,8 +199,11 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
                              "weight or iteration count to set; leave it unset")
         m = _load(model, method, y.device, method)
         check_geometry(m.card, A, m.path)
-        x = eval_output(m.network, A, y, intensity_scale(fbp(A, y, filter=filter)))
-        return Reconstruction(x, method, m.network.iterations, time.perf_counter() - start, {"model": str(m.path)})
+        k = getattr(m.network, "start_iterations", 0)  # an LPD that starts from TV's k-th iterate
+        x0 = [reconstruct(A, y, "tv", iterations=k, filter=filter, noise_std=noise_std).x] if k else []
+        x = eval_output(m.network, A, y, intensity_scale(fbp(A, y, filter=filter)), *x0)
+        params = {"model": str(m.path), **({"iterations_tv": k} if k else {})}
+        return Reconstruction(x, method, m.network.iterations, time.perf_counter() - start, params)
     n_iter = int(iterations or DEFAULT_ITERATIONS[method])
     constraint = NonNegativity() if nonneg and method != "cgls" else None
     params: dict = {"max_iterations": n_iter, "nonneg": constraint is not None}

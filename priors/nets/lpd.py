@@ -34,15 +34,21 @@ class LearnedPrimalDual(nn.Module):
               f \leftarrow f + \Lambda_i\big(f,\ \hat A^T h^{(0)}\big)
 
     ``h`` (``dual`` channels, sinogram-shaped) and ``f`` (``primal`` channels, image-shaped) start at
-    zero; the output is ``f^{(0)}``. The operator is normalised, ``A_hat = A / ||A||``, and the data
-    divided by ``||A||`` and by an intensity ``scale`` per item (the caller's, e.g. of the FBP), the
-    output multiplied back: the network sees the same numbers in 1/mm as in [0, 1]. The weights
-    depend on the geometry they were trained for (views, detectors, image size).
+    zero, as in the paper; the output is ``f^{(0)}``. With ``start_iterations = k > 0`` every primal
+    channel starts instead at an estimate ``x0`` the caller passes (``reconstruct`` gives TV after ``k``
+    Chambolle-Pock iterations) and the last convolution of every primal update starts at zero, so the
+    untrained network returns ``x0`` and training can only move it where the loss falls. The operator
+    is normalised, ``A_hat = A / ||A||``, and the data divided by ``||A||`` and by an intensity
+    ``scale`` per item (the caller's, e.g. of the FBP), the output multiplied back: the network sees
+    the same numbers in 1/mm as in [0, 1]. The weights depend on the geometry they were trained for
+    (views, detectors, image size).
 
     Args:
         iterations: unrolled steps ``K`` (10 in the paper).
         primal, dual: channels of the primal (at least 2) and dual memories (5 in the paper).
         hidden: channels inside each update (32 in the paper).
+        start_iterations: 0 for the paper's zero start, else the TV iterations of the estimate ``x0``
+            the network starts from (recorded in its card with the architecture).
 
     Shapes:
         y: ``(B, 1, views, detectors)``; returns ``(B, 1, H, W)``.
@@ -54,24 +60,49 @@ class LearnedPrimalDual(nn.Module):
         >>> net = LearnedPrimalDual(iterations=2, hidden=8)
         >>> net(A, A(torch.rand(3, 1, 16, 16)), torch.ones(3)).shape
         torch.Size([3, 1, 16, 16])
+        >>> warm = LearnedPrimalDual(iterations=2, hidden=8, start_iterations=30)
+        >>> x0 = torch.rand(3, 1, 16, 16)
+        >>> torch.equal(warm(A, A(x0), torch.ones(3), x0), x0)  # untrained: the estimate itself
+        True
     """
 
-    def __init__(self, iterations: int = 10, primal: int = 5, dual: int = 5, hidden: int = 32) -> None:
+    def __init__(self, iterations: int = 10, primal: int = 5, dual: int = 5, hidden: int = 32,
+                 start_iterations: int = 0) -> None:
         super().__init__()
         for name, value, least in (("iterations", iterations, 1), ("primal", primal, 2), ("dual", dual, 1),
-                                   ("hidden", hidden, 1)):
+                                   ("hidden", hidden, 1), ("start_iterations", start_iterations, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
         self.iterations, self.primal, self.dual = iterations, primal, dual
+        self.start_iterations = start_iterations
         self.dual_updates = nn.ModuleList(_update(dual + 2, hidden, dual) for _ in range(iterations))
         self.primal_updates = nn.ModuleList(_update(primal + 1, hidden, primal) for _ in range(iterations))
+        if start_iterations:
+            for update in self.primal_updates:
+                nn.init.zeros_(update[-1].weight)
+                nn.init.zeros_(update[-1].bias)
 
-    def forward(self, A: LinearOperator, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def forward(self, A: LinearOperator, y: torch.Tensor, scale: torch.Tensor,
+                x0: torch.Tensor | None = None) -> torch.Tensor:
+        """The image from sinogram ``y`` at intensity ``scale``; ``x0`` is the estimate to start from,
+        required exactly when ``start_iterations > 0``."""
         norm, s, g = normalised_data(A, y, scale)
         B = y.shape[0]
-        f = y.new_zeros((B, self.primal, *A.in_shape[-2:]))
+        if (x0 is None) != (self.start_iterations == 0):
+            raise ValueError(f"x0: this network starts from {self._start()}; got "
+                             f"{'no estimate' if x0 is None else 'an estimate'}")
+        if x0 is None:
+            f = y.new_zeros((B, self.primal, *A.in_shape[-2:]))
+        elif x0.shape != (B, 1, *A.in_shape[-2:]):
+            raise ValueError(f"x0: expected shape {(B, 1, *A.in_shape[-2:])}, got {tuple(x0.shape)}")
+        else:
+            f = (x0 / s).repeat(1, self.primal, 1, 1)
         h = y.new_zeros((B, self.dual, *y.shape[-2:]))
         for gamma, lam in zip(self.dual_updates, self.primal_updates):
             h = h + gamma(torch.cat([h, A(f[:, 1:2].contiguous()) / norm, g], dim=1))
             f = f + lam(torch.cat([f, A.adjoint(h[:, :1].contiguous()) / norm], dim=1))
         return f[:, :1] * s
+
+    def _start(self) -> str:
+        k = self.start_iterations
+        return f"TV after {k} iterations (pass it as x0)" if k else "zero (pass no x0)"
