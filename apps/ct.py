@@ -80,8 +80,9 @@ def add_run_options(p, methods, default: str, lam_rule: str, iterative: str, aut
     """The options every reconstruction subcommand shares: methods, weight, iterations, device, output."""
     p.add_argument("--method", action="append", choices=methods, help=f"repeatable (default: {default})")
     if auto_lam:
-        p.add_argument("--lam", type=_lam_arg, default=None, metavar="LAM|auto",
-                       help=f"regularisation weight, or 'auto' for the discrepancy principle (default: rule in {lam_rule})")
+        p.add_argument("--lam", type=_lam_arg, default=None, metavar="LAM|auto|cv",
+                       help="regularisation weight, 'auto' for the discrepancy principle or 'cv' for cross-validation "
+                            f"over the views (default: rule in {lam_rule})")
     else:
         p.add_argument("--lam", type=nonneg_float, default=None, help=f"TV weight (default: rule in {lam_rule})")
     p.add_argument("--iterations", type=positive_int, default=None, help=f"iterations for {iterative}")
@@ -92,14 +93,14 @@ def add_run_options(p, methods, default: str, lam_rule: str, iterative: str, aut
 
 
 def _lam_arg(text: str) -> float | str:
-    if text == "auto":
+    if text in ("auto", "cv"):
         return text
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, 'auto' or 'cv', got {text!r}") from None
     if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a non-negative finite weight or 'auto', got {text}")
+        raise argparse.ArgumentTypeError(f"expected a non-negative finite weight, 'auto' or 'cv', got {text}")
     return value
 
 
@@ -290,7 +291,7 @@ def _metrics(r, ref) -> dict:
         rng = float(ref.max() - ref.min()) or 1.0
         m["psnr"] = round(float(psnr(r.x, ref, data_range=rng)), 3)
         m["ssim"] = round(float(ssim(r.x, ref, data_range=rng)), 4)
-    for key in ("lam", "rho"):
+    for key in ("lam", "rho", "lam_rule", "cv_multiple"):
         if key in r.parameters:
             m[key] = r.parameters[key]
     return m

@@ -238,6 +238,26 @@ class _AstraCT2D(_AstraCT):
     def _make_cpu_projector(self, angles: np.ndarray | None = None) -> int:
         return _astra().create_projector(self._cpu_kind, self._proj_geom(angles), self._vol_geom())
 
+    def view_subset(self, views) -> "_AstraCT2D":
+        """The same geometry on some of its views: the operator of the sinogram rows ``y[..., views, :]``
+        (``views`` integer indices into ``angles``), on the same device and CPU backend.
+
+        Example:
+            >>> import numpy as np, torch
+            >>> A = ParallelBeam2D((16, 16), np.linspace(0, np.pi, 6, endpoint=False), 24)
+            >>> x = torch.rand(1, 1, 16, 16)
+            >>> torch.allclose(A.view_subset([1, 4])(x), A(x)[..., [1, 4], :])
+            True
+        """
+        n = len(self._np_angles)
+        idx = np.asarray(views)
+        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 \
+                or idx.max() >= n:
+            raise ValueError(f"views: expected a non-empty 1-D sequence of view indices in [0, {n}), got "
+                             f"{np.array2string(idx, threshold=8)}")
+        op = self._with_angles(self._np_angles[idx]).set_cpu_backend(self.cpu_backend)
+        return op.to(self.angles.device)
+
     # -- CPU: ASTRA per slice, or its system matrix as torch CSR (see the module docstring) ----
     def set_cpu_backend(self, backend: str) -> "_AstraCT2D":
         """``"auto"``, ``"sparse"`` or ``"astra"`` for CPU tensors; returns the operator."""
@@ -308,6 +328,10 @@ class ParallelBeam2D(_AstraCT2D):
     def __init__(self, image_shape: Sequence[int], angles, detector_count: int, pixel_size: float = 1.0,
                  detector_spacing: float = 1.0, channels: int = 1) -> None:
         super().__init__(image_shape, angles, detector_count, pixel_size, detector_spacing, channels)
+
+    def _with_angles(self, angles: np.ndarray) -> "ParallelBeam2D":
+        return ParallelBeam2D(self.image_shape, angles, self.detector_count, self.pixel_size, self.detector_spacing,
+                              self.in_shape[0])
 
     def _proj_geom(self, angles: np.ndarray | None = None) -> dict:
         return _astra().create_proj_geom("parallel", self.detector_spacing / self.pixel_size, self.detector_count,
@@ -399,6 +423,10 @@ class FanBeam2D(_AstraCT2D):
         if self.source_origin <= half_diag:
             raise ValueError(f"source_origin: the source must lie outside the image (> {half_diag:.3f} mm, "
                              f"half the image diagonal), got {self.source_origin}")
+
+    def _with_angles(self, angles: np.ndarray) -> "FanBeam2D":
+        return FanBeam2D(self.image_shape, angles, self.detector_count, self.source_origin, self.origin_detector,
+                         self.pixel_size, self.detector_spacing, self.in_shape[0])
 
     def _proj_geom(self, angles: np.ndarray | None = None) -> dict:
         p = self.pixel_size

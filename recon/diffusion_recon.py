@@ -102,9 +102,8 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, pre_estimate: Call
     """Run ``method`` (one of ``DIFFUSION``) with the loaded ``model`` from ``pre_estimate(init)`` (``init``
     one of ``INITS``, from the card, default ``"direct"``); ``noise()`` gives the noise std of each real
     component of ``y`` (called by DiffPIR and DPIR only). Returns ``(x, n_iter, params, history)``."""
-    if lam == "auto":
-        raise ValueError(f"lam: 'auto' (the discrepancy principle) is not available for {method}; give a number "
-                         "or None")
+    if isinstance(lam, str):
+        raise ValueError(f"lam: {lam!r} (a weight search) is not available for {method}; give a number or None")
     tuned = model.card.get(method, {})  # checked by load_model (recon.models.CARD_SETTINGS)
     lam = float(tuned.get("lam", DEFAULT_LAM[method])) if lam is None else float(lam)
     steps = int(iterations or tuned.get("steps", DEFAULT_STEPS[method]))
