@@ -137,6 +137,7 @@ def check_edge_term(case) -> dict:
 
 
 def run_case(case) -> dict:
+    from recon.cross_validation import grid_minimum
     from recon.lambda_rule import _backprojected_noise_rms, estimate_noise_std
     from recon.metrics import psnr
     from recon.reconstruct import reconstruct
@@ -149,27 +150,14 @@ def run_case(case) -> dict:
     m = y[0].numel()
     evals: dict[float, dict] = {}
 
-    def at(k: int) -> float:  # PSNR at m = 2^(k/2)
-        if k not in evals:
-            r = reconstruct(A, y, "tv", lam=centre * 2 ** (k / 2))
-            ratio = float((A(r.x) - y).norm()) / (data.noise_std * math.sqrt(m))
-            evals[k] = {"multiple": 2 ** (k / 2), "lam": centre * 2 ** (k / 2), "psnr": float(psnr(r.x, x_true)),
-                        "residual_ratio": ratio, "iterations": r.iterations}
-        return evals[k]["psnr"]
+    def negative_psnr(multiple: float) -> float:
+        r = reconstruct(A, y, "tv", lam=centre * multiple)
+        ratio = float((A(r.x) - y).norm()) / (data.noise_std * math.sqrt(m))
+        evals[multiple] = {"multiple": multiple, "lam": centre * multiple, "psnr": float(psnr(r.x, x_true)),
+                           "residual_ratio": ratio, "iterations": r.iterations}
+        return -evals[multiple]["psnr"]
 
-    for k in (0, -2, 2):
-        at(k)
-    while True:
-        best = max(evals, key=at)
-        if best == min(evals) and best > -12:
-            at(best - 2)
-        elif best == max(evals) and best < 12:
-            at(best + 2)
-        else:
-            break
-    best = max(evals, key=at)
-    at(best - 1), at(best + 1)
-    best = max(evals, key=at)
+    best, _ = grid_minimum(negative_psnr, max_doublings=6)  # the search of lam="cv", on the PSNR
     return {"phantom": phantom, "size": size, "views": views, "geometry": geometry, "noise": noise, "seed": seed,
             "noise_std": data.noise_std, "sigma_hat": sigma_hat, "sinogram_rms": float(y.pow(2).mean().sqrt()),
             "bp_noise_rms": _backprojected_noise_rms(A, y), "measurements": m, "pixels": size * size,
