@@ -25,26 +25,32 @@ def trained(tmp_path_factory):
     return train_cli(tmp_path_factory.mktemp("ista"), "unrolled-ista", TINY, steps=40)
 
 
-def test_the_untrained_network_is_landweber_on_the_normalised_data_term():
-    """theta = 0 and zero last convolutions: 4 steps x <- x - A^T(A x - y) / ||A||^2 from 0, by hand in numpy."""
+@pytest.mark.parametrize("start", [0, 7])
+def test_the_untrained_network_is_landweber_on_the_normalised_data_term(start):
+    """theta = 0 and zero last convolutions: 4 steps x <- x - A^T(A x - y) / ||A||^2 by hand in numpy, from 0
+    or (start_iterations > 0) from the estimate passed."""
     A = operator()
     x_true = random_ellipses(32, seed=3).double()
     y = A(x_true)
-    net = UnrolledISTANet(layers=4, hidden=8).double()
-    got = net(A, y, torch.ones(1, dtype=torch.float64))
+    x0 = x_true + 0.05 * torch.randn_like(x_true) if start else None
+    net = UnrolledISTANet(layers=4, hidden=8, start_iterations=start).double()
+    got = net(A, y, torch.full((1,), 2.0, dtype=torch.float64), *([x0] if start else []))
     norm = A.norm()
-    x = np.zeros((1, 1, 32, 32))
+    x = x0.numpy() if start else np.zeros((1, 1, 32, 32))
     for _ in range(4):
         x = x - A.adjoint(A(torch.from_numpy(x)) - y).numpy() / norm ** 2
     np.testing.assert_allclose(got.detach().numpy(), x, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="x0: this network starts from"):
+        net(A, y, torch.ones(1, dtype=torch.float64), *([] if start else [x_true]))
 
 
-def test_the_network_is_unit_free_batched_and_every_parameter_learns():
+@pytest.mark.parametrize("start", [0, 3])
+def test_the_network_is_unit_free_batched_and_every_parameter_learns(start):
     torch.manual_seed(0)
-    net = UnrolledISTANet(layers=2, hidden=8)
+    net = UnrolledISTANet(layers=2, hidden=8, start_iterations=start)
     for prox in net.proxes:  # as after a training step: the last convolutions no longer zero
         torch.nn.init.normal_(prox[-1].weight, std=0.1)
-    check_unit_free_batched_and_differentiable(net)
+    check_unit_free_batched_and_differentiable(net, start=bool(start))
     with pytest.raises(ValueError, match="layers: expected an integer >= 1, got 0"):
         UnrolledISTANet(layers=0)
 

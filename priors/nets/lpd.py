@@ -7,7 +7,7 @@ from torch import nn
 
 from operators.base import LinearOperator
 
-__all__ = ["LearnedPrimalDual", "normalised_data"]
+__all__ = ["LearnedPrimalDual", "normalised_data", "starting_image"]
 
 
 def normalised_data(A: LinearOperator, y: torch.Tensor, scale) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -18,6 +18,21 @@ def normalised_data(A: LinearOperator, y: torch.Tensor, scale) -> tuple[float, t
     norm = A.norm(device=y.device)
     s = torch.as_tensor(scale, dtype=y.dtype, device=y.device).reshape(-1, 1, 1, 1)
     return norm, s, y / (norm * s)
+
+
+def starting_image(start_iterations: int, x0: torch.Tensor | None, A: LinearOperator, y: torch.Tensor,
+                   s: torch.Tensor, channels: int) -> torch.Tensor:
+    """The ``channels`` image channels a sinogram-to-image network starts from, on its intensity scale ``s``:
+    zero, or the estimate ``x0 / s`` in each, which is required exactly when ``start_iterations > 0``."""
+    shape = (y.shape[0], 1, *A.in_shape[-2:])
+    if (x0 is None) != (start_iterations == 0):
+        start = f"TV after {start_iterations} iterations (pass it as x0)" if start_iterations else "zero (pass no x0)"
+        raise ValueError(f"x0: this network starts from {start}; got {'no estimate' if x0 is None else 'an estimate'}")
+    if x0 is None:
+        return y.new_zeros((shape[0], channels, *shape[2:]))
+    if x0.shape != shape:
+        raise ValueError(f"x0: expected shape {shape}, got {tuple(x0.shape)}")
+    return (x0 / s).repeat(1, channels, 1, 1)
 
 
 def _update(c_in: int, hidden: int, c_out: int) -> nn.Sequential:
@@ -87,22 +102,9 @@ class LearnedPrimalDual(nn.Module):
         """The image from sinogram ``y`` at intensity ``scale``; ``x0`` is the estimate to start from,
         required exactly when ``start_iterations > 0``."""
         norm, s, g = normalised_data(A, y, scale)
-        B = y.shape[0]
-        if (x0 is None) != (self.start_iterations == 0):
-            raise ValueError(f"x0: this network starts from {self._start()}; got "
-                             f"{'no estimate' if x0 is None else 'an estimate'}")
-        if x0 is None:
-            f = y.new_zeros((B, self.primal, *A.in_shape[-2:]))
-        elif x0.shape != (B, 1, *A.in_shape[-2:]):
-            raise ValueError(f"x0: expected shape {(B, 1, *A.in_shape[-2:])}, got {tuple(x0.shape)}")
-        else:
-            f = (x0 / s).repeat(1, self.primal, 1, 1)
-        h = y.new_zeros((B, self.dual, *y.shape[-2:]))
+        f = starting_image(self.start_iterations, x0, A, y, s, self.primal)
+        h = y.new_zeros((y.shape[0], self.dual, *y.shape[-2:]))
         for gamma, lam in zip(self.dual_updates, self.primal_updates):
             h = h + gamma(torch.cat([h, A(f[:, 1:2].contiguous()) / norm, g], dim=1))
             f = f + lam(torch.cat([f, A.adjoint(h[:, :1].contiguous()) / norm], dim=1))
         return f[:, :1] * s
-
-    def _start(self) -> str:
-        k = self.start_iterations
-        return f"TV after {k} iterations (pass it as x0)" if k else "zero (pass no x0)"

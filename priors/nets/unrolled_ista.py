@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from operators.base import LinearOperator
-from priors.nets.lpd import normalised_data
+from priors.nets.lpd import normalised_data, starting_image
 
 __all__ = ["UnrolledISTANet"]
 
@@ -25,17 +25,20 @@ class UnrolledISTANet(nn.Module):
     r"""``layers`` ISTA steps, each with its own step size and its own CNN proximal step.
 
     .. math:: z_t = x_t - \alpha_t \hat A^T(\hat A x_t - \hat y), \qquad x_{t+1} = z_t + C_t(z_t),
-              \qquad x_0 = 0
+              \qquad x_0 = 0 \text{ or an estimate}
 
     with ``A_hat = A / ||A||`` and ``y_hat = y / (||A|| s)`` (``s``: an intensity scale per item, the
     caller's, e.g. of the FBP; the output is multiplied back by it), ``alpha_t = exp(theta_t)``. At
     initialisation (``theta_t = 0``: the classical step ``1 / ||A_hat||^2``; each ``C_t``'s last
     convolution zero) the network is ``layers`` steps of gradient descent on ``||A_hat x - y_hat||^2 / 2``
-    (Landweber), which the tests check. The weights depend on the geometry they were trained for.
+    (Landweber), which the tests check. With ``start_iterations = k > 0`` it starts instead from an
+    estimate ``x0`` the caller passes (``reconstruct`` gives TV after ``k`` Chambolle-Pock iterations).
+    The weights depend on the geometry they were trained for.
 
     Args:
         layers: unrolled steps ``T``.
         hidden: channels inside each proximal CNN.
+        start_iterations: 0 to start from zero, else the TV iterations of the estimate ``x0`` it starts from.
 
     Shapes:
         y: ``(B, 1, views, detectors)``; returns ``(B, 1, H, W)``.
@@ -49,12 +52,13 @@ class UnrolledISTANet(nn.Module):
         torch.Size([2, 1, 16, 16])
     """
 
-    def __init__(self, layers: int = 10, hidden: int = 32) -> None:
+    def __init__(self, layers: int = 10, hidden: int = 32, start_iterations: int = 0) -> None:
         super().__init__()
-        for name, value in (("layers", layers), ("hidden", hidden)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-        self.layers = layers
+        for name, value, least in (("layers", layers, 1), ("hidden", hidden, 1),
+                                   ("start_iterations", start_iterations, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+        self.layers, self.start_iterations = layers, start_iterations
         self.log_steps = nn.Parameter(torch.zeros(layers))
         self.proxes = nn.ModuleList(_prox(hidden) for _ in range(layers))
 
@@ -63,9 +67,11 @@ class UnrolledISTANet(nn.Module):
         """The unrolled steps (as ``LearnedPrimalDual.iterations``)."""
         return self.layers
 
-    def forward(self, A: LinearOperator, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def forward(self, A: LinearOperator, y: torch.Tensor, scale: torch.Tensor,
+                x0: torch.Tensor | None = None) -> torch.Tensor:
+        """The image from sinogram ``y`` at intensity ``scale``, from ``x0`` when ``start_iterations > 0``."""
         norm, s, g = normalised_data(A, y, scale)
-        x = y.new_zeros((y.shape[0], 1, *A.in_shape[-2:]))
+        x = starting_image(self.start_iterations, x0, A, y, s, 1)
         for log_step, prox in zip(self.log_steps, self.proxes):
             z = x - log_step.exp() * A.adjoint(A(x) / norm - g) / norm
             x = z + prox(z)
