@@ -12,7 +12,8 @@ correlation coefficient (``recon.metrics.mcc``), without any flip: our images ar
 theirs. PSNR against the organisers' full-data FBP (block-averaged onto ``--size``) is the second
 figure. Every method runs at its defaults (the default weight rule, 300 iterations); ``tv+disc`` and
 the like add ``support="disc"``: the disc fitted to the sinogram's shadow bounds the image
-(``recon.support``); ``svtv-net``, ``lpn`` and ``dpir`` use the shipped models.
+(``recon.support``); ``+cv`` chooses the weight by cross-validation over the views (``lam="cv"``);
+``svtv-net``, ``lpn`` and ``dpir`` use the shipped models.
 
 Writes ``<output>/htc.json`` (settings and per case and method: MCC, PSNR, seconds),
 ``htc.md`` (the table) and ``htc.png`` (the reference segmentation and each method's, per case).
@@ -38,8 +39,10 @@ SPARSE_VIEWS = 60
 #: the learned proximal network, DPIR with the diffusion prior (trained on simulated images in [0, 1]),
 #: as (the method of ``reconstruct``, the model's task)
 LEARNED = {"svtv-net": ("svtv", "svtv-weights"), "lpn": ("lpn", "lpn"), "dpir": ("dpir", "score")}
-#: the methods of ``reconstruct``, the variational ones with ``support="disc"`` (``tv+disc``...), the learned ones
-METHODS = ("fbp", "sirt", "cgls", "tikhonov", *VARIATIONAL, *(f"{m}+disc" for m in VARIATIONAL), *LEARNED)
+#: the methods of ``reconstruct``, the variational ones with ``support="disc"`` (``tv+disc``...) and/or the weight
+#: by cross-validation (``tv+cv``, ``tv+disc+cv``...), the learned ones
+METHODS = ("fbp", "sirt", "cgls", "tikhonov",
+           *(f"{m}{o}" for o in ("", "+disc", "+cv", "+disc+cv") for m in VARIATIONAL), *LEARNED)
 
 
 def add_parser(bench) -> None:
@@ -144,10 +147,10 @@ def run(args) -> int:
             row, segs = {}, {"reference": segmentation > 0.5}
             for method in methods:
                 start = time.perf_counter()
-                base, _, support = method.partition("+")
-                extra = {"model": models[method]} if method in LEARNED else {}
+                base, *options = method.split("+")
+                extra = {"model": models[method]} if method in LEARNED else {"lam": "cv"} if "cv" in options else {}
                 x = reconstruct(A, y, LEARNED[method][0] if method in LEARNED else base, progress=not args.no_progress,
-                                support=support or None, **extra).x
+                                support="disc" if "disc" in options else None, **extra).x
                 seconds = time.perf_counter() - start
                 mask = segment(x, segmentation.shape)
                 row[method] = {"mcc": round(float(mcc(mask, truth)[0]), 4), "seconds": round(seconds, 2)}
