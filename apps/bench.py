@@ -90,8 +90,9 @@ def add_parser(sub) -> None:
                    help="unrolled-ista: the unrolled ISTA network (recon train unrolled-ista)")
     q.add_argument("--svtv-weights", type=Path, default=None, metavar="FILE",
                    help="svtv-net: the weight network (default shipped)")
-    q.add_argument("--lam", choices=("default", "auto"), default="default",
-                   help="weights: each method's default rule, or the discrepancy principle")
+    q.add_argument("--lam", choices=("default", "auto", "cv"), default="default",
+                   help="weights of the variational methods: the default rule, the discrepancy principle or "
+                        "cross-validation over the views")
     q.add_argument("--iterations", type=int, default=None, help="iterations of the variational methods")
     q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     q.add_argument("--output", type=Path, default=Path("bench_quality"), help="output folder")
@@ -141,7 +142,7 @@ def _run_case(data: CTData, methods, args, device, earlier: dict | None = None,
     A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1]).to(device)
     y = torch.as_tensor(data.sinogram, device=device)[None, None]
     ref = torch.as_tensor(data.reference, device=device)[None, None]
-    lam = "auto" if args.lam == "auto" else None
+    lam = args.lam if args.lam in ("auto", "cv") else None
     noise_std = data.noise_std if lam == "auto" else None
     common = {"iterations": args.iterations, "progress": not args.no_progress, "noise_std": noise_std}
     metrics = {m: earlier["metrics"][m] for m in methods if m in earlier["metrics"]}

@@ -204,3 +204,19 @@ def test_bench_htc_names_a_missing_folder_or_files(tmp_path, capsys):
     assert "--output: expected a folder, found a file" in capsys.readouterr().err
     assert main(["bench", "htc", "--htc", str(tmp_path)]) == 2
     assert "lacks htc2022_01a_full.mat, htc2022_01a_recon_fbp.mat, htc2022_01a_recon_fbp_seg.mat" in capsys.readouterr().err
+
+
+def test_quality_with_weights_by_cross_validation(tmp_path):
+    from apps.ct import simulate
+    from operators.ct import ct_operator
+    from recon.reconstruct import reconstruct
+
+    out = tmp_path / "cv"
+    assert bench("--phantoms", 0, "--size", 32, "--views", 24, "--iterations", 40, "--method", "tv", "--lam", "cv",
+                 "--output", out, "--no-progress") == 0
+    report = json.loads((out / "quality.json").read_text())
+    data = simulate("shepp-logan", 32, 24, "parallel", 0.01, 0)
+    A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1])
+    expected = reconstruct(A, torch.as_tensor(data.sinogram)[None, None], "tv", lam="cv", iterations=40)
+    assert report["settings"]["lam"] == "cv"
+    assert report["cases"]["shepp-logan"]["tv"]["lam"] == pytest.approx(expected.parameters["lam"])
