@@ -32,11 +32,11 @@ from data.dicom import read_series
 from data.hdf5 import _check_read, open_hdf5
 from data.phantoms import _check_n_ellipses, random_ellipses
 
-__all__ = ["EllipsesDataset", "CouleLikeDataset", "ImageFolderDataset", "HDF5ImageDataset",
+__all__ = ["EllipsesDataset", "CouleLikeDataset", "HTCDiscDataset", "ImageFolderDataset", "HDF5ImageDataset",
            "DicomSeriesDataset"]
 
 # random streams: one per use, so equal seeds in two places never give correlated draws
-STREAM_ELLIPSES, STREAM_COULE, STREAM_SPLIT, STREAM_PATCHES, STREAM_NOISE = 1, 2, 3, 4, 5
+STREAM_ELLIPSES, STREAM_COULE, STREAM_SPLIT, STREAM_PATCHES, STREAM_NOISE, STREAM_DISCS = 1, 2, 3, 4, 5, 6
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 _8BIT_MODES, _16BIT_MODES = ("1", "L", "LA", "P", "RGB", "RGBA"), ("I;16", "I;16B", "I;16L", "I")
 
@@ -186,6 +186,100 @@ class CouleLikeDataset(Dataset):
         for _ in range(rng.integers(self.n_lines[0], self.n_lines[1] + 1)):
             _paint_line(image, rng, radius)
         return torch.from_numpy(image).to(torch.float32)[None]
+
+
+#: the HTC2022 phantoms in the organisers' field of view (512 pixels of 0.148 mm, 75.94 mm): a 70 mm acrylic disc
+#: whose centre sits within about 1 mm of the rotation centre; holes keep a rim of at least 3 mm
+HTC_FOV_MM, HTC_DISC_RADIUS_MM, HTC_CENTRE_MM, HTC_HOLE_RADIUS_MM = 75.94, 35.0, 1.0, 32.0
+#: holes stay apart, as in the challenge's phantoms: the circles holding them at least HOLE_GAP_MM apart (a hole
+#: that finds no room in HOLE_TRIES draws is left out)
+HOLE_GAP_MM, HOLE_TRIES = 1.0, 50
+
+
+class HTCDiscDataset(Dataset):
+    """HTC2022-like phantoms: a uniform disc with holes, in the challenge's field of view.
+
+    Modelled on the acrylic discs of the Helsinki Tomography Challenge 2022 (70 mm in diameter, holes of
+    many shapes, more and more intricate at higher difficulty) without their files: each item is a disc
+    of value 1 and radius 35 mm, centred within 1 mm of the image centre, on a ``size`` grid over the
+    organisers' 75.94 mm field of view, with ``n_holes`` holes of value 0 drawn from four shapes:
+    discs (radius 1.5-8 mm), ellipses, convex polygons of 3-6 vertices (radius 2-12 mm) and slots
+    (1-3 mm wide, 5-25 mm long), each inside 32 mm of the disc's centre and apart from the others. Drawn at
+    4x the resolution and averaged, so edges are antialiased. Item ``i`` depends only on ``(seed, i)``.
+    For training limited-angle methods to be checked on the real scans (``data.htc2022``).
+
+    Args:
+        n: Number of items (>= 1).
+        size: Image side length in pixels (>= 16).
+        seed: Non-negative integer; the same seed gives the same images.
+        n_holes: Inclusive range ``(low, high)`` of holes per image.
+
+    Shapes:
+        item: ``(1, size, size)`` float32 in ``[0, 1]``.
+
+    Example:
+        >>> x = HTCDiscDataset(2, size=64, seed=1)[0]
+        >>> tuple(x.shape), float(x.max()), 0.5 < float(x.mean()) < 0.67  # the disc covers 2/3 of the field
+        ((1, 64, 64), 1.0, True)
+    """
+
+    def __init__(self, n: int, size: int = 256, seed: int = 0, n_holes: tuple[int, int] = (1, 20)) -> None:
+        self.n, self.size = check_int("n", n, 1), check_int("size", size, 16)
+        self.seed = check_int("seed", seed, 0)
+        self.n_holes = _check_range("n_holes", n_holes)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rng = np.random.default_rng(item_seed(self.seed, STREAM_DISCS, check_index(index, self.n)))
+        fine = 4 * self.size
+        mm = fine / HTC_FOV_MM  # pixels of the fine grid per mm
+        image = np.zeros((fine, fine))
+        r, t = HTC_CENTRE_MM * mm * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
+        centre = (fine - 1) / 2 + r * np.array([math.sin(t), math.cos(t)])
+        rr, cc = draw.disk(tuple(centre), HTC_DISC_RADIUS_MM * mm, shape=image.shape)
+        image[rr, cc] = 1.0
+        placed: list[tuple[np.ndarray, float]] = []
+        for _ in range(rng.integers(self.n_holes[0], self.n_holes[1] + 1)):
+            for _ in range(HOLE_TRIES):
+                hole, mid, extent = _hole(rng, centre, mm, image.shape)
+                if all(np.hypot(*(mid - m)) >= (extent + e + HOLE_GAP_MM) * mm for m, e in placed):
+                    image[hole] = 0.0
+                    placed.append((mid, extent))
+                    break
+        coarse = image.reshape(self.size, 4, self.size, 4).mean(axis=(1, 3))
+        return torch.from_numpy(coarse).to(torch.float32)[None]
+
+
+def _hole(rng: np.random.Generator, centre: np.ndarray, mm: float, shape):
+    """``((rows, cols), centre, extent)``: the pixels of one random hole (disc, ellipse, convex polygon or slot)
+    within ``HTC_HOLE_RADIUS_MM`` of ``centre``, its own centre (pixels) and the radius in mm of a circle about
+    it that holds it."""
+    kind = rng.integers(4)
+    extent = {0: rng.uniform(1.5, 8), 1: 0.0, 2: rng.uniform(2, 12), 3: 0.0}[kind]
+    if kind == 1:
+        a, b = rng.uniform(1.5, 10, size=2)
+        extent = max(a, b)
+    if kind == 3:
+        length, width = rng.uniform(5, 25), rng.uniform(1, 3)
+        extent = math.hypot(length, width) / 2
+    rho = (HTC_HOLE_RADIUS_MM - extent) * math.sqrt(rng.uniform())
+    phi = rng.uniform(0, 2 * math.pi)
+    mid = centre + rho * mm * np.array([math.sin(phi), math.cos(phi)])
+    if kind == 0:
+        return draw.disk(tuple(mid), extent * mm, shape=shape), mid, extent
+    if kind == 1:
+        return draw.ellipse(mid[0], mid[1], a * mm, b * mm, shape=shape, rotation=rng.uniform(0, math.pi)), mid, extent
+    if kind == 2:
+        angles = np.sort(rng.uniform(0, 2 * math.pi, size=rng.integers(3, 7)))
+        rows, cols = mid[0] + extent * mm * np.sin(angles), mid[1] + extent * mm * np.cos(angles)
+        return draw.polygon(rows, cols, shape=shape), mid, extent
+    theta = rng.uniform(0, math.pi)
+    along = length / 2 * mm * np.array([math.sin(theta), math.cos(theta)])
+    across = width / 2 * mm * np.array([math.cos(theta), -math.sin(theta)])
+    corners = np.stack([mid - along - across, mid + along - across, mid + along + across, mid - along + across])
+    return draw.polygon(corners[:, 0], corners[:, 1], shape=shape), mid, extent
 
 
 def _check_range(name: str, value: object) -> tuple[int, int]:

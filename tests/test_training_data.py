@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 from data.dicom_write import write_series
 from data.patches import Augment, NoisyPairs, RandomPatches, split
 from data.phantoms import random_ellipses
-from data.training import (STREAM_ELLIPSES, CouleLikeDataset, DicomSeriesDataset, EllipsesDataset, HDF5ImageDataset,
-                           ImageFolderDataset, item_seed)
+from data.training import (HTC_DISC_RADIUS_MM, HTC_FOV_MM, STREAM_ELLIPSES, CouleLikeDataset, DicomSeriesDataset,
+                           EllipsesDataset, HDF5ImageDataset, HTCDiscDataset, ImageFolderDataset, item_seed)
 
 
 def dihedral(x: torch.Tensor) -> list[torch.Tensor]:
@@ -95,7 +95,29 @@ def test_coule_like_objects_stay_inside_the_inscribed_disc():
     assert all(float(ds[k][0][outside].abs().max()) == 0.0 for k in range(len(ds)))
 
 
+def test_htc_like_discs_have_the_challenge_s_disc_rim_and_holes():
+    size = 128
+    mm = HTC_FOV_MM / size  # mm per pixel
+    solid = HTCDiscDataset(3, size=size, seed=0, n_holes=(0, 0))
+    for k in range(3):  # the disc alone: 70 mm across, within 1 mm of the centre
+        x = solid[k][0].double()
+        assert float(x.sum()) * mm ** 2 == pytest.approx(np.pi * HTC_DISC_RADIUS_MM ** 2, rel=0.005)
+        i, j = np.mgrid[:size, :size]
+        ci, cj = float((x * torch.from_numpy(i)).sum() / x.sum()), float((x * torch.from_numpy(j)).sum() / x.sum())
+        assert np.hypot(ci - (size - 1) / 2, cj - (size - 1) / 2) * mm <= 1.0 + 1e-6
+    holed = HTCDiscDataset(8, size=size, seed=0, n_holes=(20, 20))
+    for k in range(8):
+        x, disc = holed[k][0], solid[0][0]
+        assert 0 <= float(x.min()) and float(x.max()) == 1.0
+        assert float(x.sum()) < 0.9 * float(disc.sum())  # twenty holes take at least a tenth of the disc
+        labels = label(x.numpy() < 0.5)
+        assert labels.max() >= 4  # background plus several separate holes
+    assert torch.equal(holed[3], HTCDiscDataset(8, size=size, seed=0, n_holes=(20, 20))[3])
+    assert not torch.equal(holed[3], HTCDiscDataset(8, size=size, seed=1, n_holes=(20, 20))[3])
+
+
 @pytest.mark.parametrize("make, message", [
+    (lambda: HTCDiscDataset(2, n_holes=(3, 1)), r"n_holes: expected a pair \(low, high\)"),
     (lambda: EllipsesDataset(0), "n: expected an integer >= 1"),
     (lambda: EllipsesDataset(2, size=4), "size: expected an integer >= 8"),
     (lambda: EllipsesDataset(2, seed=-1), "seed: expected an integer >= 0"),
