@@ -136,7 +136,8 @@ def test_run_study_isolates_a_corrupt_series(tmp_path):
     ("[operator]\nsource_origin = 100.0", "source_origin: only used with geometry = 'fan'"),
     ("naming = 'names'", "naming: expected 'key' or 'patient'"),
     ("methods = []", "methods: expected a non-empty list"),
-    ("[methods.tv]\nlam = 'often'", "lam: expected a non-negative number or 'auto'"),
+    ("[methods.tv]\nlam = 'often'", "lam: expected a non-negative number, 'auto' or 'cv'"),
+    ("[mri_methods.tv]\nlam = 'cv'", "[mri_methods.tv]: lam: expected a non-negative number"),
     ("views = [", "not valid TOML"),
     ("[mri]\naccel = 2", "[mri]: unknown key 'accel'; allowed keys: acceleration, center_fraction, mask_type"),
     ("[mri]\nmask_type = 'spiral'", "[mri]: mask_type: expected one of random, equispaced, poisson"),
@@ -154,6 +155,13 @@ def test_bad_config_is_a_clear_error(dataset, tmp_path, capsys, text, message):
     err = capsys.readouterr().err
     assert message in err and str(config) in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_config_takes_the_weight_searches(tmp_path):
+    config = tmp_path / "cv.toml"
+    config.write_text("[methods.tv]\nlam = 'cv'\n[methods.svtv]\nlam = 'auto'\n")
+    methods = load_config(config)["methods"]
+    assert methods["tv"]["lam"] == "cv" and methods["svtv"]["lam"] == "auto"
 
 
 def test_config_defaults_and_hash():
