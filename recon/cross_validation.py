@@ -84,11 +84,12 @@ def grid_minimum(error: Callable[[float], float], max_doublings: int = CV_MAX_DO
     return 2 ** (best / 2), {2 ** (k / 2): v for k, v in sorted(values.items())}
 
 
-def cv_lambda(method: str, A, y: torch.Tensor, prior, noise_std, solve, progress: bool, constraint=None,
-              folds: int = CV_FOLDS):
+def cv_lambda(method: str, A, y: torch.Tensor, prior, x_fbp: torch.Tensor, noise_std, solve, progress: bool,
+              constraint=None, folds: int = CV_FOLDS):
     """``reconstruct``'s ``lam="cv"``: per batch item the cross-validated multiple of the default rule.
 
-    ``solve(weight, x0, y, prior, constraint, A)`` reconstructs one item with operator ``A``. Returns
+    ``solve(weight, x0, y, prior, constraint, A)`` reconstructs one item with operator ``A``; each fold's
+    reconstructions start from the FBP of its views, the final one from ``x_fbp`` (the caller's). Returns
     ``(x, [lam per item], [multiple per item], total iterations)``. The progress bar counts the
     reconstructions (the folds' and the final one)."""
     from tqdm.auto import tqdm
@@ -124,7 +125,7 @@ def cv_lambda(method: str, A, y: torch.Tensor, prior, noise_std, solve, progress
 
         m, _ = grid_minimum(error)
         lam = m * default_lambda(method, A, yi, s, pi)
-        r = solve(lam, fbp(A, yi), yi, pi, ci, A)
+        r = solve(lam, x_fbp[i:i + 1], yi, pi, ci, A)
         bar.update(1)
         iters += r.n_iter
         xs.append(r.x)

@@ -263,7 +263,7 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
                       discrepancy_tau=DISCREPANCY_TAU, noise_std=noise_std if noise_std is not None else "estimated")
         return Reconstruction(x, method, iters, time.perf_counter() - start, params)
     if lam == "cv":
-        x, lams, multiples, iters = cv_lambda(method, A, y, prior, noise_std, solve, progress, constraint)
+        x, lams, multiples, iters = cv_lambda(method, A, y, prior, x_fbp, noise_std, solve, progress, constraint)
         params.update(lam=lams[0] if len(lams) == 1 else lams, lam_rule="cross-validation", cv_folds=CV_FOLDS,
                       cv_multiple=multiples[0] if len(multiples) == 1 else multiples)
         return Reconstruction(x, method, iters, time.perf_counter() - start, params)

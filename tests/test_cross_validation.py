@@ -90,7 +90,7 @@ def test_cv_is_per_item_and_refuses_what_it_cannot_split(tmp_path):
 
     B = Blur(gaussian_kernel(1.0), (32, 32))  # reconstruct's TV needs a CT operator's FBP; cv_lambda checks itself
     with pytest.raises(ValueError, match=r"lam: 'cv' splits the views of a 2D CT operator .* got Blur"):
-        cv_lambda("tv", B, B(torch.rand(1, 1, 32, 32)), TV(), None, None, False)
+        cv_lambda("tv", B, B(torch.rand(1, 1, 32, 32)), TV(), None, None, None, False)
     with pytest.raises(ValueError, match="lam: expected a number, None \\(default rule\\), 'auto' or 'cv', got 'CV'"):
         reconstruct(A, y0, "tv", lam="CV")
     out = tmp_path / "o"
