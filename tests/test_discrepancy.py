@@ -108,7 +108,7 @@ def test_auto_lambda_warns_where_the_principle_under_regularises():
 
 def test_auto_lambda_bad_input(ct):
     A, x, y, _ = ct
-    with pytest.raises(ValueError, match="lam: expected a number, None .* or 'auto'"):
+    with pytest.raises(ValueError, match="lam: expected a number, None .*, 'auto' or 'cv'"):
         reconstruct(A, y, "tv", lam="discrepancy")
     with pytest.raises(ValueError, match="noise_std: expected a positive"):
         reconstruct(A, y, "tv", lam="auto", noise_std=0.0)
