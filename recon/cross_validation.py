@@ -16,8 +16,9 @@ error until the minimum is bracketed (at most ``CV_MAX_DOUBLINGS`` times), then 
 of the rule on all views, so the choice is unit-free and carries over from the fold problems (with
 ``(folds - 1) / folds`` of the views) through the rule's dependence on the views.
 
-It costs about ``1 + 0.75 folds`` reconstructions per multiple tried (usually 5-7): opt-in, for
-when the object is unlike the phantoms the rule was fitted on. It needs an operator whose views can
+It costs about ``(folds - 1)`` full reconstructions per multiple tried (each fold's reconstruction
+sees ``(folds - 1) / folds`` of the views; at least five multiples are tried) and one more at the
+end: opt-in, for when the object is unlike the phantoms the rule was fitted on. It needs an operator whose views can
 be split (``view_subset``: the 2D CT operators).
 """
 
@@ -28,7 +29,7 @@ from collections.abc import Callable
 import torch
 
 from recon.fbp import fbp
-from recon.lambda_rule import default_lambda, estimate_noise_std
+from recon.lambda_rule import default_lambda, noise_levels
 
 __all__ = ["CV_FOLDS", "CV_MAX_DOUBLINGS", "grid_minimum", "view_folds", "cv_lambda"]
 
@@ -101,7 +102,7 @@ def cv_lambda(method: str, A, y: torch.Tensor, prior, x_fbp: torch.Tensor, noise
                          f"{type(A).__name__}")
     splits = view_folds(A.out_shape[-2], folds)
     operators = [(A.view_subset(kept), A.view_subset(held)) for kept, held in splits]
-    sigmas = estimate_noise_std(y) if noise_std is None else torch.full((y.shape[0],), float(noise_std))
+    sigmas = noise_levels(y, noise_std)
     xs, lams, multiples, iters = [], [], [], 0
     bar = tqdm(desc=f"{method}: lam by cross-validation", unit="recon", disable=not progress)
     for i in range(y.shape[0]):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recon.lambda_rule import default_lambda, estimate_noise_std
+from recon.lambda_rule import default_lambda, noise_levels
 
 __all__ = ["DISCREPANCY_TAU", "AUTO_TRIALS", "AUTO_FLOOR", "DiscrepancyResult", "discrepancy_search", "auto_lambda"]
 
@@ -121,7 +121,7 @@ def auto_lambda(method, A, y, prior, x_fbp, noise_std, solve, progress, constrai
     ``AUTO_TRIALS`` per item) and shows the last weight tried and its residual ratio."""
     from tqdm.auto import tqdm
 
-    sigmas = estimate_noise_std(y) if noise_std is None else torch.full((y.shape[0],), float(noise_std))
+    sigmas = noise_levels(y, noise_std)
     m = y[0].numel()
     xs, lams, iters = [], [], 0
     bar = tqdm(total=y.shape[0] * AUTO_TRIALS, desc=f"{method}: lam by discrepancy", unit="trial",

@@ -18,7 +18,7 @@ from priors.base import Functional
 from priors.graph_laplacian import GraphLaplacianPrior
 
 __all__ = ["TV_LAMBDA_FACTOR", "LAMBDA_FACTORS", "REFERENCE_SIDE", "REFERENCE_NOISE", "estimate_noise_std",
-           "default_tv_lambda", "default_lambda"]
+           "noise_levels", "default_tv_lambda", "default_lambda"]
 
 TV_LAMBDA_FACTOR = 0.9  # c in the rule of default_tv_lambda; fitted on phantoms (docs/lam_rule_range_study.py)
 #: the rule's constant for each variational method. The adaptive priors' constants were calibrated at the
@@ -47,6 +47,11 @@ def estimate_noise_std(y: torch.Tensor) -> torch.Tensor:
     d2 = (y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2]).flatten(1)
     med = d2.median(dim=1, keepdim=True).values
     return 1.4826 * (d2 - med).abs().median(dim=1).values / math.sqrt(6.0)
+
+
+def noise_levels(y: torch.Tensor, noise_std: float | None) -> torch.Tensor:
+    """The noise standard deviation of each item of ``y``: ``noise_std`` for all when given, else estimated."""
+    return estimate_noise_std(y) if noise_std is None else torch.full((y.shape[0],), float(noise_std))
 
 
 def _backprojected_noise_rms(A: LinearOperator, like: torch.Tensor) -> float:

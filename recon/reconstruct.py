@@ -97,7 +97,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)`` (one weight per batch
             item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate), or ``"cv"``
             for the multiple of the rule that best predicts held-out views (per item; 2D CT; about
-            20 reconstructions' time).
+            three reconstructions per multiple tried, at least five tried).
         iterations: iteration cap for iterative methods (defaults in ``DEFAULT_ITERATIONS``).
         nonneg: enforce ``x >= 0`` (SIRT and the variational methods).
         support: ``"disc"``: the variational methods also keep ``x`` inside the disc fitted to each
@@ -259,13 +259,13 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
 
     if lam == "auto":
         x, lams, iters = auto_lambda(method, A, y, prior, x_fbp, noise_std, solve, progress, constraint)
-        params.update(lam=lams[0] if len(lams) == 1 else lams, lam_rule="discrepancy",
+        params.update(lam=_per_item(lams), lam_rule="discrepancy",
                       discrepancy_tau=DISCREPANCY_TAU, noise_std=noise_std if noise_std is not None else "estimated")
         return Reconstruction(x, method, iters, time.perf_counter() - start, params)
     if lam == "cv":
         x, lams, multiples, iters = cv_lambda(method, A, y, prior, x_fbp, noise_std, solve, progress, constraint)
-        params.update(lam=lams[0] if len(lams) == 1 else lams, lam_rule="cross-validation", cv_folds=CV_FOLDS,
-                      cv_multiple=multiples[0] if len(multiples) == 1 else multiples)
+        params.update(lam=_per_item(lams), lam_rule="cross-validation", cv_folds=CV_FOLDS,
+                      cv_multiple=_per_item(multiples))
         return Reconstruction(x, method, iters, time.perf_counter() - start, params)
     rule = ("default" if "lam_factor" not in tuned else f"default x {tuned['lam_factor']:g} (model card)") \
         if lam is None else "given"
@@ -276,6 +276,11 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
     params.update(lam=lam, lam_rule=rule)
     result = solve(lam, x_fbp, y, prior)
     return Reconstruction(result.x, method, result.n_iter, time.perf_counter() - start, params, result.history)
+
+
+def _per_item(values: list):
+    """A searched setting as recorded: the value for a batch of one, else the list of them per item."""
+    return values[0] if len(values) == 1 else values
 
 
 def _rising(A, y, lam, iterations, nonneg, filter, noise_std, model, start) -> Reconstruction:

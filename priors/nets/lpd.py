@@ -52,7 +52,7 @@ class LearnedPrimalDual(nn.Module):
     zero, as in the paper; the output is ``f^{(0)}``. With ``start_iterations = k > 0`` every primal
     channel starts instead at an estimate ``x0`` the caller passes (``reconstruct`` gives TV after ``k``
     Chambolle-Pock iterations) and the last convolution of every primal update starts at zero, so the
-    untrained network returns ``x0`` and training can only move it where the loss falls. The operator
+    untrained network returns ``x0`` and training starts from it. The operator
     is normalised, ``A_hat = A / ||A||``, and the data divided by ``||A||`` and by an intensity
     ``scale`` per item (the caller's, e.g. of the FBP), the output multiplied back: the network sees
     the same numbers in 1/mm as in [0, 1]. The weights depend on the geometry they were trained for
