@@ -13,7 +13,9 @@ theirs. PSNR against the organisers' full-data FBP (block-averaged onto ``--size
 figure. Every method runs at its defaults (the default weight rule, 300 iterations); ``tv+disc`` and
 the like add ``support="disc"``: the disc fitted to the sinogram's shadow bounds the image
 (``recon.support``); ``+cv`` chooses the weight by cross-validation over the views (``lam="cv"``);
-``svtv-net``, ``lpn`` and ``dpir`` use the shipped models.
+``svtv-net``, ``lpn`` and ``dpir`` use the shipped models; ``limited-angle`` (TV with the disc bounds completed by a
+network trained on simulated arcs of discs, ``recon.limited_angle``) the shipped model or ``--limited-angle-weights``,
+on the arcs only (60 views over 360 deg are not what it was trained for: "not for these data").
 
 Writes ``<output>/htc.json`` (settings and per case and method: MCC, PSNR, seconds),
 ``htc.md`` (the table) and ``htc.png`` (the reference segmentation and each method's, per case).
@@ -38,7 +40,8 @@ SPARSE_VIEWS = 60
 #: the learned methods with the shipped models: SV-TV with the weight network's edge map, PnP-ADMM with
 #: the learned proximal network, DPIR with the diffusion prior (trained on simulated images in [0, 1]),
 #: as (the method of ``reconstruct``, the model's task)
-LEARNED = {"svtv-net": ("svtv", "svtv-weights"), "lpn": ("lpn", "lpn"), "dpir": ("dpir", "score")}
+LEARNED = {"svtv-net": ("svtv", "svtv-weights"), "lpn": ("lpn", "lpn"), "dpir": ("dpir", "score"),
+           "limited-angle": ("limited-angle", "limited-angle")}
 #: the methods of ``reconstruct``, the variational ones with ``support="disc"`` (``tv+disc``...) and/or the weight
 #: by cross-validation (``tv+cv``, ``tv+disc+cv``...), the learned ones
 METHODS = ("fbp", "sirt", "cgls", "tikhonov",
@@ -53,6 +56,8 @@ def add_parser(bench) -> None:
     p.add_argument("--size", type=positive_int, default=256, help="reconstruction grid over the 75.9 mm field "
                                                                   "of view (default 256; the challenge's is 512)")
     p.add_argument("--method", action="append", choices=METHODS, help="repeatable (default: fbp and tv)")
+    p.add_argument("--limited-angle-weights", type=Path, default=None, metavar="FILE",
+                   help="limited-angle: the model (recon train limited-angle; default: the shipped one)")
     p.add_argument("--output", type=Path, default=Path("bench_htc"), help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
@@ -127,13 +132,18 @@ def run(args) -> int:
     from data.hdf5 import atomic_path
     from operators.ct import ct_operator
     from recon.metrics import mcc, psnr
-    from recon.models import load_model, shipped
+    from recon.models import check_geometry, check_shipped, load_model, shipped
     from recon.reconstruct import reconstruct
 
     check_output(args.output)
     found = cases(args.htc)
     methods = list(dict.fromkeys(args.method or ["fbp", "tv"]))
-    models = {m: load_model(shipped(LEARNED[m][1]), task=LEARNED[m][1]) for m in methods if m in LEARNED}
+    given = {"limited-angle": args.limited_angle_weights}
+    for m in methods:
+        if m in LEARNED and given.get(m) is None:
+            check_shipped(m, LEARNED[m][1], f"--{m}-weights" if m in given else "--method")
+    models = {m: load_model(given.get(m) or shipped(LEARNED[m][1]), task=LEARNED[m][1])
+              for m in methods if m in LEARNED}
     args.output.mkdir(parents=True, exist_ok=True)
     results, panels = {}, []
     for name, limited, full, ref_fbp, ref_seg in found:
@@ -146,6 +156,13 @@ def run(args) -> int:
             y = torch.as_tensor(data.sinogram)[None, None]
             row, segs = {}, {"reference": segmentation > 0.5}
             for method in methods:
+                if method == "limited-angle":  # for short arcs only: the 60 views over 360 deg are not one
+                    try:
+                        check_geometry(models[method].card, A, models[method].path)
+                    except ValueError as err:
+                        row[method] = {"skipped": str(err)}
+                        print(f"{name} {task}: {method} skipped ({err})", flush=True)
+                        continue
                 start = time.perf_counter()
                 base, *options = method.split("+")
                 extra = {"model": models[method]} if method in LEARNED else {"lam": "cv"} if "cv" in options else {}
@@ -167,13 +184,14 @@ def run(args) -> int:
     write_metrics(args.output / "htc.json", {"settings": {"size": args.size, "methods": methods}, "results": results})
     with atomic_path(args.output / "htc.md") as tmp, open(tmp, "w") as f:
         f.write(table)
-    columns = len(panels[0][1])
+    columns = 1 + len(methods)
     fig, axes = plt.subplots(len(panels), columns, figsize=(2.2 * columns, 2.3 * len(panels)), squeeze=False)
     for row_axes, (title, segs) in zip(axes, panels):
-        for ax, (method, mask) in zip(row_axes, segs.items()):
-            ax.imshow(mask, cmap="gray")
-            ax.set_title(f"{title}\n{method}" if method == "reference" else method, fontsize=8)
+        for ax, method in zip(row_axes, ["reference", *methods]):
             ax.axis("off")
+            if method in segs:  # a method skipped for these data leaves its panel blank
+                ax.imshow(segs[method], cmap="gray")
+                ax.set_title(f"{title}\n{method}" if method == "reference" else method, fontsize=8)
     fig.tight_layout()
     with atomic_path(args.output / "htc.png") as tmp:
         fig.savefig(tmp, dpi=80, format="png")
@@ -183,12 +201,19 @@ def run(args) -> int:
     return 0
 
 
+def _cell(entry: dict) -> str:
+    """One method's cell: MCC (PSNR, seconds), or why it did not run."""
+    if "skipped" in entry:
+        return "not for these data"
+    psnr = f"{entry['psnr']:.2f} dB, " if "psnr" in entry else ""
+    return f"{entry['mcc']:.3f} ({psnr}{entry['seconds']:.1f} s)"
+
+
 def format_table(results: dict, methods: list[str]) -> str:
     """Markdown: one row per case and task, the MCC (PSNR, seconds) of each method."""
     lines = ["| case | task | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for name, tasks in results.items():
         for task, row in tasks.items():
-            cells = [f"{row[m]['mcc']:.3f} ({row[m]['psnr']:.2f} dB, {row[m]['seconds']:.1f} s)" if "psnr" in row[m]
-                     else f"{row[m]['mcc']:.3f} ({row[m]['seconds']:.1f} s)" for m in methods]
+            cells = [_cell(row[m]) for m in methods]
             lines.append(f"| {name} | {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

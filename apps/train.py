@@ -7,10 +7,12 @@
     recon train rising       --data ellipses --output runs/rising (TV's first iterations -> converged TV)
     recon train lpd          --data ellipses --output runs/lpd    (learned primal-dual, whole images)
     recon train unrolled-ista --data ellipses --output runs/ista  (unrolled ISTA with CNN proxes, whole images)
+    recon train limited-angle --data htc-discs --output runs/la  (TV on short fan-beam arcs -> the disc phantom)
     recon train denoiser     --data ellipses --count 40 --size 128 --steps 50 --output runs/try  (a quick try)
     recon train score        --init score --data FOLDER --output runs/ft  (fine-tune the shipped diffusion prior)
 
-``--data`` is a built-in generator (``ellipses``, ``coule``, ``ellipses+coule``: half each; no download)
+``--data`` is a built-in generator (``ellipses``, ``coule``, ``ellipses+coule``: half each; ``htc-discs``:
+HTC2022-like discs with holes, ``data.training.HTCDiscDataset``; no download)
 or a folder of PNG/NPY images, a folder of DICOM files, or an HDF5 file with an ``images`` dataset. The
 images are read once into ``OUTPUT/cache/`` (reused on ``--resume``) and split into training and
 validation sets by seed. The config file (TOML or JSON) has up to four tables, each optional:
@@ -19,12 +21,14 @@ validation sets by seed. The config file (TOML or JSON) has up to four tables, e
     [model]  the network's keyword arguments        (priors.nets.ICNN for lpn, NoiseUNet plus sigma_data
                                                      and sigma_range for score, LearnedPrimalDual for lpd,
                                                      UnrolledISTANet for unrolled-ista, UNet otherwise;
-                                                     RisingNet wraps it for rising)
+                                                     RisingNet wraps it for rising and limited-angle)
     [task]   lpn: sigma, patch_size, patches_per_image, pretrain_fraction, pretrain_lr, lr, augment
              denoiser: sigma, patch_size, patches_per_image, augment
              svtv-weights: views, noise, patch_size, patches_per_image
              rising: views, noise, iterations (TV's, of the input), patch_size, patches_per_image
              lpd: views, noise
+             limited-angle: grid (the network's), arc_degrees, step_degrees, mu, noise ([low, high] ranges
+                    drawn per image), workers (processes simulating the scans; apps.train_limited)
              unrolled-ista: views, noise, loss ("supervised": MSE to the image; "unsupervised": the
                     objective at the output, ||A x - y||^2 / (2 ||A||^2) + tv TV(x) on the FBP's intensity
                     scale, no image needed), tv
@@ -90,6 +94,12 @@ DEFAULTS["unrolled-ista"] = {
     "task": {"views": 60, "noise": 0.01, "loss": "supervised", "tv": 0.0},
     "train": {"steps": 2000, "batch_size": 4, "lr": 1e-3, "scheduler": "cosine", "grad_clip": 1.0, "val_every": 250,
               "checkpoint_every": 250}}
+DEFAULTS["limited-angle"] = {
+    "model": {"channels": [16, 32, 64, 128], "norm": "group"},
+    "task": {"grid": 128, "arc_degrees": [30.0, 90.0], "step_degrees": 0.5, "mu": [0.03, 0.04],
+             "noise": [0.005, 0.01], "workers": 1},
+    "train": {"steps": 3000, "batch_size": 8, "lr": 1e-3, "scheduler": "cosine", "val_every": 250,
+              "checkpoint_every": 250}}
 DEFAULTS["score"] = {
     "model": {"channels": [32, 64, 128], "embedding": 128, "sigma_data": 0.5, "sigma_range": [0.002, 160.0]},
     "task": {"patch_size": 64, "patches_per_image": 8, "augment": True, "p_mean": -1.0, "p_std": 1.6,
@@ -97,7 +107,7 @@ DEFAULTS["score"] = {
     # ema 0.99 averages over ~100 steps, short against the run: an average over a large share of a short run
     # lags the weights (0.999 over 1500 steps lost 3.5-4 dB of denoising, docs/diffusion_pilot_study.json)
     "train": {"steps": 2000, "batch_size": 16, "lr": 2e-4, "ema": 0.99, "val_every": 250, "checkpoint_every": 250}}
-GENERATORS = ("ellipses", "coule", "ellipses+coule")
+GENERATORS = ("ellipses", "coule", "ellipses+coule", "htc-discs")
 TABLES = ("data", "model", "task", "train")
 
 
@@ -107,7 +117,8 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=TASKS, help="what to train")
     p.add_argument("--data", required=True, metavar="SOURCE",
-                   help="ellipses | coule | a folder of PNG/NPY or DICOM images | an HDF5 file")
+                   help="ellipses | coule | ellipses+coule | htc-discs | a folder of PNG/NPY or DICOM images "
+                        "| an HDF5 file")
     p.add_argument("--output", required=True, type=Path, metavar="DIR", help="run folder (weights, card, log)")
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML or JSON settings (see above)")
     p.add_argument("--steps", type=positive_int, help="training steps (overrides [train] steps)")
@@ -206,7 +217,7 @@ def source_images(source: str, data: dict, progress: bool) -> torch.Tensor:
     from tqdm.auto import tqdm
 
     from data.training import (CouleLikeDataset, DicomSeriesDataset, EllipsesDataset, HDF5ImageDataset,
-                               ImageFolderDataset)
+                               HTCDiscDataset, ImageFolderDataset)
 
     if source in GENERATORS:
         count, size, seed = int(data["count"]), int(data["size"]), int(data["seed"])
@@ -214,7 +225,8 @@ def source_images(source: str, data: dict, progress: bool) -> torch.Tensor:
             ds = ConcatDataset([EllipsesDataset(count - count // 2, size=size, seed=seed),
                                 CouleLikeDataset(count // 2, size=size, seed=seed + 1)])
         else:
-            ds = (EllipsesDataset if source == "ellipses" else CouleLikeDataset)(count, size=size, seed=seed)
+            generator = {"ellipses": EllipsesDataset, "coule": CouleLikeDataset, "htc-discs": HTCDiscDataset}[source]
+            ds = generator(count, size=size, seed=seed)
     else:
         path = Path(source)
         if path.is_file() and path.suffix in (".h5", ".hdf5"):
@@ -364,6 +376,10 @@ def build(task: str, cfg: dict, images: torch.Tensor, output: Path, progress: bo
 
     if task == "score":
         return _score(network, t, images, train_idx, val_idx, seed, extra)
+    if task == "limited-angle":
+        from apps.train_limited import build_limited_angle
+
+        return build_limited_angle(network, t, images, output, seed, train_idx, val_idx, extra, progress)
     if task in ("rising", "lpd", "unrolled-ista"):
         from apps.train_unrolled import build_lpd, build_rising
 

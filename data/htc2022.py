@@ -18,10 +18,14 @@ import numpy as np
 
 from data.hdf5 import CTData
 
-__all__ = ["read_htc2022", "sparse_views", "HTC_FOV_PIXELS", "HTC_VIEWS_FULL"]
+__all__ = ["read_htc2022", "sparse_views", "htc_geometry", "HTC_FOV_PIXELS", "HTC_VIEWS_FULL", "HTC_SCANNER"]
 
 HTC_FOV_PIXELS = 512  # the organisers' grid: 512 pixels of effectivePixelSizePost
 HTC_VIEWS_FULL = 721  # a full file: 0 to 360 deg in 0.5 deg steps, both ends included
+#: the challenge scanner as every HTC2022 file records it (mm): distanceSourceOrigin, distanceSourceDetector,
+#: pixelSizePost, effectivePixelSizePost (the organisers' pixel) and numDetectorsPost
+HTC_SCANNER = {"source_origin": 410.66, "source_detector": 553.74, "detector_spacing": 0.2,
+               "pixel": 0.1483223173330444, "detectors": 560}
 
 
 def read_htc2022(path: str | os.PathLike, image_size: int = HTC_FOV_PIXELS) -> CTData:
@@ -72,3 +76,20 @@ def sparse_views(data: CTData, views: int) -> CTData:
     the sparse-view task of ``recon bench quality`` and ``recon bench htc``."""
     keep = np.floor(np.arange(views) * (HTC_VIEWS_FULL - 1) / views).astype(int)
     return replace(data, sinogram=data.sinogram[keep], angles=data.angles[keep])
+
+
+def htc_geometry(image_size: int = HTC_FOV_PIXELS) -> dict:
+    """The geometry ``read_htc2022`` gives the challenge files (``HTC_SCANNER``), without a file: for
+    simulating scans like theirs (``recon train limited-angle``).
+
+    Example:
+        >>> g = htc_geometry(128)
+        >>> g["geometry"], g["image_shape"], round(g["pixel_size"] * 128, 2)   # the 75.94 mm field of view
+        ('fan', (128, 128), 75.94)
+    """
+    if not (isinstance(image_size, (int, np.integer)) and image_size >= 16):
+        raise ValueError(f"image_size: expected an integer of at least 16 pixels, got {image_size}")
+    s = HTC_SCANNER
+    return {"geometry": "fan", "detector_spacing": s["detector_spacing"],
+            "pixel_size": s["pixel"] * HTC_FOV_PIXELS / image_size, "image_shape": (int(image_size), int(image_size)),
+            "source_origin": s["source_origin"], "origin_detector": s["source_detector"] - s["source_origin"]}

@@ -1,7 +1,7 @@
 """Trained models as files: ``NAME.safetensors`` (the weights) beside ``NAME.json`` (the model card).
 
 The card says what the weights are (``task``: ``"lpn"``, ``"svtv-weights"``, ``"denoiser"``, ``"score"``,
-``"rising"``, ``"lpd"`` or ``"unrolled-ista"``),
+``"rising"``, ``"lpd"``, ``"unrolled-ista"`` or ``"limited-angle"``),
 how to rebuild the network (``architecture``: the class's keyword arguments), what they were
 trained on and how well they did, the command that trained them, and how to use them (e.g.
 ``"pnp": {"rho": ..., "iterations": ...}`` for an LPN in CT). Loading reads JSON and safetensors
@@ -42,14 +42,14 @@ __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "lo
            "BUILTIN", "shipped", "check_shipped", "CT_METHOD", "CT_METHODS", "CARD_SETTINGS", "geometry_of",
            "check_geometry"]
 
-TASKS = ("lpn", "svtv-weights", "denoiser", "score", "rising", "lpd", "unrolled-ista")
+TASKS = ("lpn", "svtv-weights", "denoiser", "score", "rising", "lpd", "unrolled-ista", "limited-angle")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the models shipped with recon: name (the reconstruction method using it) -> file stem in recon/weights
 BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256", "score": "score_ct128",  # score: the diffusion methods
            "rising": "rising_ct256"}
 #: the reconstruction method (``recon.reconstruct``) that uses a model of each task
 CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff", "rising": "rising",
-             "lpd": "lpd", "unrolled-ista": "unrolled-ista"}
+             "lpd": "lpd", "unrolled-ista": "unrolled-ista", "limited-angle": "limited-angle"}
 #: every method a model of each task serves (a score model: every diffusion method)
 CT_METHODS = {**{task: (method,) for task, method in CT_METHOD.items()},
               "score": ("red-diff", "diffpir", "dpir", "dps", "score-pc")}
@@ -81,6 +81,8 @@ CARD_SETTINGS = {
                  "ensemble": _ensemble, "init": check_init},
     # a RISING model: the solver iterations its input had (recon.rising)
     "rising": {"iterations": lambda n, v: check_integer(n, v, 1, 10_000)},
+    # a limited-angle model: the grid its network works on (recon.limited_angle)
+    "limited_angle": {"grid": lambda n, v: check_integer(n, v, 16, 4096)},
     "diffpir": {"lam": lambda n, v: check_number(n, v),
                 "zeta": lambda n, v: check_number(n, v, strict=False, below=1.0001),
                 "steps": lambda n, v: check_integer(n, v, 1, 1000), "ensemble": _ensemble},
@@ -128,7 +130,7 @@ def build_network(task: str, architecture: dict) -> torch.nn.Module:
             return LearnedProximalNetwork(ICNN(**kwargs))
         if task == "svtv-weights":
             return GradientMagnitudeNet(UNet(**{**kwargs, "residual": False}))
-        if task == "rising":
+        if task in ("rising", "limited-angle"):  # a residual U-Net that completes a TV image
             return RisingNet(UNet(**{**kwargs, "residual": True}))
         if task == "lpd":
             return LearnedPrimalDual(**kwargs)
@@ -330,7 +332,13 @@ def geometry_of(A) -> dict:
 
 
 def check_geometry(card: dict, A, path) -> None:
-    """``ValueError`` naming both geometries when ``A`` is not the one the model was trained for."""
+    """``ValueError`` naming both geometries when ``A`` is not the one the model was trained for (a
+    ``limited-angle`` model: the scanner and arcs of ``recon.limited_angle.check_limited_angle``)."""
+    if card.get("task") == "limited-angle":
+        from recon.limited_angle import check_limited_angle
+
+        check_limited_angle(card, A, path)
+        return
     trained = card.get("geometry")
     if not isinstance(trained, dict):
         raise ValueError(f"model: the card of {path} lacks 'geometry' (the one its network was trained for)")

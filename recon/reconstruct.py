@@ -45,6 +45,7 @@ from recon.models import check_geometry
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
 from recon.result import SAMPLERS, Reconstruction, draw_samples
+from recon.limited_angle import limited_angle
 from recon.rising import rising_iterations
 from recon.support import disc_bounds
 
@@ -52,9 +53,9 @@ __all__ = ["METHODS", "ESTIMATES", "SAMPLERS", "Reconstruction", "reconstruct", 
            "default_tv_lambda", "default_lambda"]
 
 METHODS = ("fbp", "sirt", "cgls", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv", "lpn",
-           "pnp", *DIFFUSION, "rising", "lpd", "unrolled-ista")
+           "pnp", *DIFFUSION, "rising", "lpd", "unrolled-ista", "limited-angle")
 #: networks trained for one geometry (their card's): weight and iterations come from the model
-TRAINED_FOR_GEOMETRY = ("rising", "lpd", "unrolled-ista")
+TRAINED_FOR_GEOMETRY = ("rising", "lpd", "unrolled-ista", "limited-angle")
 PNP = ("lpn", "pnp")  # plug-and-play ADMM with a trained model: a learned proximal network, a denoiser
 ADAPTIVE = ("svtv", "graphla-fbp", "graphla-tik", "graphla-tv")  # priors built from a pre-estimate Psi(y)
 VARIATIONAL = ("tv", *ADAPTIVE)
@@ -91,8 +92,9 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             ``"red-diff"``, ``"diffpir"``, ``"dpir"``, ``"dps"`` or ``"score-pc"`` (a diffusion prior,
             ``recon.diffusion_recon``),
             ``"rising"`` (a few TV iterations completed by a network, ``recon.rising``), ``"lpd"``
-            (learned primal-dual, ``priors.nets.LearnedPrimalDual``) or ``"unrolled-ista"`` (unrolled
-            ISTA with CNN proxes, ``priors.nets.UnrolledISTANet``).
+            (learned primal-dual, ``priors.nets.LearnedPrimalDual``), ``"unrolled-ista"`` (unrolled
+            ISTA with CNN proxes, ``priors.nets.UnrolledISTANet``) or ``"limited-angle"`` (TV with the
+            disc bounds on a short arc, completed by a network: ``recon.limited_angle``).
         lam: the weight: a number, None for the default rule (``default_lambda``), ``"auto"``
             for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)`` (one weight per batch
             item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate), or ``"cv"``
@@ -128,7 +130,8 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             ``"rising"`` a RISING network (task ``rising``, required; its card fixes the geometry, the
             TV iterations and the weight: ``lam`` and ``iterations`` stay unset); for ``"lpd"`` and
             ``"unrolled-ista"`` their network (task ``lpd`` / ``unrolled-ista``, required; for the
-            geometry of its card).
+            geometry of its card); for ``"limited-angle"`` its network (task ``limited-angle``; None: the
+            shipped one when there is one; its card fixes the scanner and the arcs, any view count).
 
     Raises:
         ValueError: a bad argument, named: ``iterations`` an integer >= 1 (not a float or bool),
@@ -197,6 +200,12 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
         return Reconstruction(x, method, 0, time.perf_counter() - start, {"filter": filter})
     if method == "rising":
         return _rising(A, y, lam, iterations, nonneg, filter, noise_std, model, start)
+    if method == "limited-angle":  # TV with the disc bounds in the arc's frame, then a network (its module)
+        if lam is not None or iterations is not None or not nonneg:
+            raise ValueError(f"{'lam' if lam is not None else 'iterations' if iterations is not None else 'nonneg'}: "
+                             "limited-angle runs TV as its network was trained (default weight and iterations, "
+                             "x >= 0); leave it unset")
+        return limited_angle(A, y, _load(model, method, y.device), progress)
     if method in ("lpd", "unrolled-ista"):  # sinogram -> image networks, run at the FBP's intensity scale
         if lam is not None or iterations is not None:
             raise ValueError(f"{'lam' if lam is not None else 'iterations'}: {method} is a trained network with no "

@@ -137,7 +137,7 @@ def test_save_model_refuses_what_could_not_be_loaded_back(tmp_path):
     with pytest.raises(ValueError, match=r"path: expected a file name ending in \.safetensors, got .*model\.pt"):
         save_model(tmp_path / "model.pt", network, "denoiser", UNET)
     with pytest.raises(ValueError, match="task: expected one of lpn, svtv-weights, denoiser, score, rising, lpd, "
-                                         "unrolled-ista, got 'gan'"):
+                                         "unrolled-ista, limited-angle, got 'gan'"):
         save_model(tmp_path / "model.safetensors", network, "gan", UNET)
     with pytest.raises(ValueError, match="architecture: .*'depth'"):
         save_model(tmp_path / "model.safetensors", network, "denoiser", {**UNET, "depth": 3})
@@ -372,7 +372,7 @@ def test_lpn_model_from_a_file_and_its_errors(ct_problem, tmp_path):
     with pytest.raises(ValueError, match="lam: 'auto' .* is not available for lpn"):
         reconstruct(A, y, "lpn", lam="auto", model=path)
     with pytest.raises(ValueError, match="model: only lpn, pnp, svtv, red-diff, diffpir, dpir, dps, score-pc, rising, "
-                                         "lpd and unrolled-ista use a trained model, not 'tv'"):
+                                         "lpd, unrolled-ista and limited-angle use a trained model, not 'tv'"):
         reconstruct(A, y, "tv", model=path)
     denoiser = TrainedModel("denoiser", build_network("denoiser", UNET))
     with pytest.raises(ValueError, match="model: expected a 'lpn' model, got a 'denoiser' model"):

@@ -107,8 +107,8 @@ def make_trainer(output, steps: int, variant: str = "random", after_step=None, s
                    after_step=after_step)
 
 
-def train_cli(folder, task: str, config: dict, steps: int, batch_size: int = 4):
-    """``recon train TASK --data ellipses`` with ``config`` written to ``folder``; returns the run folder."""
+def train_cli(folder, task: str, config: dict, steps: int, batch_size: int = 4, data: str = "ellipses"):
+    """``recon train TASK --data DATA`` with ``config`` written to ``folder``; returns the run folder."""
     import json
 
     from apps.cli import main as cli
@@ -116,7 +116,7 @@ def train_cli(folder, task: str, config: dict, steps: int, batch_size: int = 4):
     path = folder / "config.json"
     path.write_text(json.dumps(config))
     out = folder / "run"
-    assert cli(["train", task, "--data", "ellipses", "--config", str(path), "--output", str(out),
+    assert cli(["train", task, "--data", data, "--config", str(path), "--output", str(out),
                 "--steps", str(steps), "--batch-size", str(batch_size), "--no-progress"]) == 0
     return out
 
