@@ -12,7 +12,8 @@
     recon train score        --init score --data FOLDER --output runs/ft  (fine-tune the shipped diffusion prior)
 
 ``--data`` is a built-in generator (``ellipses``, ``coule``, ``ellipses+coule``: half each; ``htc-discs``:
-HTC2022-like discs with holes, ``data.training.HTCDiscDataset``; no download)
+HTC2022-like discs with convex holes and slots, ``data.training.HTCDiscDataset``; ``htc-shapes``: also crosses
+and bends; no download)
 or a folder of PNG/NPY images, a folder of DICOM files, or an HDF5 file with an ``images`` dataset. The
 images are read once into ``OUTPUT/cache/`` (reused on ``--resume``) and split into training and
 validation sets by seed. The config file (TOML or JSON) has up to four tables, each optional:
@@ -107,7 +108,7 @@ DEFAULTS["score"] = {
     # ema 0.99 averages over ~100 steps, short against the run: an average over a large share of a short run
     # lags the weights (0.999 over 1500 steps lost 3.5-4 dB of denoising, docs/diffusion_pilot_study.json)
     "train": {"steps": 2000, "batch_size": 16, "lr": 2e-4, "ema": 0.99, "val_every": 250, "checkpoint_every": 250}}
-GENERATORS = ("ellipses", "coule", "ellipses+coule", "htc-discs")
+GENERATORS = ("ellipses", "coule", "ellipses+coule", "htc-discs", "htc-shapes")
 TABLES = ("data", "model", "task", "train")
 
 
@@ -117,7 +118,7 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=TASKS, help="what to train")
     p.add_argument("--data", required=True, metavar="SOURCE",
-                   help="ellipses | coule | ellipses+coule | htc-discs | a folder of PNG/NPY or DICOM images "
+                   help="ellipses | coule | ellipses+coule | htc-discs | htc-shapes | a folder of PNG/NPY or DICOM images "
                         "| an HDF5 file")
     p.add_argument("--output", required=True, type=Path, metavar="DIR", help="run folder (weights, card, log)")
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML or JSON settings (see above)")
@@ -225,7 +226,8 @@ def source_images(source: str, data: dict, progress: bool) -> torch.Tensor:
             ds = ConcatDataset([EllipsesDataset(count - count // 2, size=size, seed=seed),
                                 CouleLikeDataset(count // 2, size=size, seed=seed + 1)])
         else:
-            generator = {"ellipses": EllipsesDataset, "coule": CouleLikeDataset, "htc-discs": HTCDiscDataset}[source]
+            generator = {"ellipses": EllipsesDataset, "coule": CouleLikeDataset, "htc-discs": HTCDiscDataset,
+                         "htc-shapes": lambda *a, **k: HTCDiscDataset(*a, **k, shapes="all")}[source]
             ds = generator(count, size=size, seed=seed)
     else:
         path = Path(source)

@@ -213,6 +213,8 @@ class HTCDiscDataset(Dataset):
         size: Image side length in pixels (>= 16).
         seed: Non-negative integer; the same seed gives the same images.
         n_holes: Inclusive range ``(low, high)`` of holes per image.
+        shapes: ``"convex"`` (the four shapes above) or ``"all"``: also crosses and bends of two slots
+            (1.5-3.5 mm wide, at 50-130 deg; ``_joined``), one in three holes.
 
     Shapes:
         item: ``(1, size, size)`` float32 in ``[0, 1]``.
@@ -223,10 +225,14 @@ class HTCDiscDataset(Dataset):
         ((1, 64, 64), 1.0, True)
     """
 
-    def __init__(self, n: int, size: int = 256, seed: int = 0, n_holes: tuple[int, int] = (1, 20)) -> None:
+    def __init__(self, n: int, size: int = 256, seed: int = 0, n_holes: tuple[int, int] = (1, 20),
+                 shapes: str = "convex") -> None:
         self.n, self.size = check_int("n", n, 1), check_int("size", size, 16)
         self.seed = check_int("seed", seed, 0)
         self.n_holes = _check_range("n_holes", n_holes)
+        if shapes not in ("convex", "all"):
+            raise ValueError(f"shapes: expected 'convex' or 'all', got {shapes!r}")
+        self.shapes = shapes
 
     def __len__(self) -> int:
         return self.n
@@ -243,7 +249,7 @@ class HTCDiscDataset(Dataset):
         placed: list[tuple[np.ndarray, float]] = []
         for _ in range(rng.integers(self.n_holes[0], self.n_holes[1] + 1)):
             for _ in range(HOLE_TRIES):
-                hole, mid, extent = _hole(rng, centre, mm, image.shape)
+                hole, mid, extent = _hole(rng, centre, mm, image.shape, 6 if self.shapes == "all" else 4)
                 if all(np.hypot(*(mid - m)) >= (extent + e + HOLE_GAP_MM) * mm for m, e in placed):
                     image[hole] = 0.0
                     placed.append((mid, extent))
@@ -252,12 +258,34 @@ class HTCDiscDataset(Dataset):
         return torch.from_numpy(coarse).to(torch.float32)[None]
 
 
-def _hole(rng: np.random.Generator, centre: np.ndarray, mm: float, shape):
-    """``((rows, cols), centre, extent)``: the pixels of one random hole (disc, ellipse, convex polygon or slot)
-    within ``HTC_HOLE_RADIUS_MM`` of ``centre``, its own centre (pixels) and the radius in mm of a circle about
-    it that holds it."""
-    kind = rng.integers(4)
-    extent = {0: rng.uniform(1.5, 8), 1: 0.0, 2: rng.uniform(2, 12), 3: 0.0}[kind]
+def _slot(mid: np.ndarray, theta: float, length: float, width: float, mm: float, shape):
+    """The pixels of a ``length`` x ``width`` mm rectangle centred on ``mid`` (pixels), its long side at ``theta``."""
+    along = length / 2 * mm * np.array([math.sin(theta), math.cos(theta)])
+    across = width / 2 * mm * np.array([math.cos(theta), -math.sin(theta)])
+    corners = np.stack([mid - along - across, mid + along - across, mid + along + across, mid - along + across])
+    return draw.polygon(corners[:, 0], corners[:, 1], shape=shape)
+
+
+def _joined(rng: np.random.Generator, mid: np.ndarray, mm: float, shape, crossing: bool):
+    """Two slots 1.5-3.5 mm wide at 50-130 deg to each other about ``mid``: crossing at their middles (a cross, 8-20
+    mm long) or meeting at an end (a bend, 6-14 mm long)."""
+    theta, turn = rng.uniform(0, math.pi), rng.uniform(math.radians(50), math.radians(130))
+    rows, cols = [], []
+    for t in (theta, theta + turn):
+        length, width = rng.uniform(*((8, 20) if crossing else (6, 14))), rng.uniform(1.5, 3.5)
+        offset = 0.0 if crossing else (length / 2 - width / 2) * mm
+        rr, cc = _slot(mid + offset * np.array([math.sin(t), math.cos(t)]), t, length, width, mm, shape)
+        rows.append(rr)
+        cols.append(cc)
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+def _hole(rng: np.random.Generator, centre: np.ndarray, mm: float, shape, kinds: int = 4):
+    """``((rows, cols), centre, extent)``: the pixels of one random hole (disc, ellipse, convex polygon or slot;
+    with ``kinds=6`` also a cross or a bend of two slots) within ``HTC_HOLE_RADIUS_MM`` of ``centre``, its own
+    centre (pixels) and the radius in mm of a circle about it that holds it."""
+    kind = rng.integers(kinds)
+    extent = {0: rng.uniform(1.5, 8), 1: 0.0, 2: rng.uniform(2, 12), 3: 0.0, 4: 10.5, 5: 14.5}[kind]
     if kind == 1:
         a, b = rng.uniform(1.5, 10, size=2)
         extent = max(a, b)
@@ -275,11 +303,9 @@ def _hole(rng: np.random.Generator, centre: np.ndarray, mm: float, shape):
         angles = np.sort(rng.uniform(0, 2 * math.pi, size=rng.integers(3, 7)))
         rows, cols = mid[0] + extent * mm * np.sin(angles), mid[1] + extent * mm * np.cos(angles)
         return draw.polygon(rows, cols, shape=shape), mid, extent
-    theta = rng.uniform(0, math.pi)
-    along = length / 2 * mm * np.array([math.sin(theta), math.cos(theta)])
-    across = width / 2 * mm * np.array([math.cos(theta), -math.sin(theta)])
-    corners = np.stack([mid - along - across, mid + along - across, mid + along + across, mid - along + across])
-    return draw.polygon(corners[:, 0], corners[:, 1], shape=shape), mid, extent
+    if kind in (4, 5):
+        return _joined(rng, mid, mm, shape, crossing=kind == 4), mid, extent
+    return _slot(mid, rng.uniform(0, math.pi), length, width, mm, shape), mid, extent
 
 
 def _check_range(name: str, value: object) -> tuple[int, int]:

@@ -116,8 +116,24 @@ def test_htc_like_discs_have_the_challenge_s_disc_rim_and_holes():
     assert not torch.equal(holed[3], HTCDiscDataset(8, size=size, seed=1, n_holes=(20, 20))[3])
 
 
+def test_htc_discs_with_all_shapes_add_crosses_and_bends_and_leave_the_convex_set_unchanged():
+    """shapes='convex' is the default set item for item; shapes='all' draws non-convex holes (crosses, bends):
+    some hole fills well under its convex hull."""
+    from skimage.measure import regionprops
+
+    assert torch.equal(HTCDiscDataset(4, size=64, seed=2, shapes="convex")[3], HTCDiscDataset(4, size=64, seed=2)[3])
+
+    def solidity(ds) -> list[float]:  # of each hole: area / convex hull area (the outside touches the border)
+        return [p.solidity for k in range(len(ds)) for p in regionprops(label(ds[k][0].numpy() < 0.5))
+                if p.area > 30 and p.bbox[0] > 0]
+    every = solidity(HTCDiscDataset(6, size=256, seed=1, n_holes=(10, 10), shapes="all"))
+    assert min(every) < 0.7 and np.median(every) > 0.85
+    assert min(solidity(HTCDiscDataset(6, size=256, seed=1, n_holes=(10, 10)))) > 0.75
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: HTCDiscDataset(2, n_holes=(3, 1)), r"n_holes: expected a pair \(low, high\)"),
+    (lambda: HTCDiscDataset(2, shapes="stars"), "shapes: expected 'convex' or 'all', got 'stars'"),
     (lambda: EllipsesDataset(0), "n: expected an integer >= 1"),
     (lambda: EllipsesDataset(2, size=4), "size: expected an integer >= 8"),
     (lambda: EllipsesDataset(2, seed=-1), "seed: expected an integer >= 0"),
