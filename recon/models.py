@@ -10,10 +10,11 @@ network would not fit in memory (``network_memory_bytes``, counted before anythi
 settings out of range (``CARD_SETTINGS``), or weights that do not fit the architecture or hold NaN or
 Inf raise a ``ValueError`` naming the file (and the card key or tensor).
 
-Shipped models live in ``recon/weights/`` (``builtin``): ``lpn_ct256``, ``svtv_weights_ct256`` and
-``score_ct128`` (the diffusion prior of ``red-diff``, ``diffpir``, ``dpir``, ``dps`` and ``score-pc``) and
+Shipped models live in ``recon/weights/`` (``builtin``): ``lpn_ct256``, ``svtv_weights_ct256``,
+``score_ct128`` (the diffusion prior of ``red-diff``, ``diffpir``, ``dpir``, ``dps`` and ``score-pc``),
 ``rising_ct256`` (RISING
-for 256^2 images from 60 parallel views over 180 degrees).
+for 256^2 images from 60 parallel views over 180 degrees) and ``limited_angle_htc128`` (``limited-angle`` for the
+HTC2022 scanner's 30-90 degree arcs).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ TASKS = ("lpn", "svtv-weights", "denoiser", "score", "rising", "lpd", "unrolled-
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the models shipped with recon: name (the reconstruction method using it) -> file stem in recon/weights
 BUILTIN = {"lpn": "lpn_ct256", "svtv": "svtv_weights_ct256", "score": "score_ct128",  # score: the diffusion methods
-           "rising": "rising_ct256"}
+           "rising": "rising_ct256", "limited-angle": "limited_angle_htc128"}
 #: the reconstruction method (``recon.reconstruct``) that uses a model of each task
 CT_METHOD = {"lpn": "lpn", "svtv-weights": "svtv", "denoiser": "pnp", "score": "red-diff", "rising": "rising",
              "lpd": "lpd", "unrolled-ista": "unrolled-ista", "limited-angle": "limited-angle"}
