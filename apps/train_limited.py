@@ -19,9 +19,8 @@ from multiprocessing import get_context
 
 import numpy as np
 import torch
-from torch.utils.data import Subset
 
-from apps.train import _SplitChannels, _Stacked, cached
+from apps.train import cached
 
 __all__ = ["scan_settings", "simulate_scans", "build_limited_angle"]
 
@@ -108,28 +107,15 @@ def _check_task(t: dict, images: torch.Tensor) -> None:
 def build_limited_angle(network, t: dict, images, output, seed: int, train_idx, val_idx, extra: dict,
                         progress: bool):
     """The limited-angle task's ``(network, loss_fn, train_set, val_set, val_fn, trainer_kwargs, card_extra)``."""
-    from priors.tv import intensity_scale
+    from apps.train_unrolled import completion
     from recon.limited_angle import scanner_of
-    from recon.metrics import psnr
 
     _check_task(t, images)
     settings = {k: t[k] for k in ("grid", "arc_degrees", "step_degrees", "mu", "noise")}
     key = {"images": hashlib.sha256(images.numpy().tobytes()).hexdigest(), "seed": seed, "task": "limited-angle",
            **settings}
     pairs = cached(output, key, lambda: simulate_scans(images, t, seed, progress))
-    s = intensity_scale(pairs["input"]).reshape(-1, 1, 1, 1)
-    stacked = torch.cat([pairs["input"] / s, pairs["target"] / s], dim=1)
-    train_set = _SplitChannels(_Stacked(stacked[train_idx.indices]))
-    val_set = _SplitChannels(_Stacked(stacked[val_idx.indices]))
-
-    def loss_fn(model, batch):
-        return torch.nn.functional.mse_loss(model.raw(batch[0], 1.0), batch[1])
-
-    def val_fn(model, batch):
-        target = batch[1]
-        rng = float(target.max()) or 1.0
-        return {"psnr": float(psnr(model(batch[0], 1.0), target, data_range=rng).mean()),
-                "psnr_input": float(psnr(batch[0], target, data_range=rng).mean())}
+    train_set, val_set, loss_fn, val_fn = completion(pairs["input"], pairs["target"], train_idx, val_idx)
     grid = int(t["grid"])
     scanner = scanner_of(_operator(grid, float(t["arc_degrees"][0]), float(t["step_degrees"])))
     extra.update(limited_angle={"grid": grid, "arc_degrees": [float(v) for v in t["arc_degrees"]],

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, Subset
 
 from apps.train import _patches, _SplitChannels, _Stacked, cached, noisy_sinograms, simulation_operator
 
-__all__ = ["tv_iterates", "simulate_pairs", "build_rising", "build_lpd"]
+__all__ = ["tv_iterates", "simulate_pairs", "completion", "build_rising", "build_lpd"]
 
 
 def tv_iterates(A, sinograms, iterations: int | None, progress: bool, desc: str) -> torch.Tensor:
@@ -54,22 +54,17 @@ def simulate_pairs(images: torch.Tensor, views: int, noise: float, iterations: i
             "converged": tv_iterates(A, ys, None, progress, "TV targets")}
 
 
-def build_rising(network, t: dict, images, output, seed: int, train_idx, val_idx, extra: dict, progress: bool):
-    """The rising task's ``(network, loss_fn, train_set, val_set, val_fn, trainer_kwargs, card_extra)``."""
+def completion(inputs: torch.Tensor, targets: torch.Tensor, train_idx, val_idx, train_items=lambda d: d):
+    """``(train_set, val_set, loss_fn, val_fn)`` for a network that completes a solver's image (``RisingNet``):
+    pairs divided by the input's intensity scale (unit-free), MSE of the raw output, validation PSNR of the
+    output and of the input against the target. ``train_items`` wraps the training subset (e.g. into patches)."""
     from priors.tv import intensity_scale
     from recon.metrics import psnr
-    from recon.models import geometry_of
 
-    views, noise, k = int(t["views"]), float(t["noise"]), int(t["iterations"])
-    if k < 1:
-        raise ValueError(f"--config: [task] iterations = {k}; expected the TV iterations of the input, >= 1")
-    key = {"images": hashlib.sha256(images.numpy().tobytes()).hexdigest(), "views": views, "noise": noise,
-           "iterations": k, "seed": seed, "task": "rising"}
-    pairs = cached(output, key, lambda: simulate_pairs(images, views, noise, k, seed, progress))
-    s = intensity_scale(pairs["early"]).reshape(-1, 1, 1, 1)
-    stacked = torch.cat([pairs["early"] / s, pairs["converged"] / s], dim=1)
-    train_set = _SplitChannels(_patches(Subset(_Stacked(stacked), train_idx.indices), t, seed, False))
-    val_set = _SplitChannels(_Stacked(stacked[val_idx.indices]))
+    s = intensity_scale(inputs).reshape(-1, 1, 1, 1)
+    stacked = _Stacked(torch.cat([inputs / s, targets / s], dim=1))
+    train_set = _SplitChannels(train_items(Subset(stacked, train_idx.indices)))
+    val_set = _SplitChannels(Subset(stacked, val_idx.indices))
 
     def loss_fn(model, batch):
         return torch.nn.functional.mse_loss(model.raw(batch[0], 1.0), batch[1])
@@ -79,6 +74,21 @@ def build_rising(network, t: dict, images, output, seed: int, train_idx, val_idx
         rng = float(target.max()) or 1.0
         return {"psnr": float(psnr(model(batch[0], 1.0), target, data_range=rng).mean()),
                 "psnr_input": float(psnr(batch[0], target, data_range=rng).mean())}
+    return train_set, val_set, loss_fn, val_fn
+
+
+def build_rising(network, t: dict, images, output, seed: int, train_idx, val_idx, extra: dict, progress: bool):
+    """The rising task's ``(network, loss_fn, train_set, val_set, val_fn, trainer_kwargs, card_extra)``."""
+    from recon.models import geometry_of
+
+    views, noise, k = int(t["views"]), float(t["noise"]), int(t["iterations"])
+    if k < 1:
+        raise ValueError(f"--config: [task] iterations = {k}; expected the TV iterations of the input, >= 1")
+    key = {"images": hashlib.sha256(images.numpy().tobytes()).hexdigest(), "views": views, "noise": noise,
+           "iterations": k, "seed": seed, "task": "rising"}
+    pairs = cached(output, key, lambda: simulate_pairs(images, views, noise, k, seed, progress))
+    train_set, val_set, loss_fn, val_fn = completion(pairs["early"], pairs["converged"], train_idx, val_idx,
+                                                     lambda d: _patches(d, t, seed, False))
     extra.update(geometry=geometry_of(simulation_operator(images, views, "rising")), rising={"iterations": k},
                  simulation={"geometry": "parallel", "views": views, "noise": noise})
     return network, loss_fn, train_set, val_set, val_fn, {"monitor": "psnr", "mode": "max"}, extra
