@@ -104,12 +104,12 @@ def check_limited_angle(card: dict, A, path) -> tuple[int, tuple[float, float]]:
     diff = [k for k, v in trained.items() if (here.get(k) != v if isinstance(v, str)
                                                else not (k in here and math.isclose(here[k], v, rel_tol=1e-3)))]
     if diff:
-        raise ValueError(f"A: {path} was trained for the scanner {trained}; these data are {here} "
+        raise ValueError(f"model: {path} was trained for the scanner {trained}; these data are {here} "
                          f"(differs in {', '.join(diff)})")
     lo, hi = (float(v) for v in entry["arc_degrees"])
     span = math.degrees(arc_of(A._np_angles)[1])
     if not lo - ARC_TOLERANCE <= span <= hi + ARC_TOLERANCE:
-        raise ValueError(f"A: {path} was trained for arcs of {lo:g}-{hi:g} degrees; these data span {span:.1f} "
+        raise ValueError(f"model: {path} was trained for arcs of {lo:g}-{hi:g} degrees; these data span {span:.1f} "
                          "degrees")
     return int(entry["grid"]), (lo, hi)
 

@@ -40,12 +40,12 @@ from recon.discrepancy import DISCREPANCY_TAU, auto_lambda
 from recon.fbp import fbp
 from recon.lambda_rule import (LAMBDA_FACTORS, TV_LAMBDA_FACTOR, _backprojected_noise_rms, default_lambda,  # noqa: F401
                                default_tv_lambda, estimate_noise_std)
+from recon.limited_angle import limited_angle
 from recon.linear import CGLS, SIRT, TIKHONOV_ITERATIONS, tikhonov
 from recon.models import check_geometry
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
 from recon.result import SAMPLERS, Reconstruction, draw_samples
-from recon.limited_angle import limited_angle
 from recon.rising import rising_iterations
 from recon.support import disc_bounds
 
@@ -131,7 +131,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             TV iterations and the weight: ``lam`` and ``iterations`` stay unset); for ``"lpd"`` and
             ``"unrolled-ista"`` their network (task ``lpd`` / ``unrolled-ista``, required; for the
             geometry of its card); for ``"limited-angle"`` its network (task ``limited-angle``; None: the
-            shipped one when there is one; its card fixes the scanner and the arcs, any view count).
+            shipped ``limited_angle_htc128``; its card fixes the scanner and the arcs, any view count).
 
     Raises:
         ValueError: a bad argument, named: ``iterations`` an integer >= 1 (not a float or bool),
@@ -204,7 +204,7 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
         if lam is not None or iterations is not None or not nonneg:
             raise ValueError(f"{'lam' if lam is not None else 'iterations' if iterations is not None else 'nonneg'}: "
                              "limited-angle runs TV as its network was trained (default weight and iterations, "
-                             "x >= 0); leave it unset")
+                             "x >= 0); leave it at its default")
         return limited_angle(A, y, _load(model, method, y.device), progress)
     if method in ("lpd", "unrolled-ista"):  # sinogram -> image networks, run at the FBP's intensity scale
         if lam is not None or iterations is not None:

@@ -91,7 +91,7 @@ def test_scanner_arc_and_card_are_checked_naming_both():
     with pytest.raises(ValueError, match=r"trained for arcs of 30-90 degrees; these data span 120.0 degrees"):
         check_limited_angle(model.card, htc_scan(64, np.arange(0.0, 120.5, 0.5))[0], "m")
     other = FanBeam2D((64, 64), np.deg2rad(np.arange(0, 60.5, 0.5)), 560, 500.0, 143.08, A.pixel_size, 0.2)
-    with pytest.raises(ValueError, match=r"A: m was trained for the scanner .*differs in source_origin\)"):
+    with pytest.raises(ValueError, match=r"model: m was trained for the scanner .*differs in source_origin\)"):
         check_limited_angle(model.card, other, "m")
     parallel = ParallelBeam2D((64, 64), np.deg2rad(np.arange(0, 60.5, 0.5)), 560, A.pixel_size, 0.2)
     with pytest.raises(ValueError, match=r"differs in .*operator"):
