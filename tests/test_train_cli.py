@@ -160,7 +160,7 @@ def test_count_and_size_errors_name_the_flag_or_the_key(tmp_path, capsys):
     for i, image in enumerate(_smooth_images(3)):
         np.save(folder / f"{i}.npy", image)
     _fails(capsys, _argv("denoiser", tmp_path / "o", config, "--count", "3", *STEPS, data=folder),
-           r"--count: applies to the generated data \(ellipses, coule, ellipses\+coule, htc-discs\); --data .*images is read as")
+           r"--count: applies to the generated data \(ellipses, coule, ellipses\+coule, htc-discs, htc-shapes\); --data .*images is read as")
     _fails(capsys, _argv("denoiser", tmp_path / "o", config, "--size", "8", *STEPS),
            r"--size: expected an integer >= 16 for --data ellipses, got 8")
     _fails(capsys, _argv("denoiser", tmp_path / "o", config, "--count", "1", *STEPS),
@@ -231,7 +231,7 @@ def test_missing_or_unreadable_config_and_bad_data(tmp_path, capsys):
     text.write_text("not images")
     for source in (text, tmp_path / "nowhere"):
         _fails(capsys, _argv("denoiser", tmp_path / "o", good, *STEPS, data=source),
-               rf"--data: expected a generator \(ellipses, coule, ellipses\+coule, htc-discs\), a folder of images or an HDF5 file; '{re.escape(str(source))}' "
+               rf"--data: expected a generator \(ellipses, coule, ellipses\+coule, htc-discs, htc-shapes\), a folder of images or an HDF5 file; '{re.escape(str(source))}' "
                "is none of these")
     taken = tmp_path / "taken"
     taken.write_text("")
