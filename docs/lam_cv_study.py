@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lam_rule_range_study import KEYS, SETS, problem  # noqa: E402
+from lam_rule_range_study import KEYS, SETS, loss_summary, problem  # noqa: E402
 
 SEARCH = Path(__file__).resolve().parent / "lam_rule_range_study.jsonl"
 CHECK = Path(__file__).resolve().parent / "lam_rule_range_check.jsonl"
@@ -68,9 +68,7 @@ def table(path: Path) -> str:
                      f"{best - r['cv_psnr']:.2f} | {best - c['rule_psnr']:.2f} | {r['seconds']:.0f} |")
     for name, losses in summary.items():
         for i, label in enumerate(("cross-validation", "rule")):
-            v = [row[i] for row in losses]
-            lines.append(f"\n{name}, {label}: {len(v)} cases, loss max {max(v):.2f} dB, mean {sum(v) / len(v):.2f} dB, "
-                         f"{sum(x <= 1.0 for x in v)} within 1 dB")
+            lines.append(loss_summary(name, label, [row[i] for row in losses]))
     return "\n".join(lines) + "\n"
 
 

@@ -194,9 +194,14 @@ def table(search: Path, check: Path, variant: Path | None = None) -> str:
         for i, label in enumerate(("rule", "edge-density variant", "previous rule")):
             losses = [row[i] for row in rows_ if row[i] is not None]
             if losses:
-                lines.append(f"\n{name}, {label}: {len(losses)} cases, loss max {max(losses):.2f} dB, mean "
-                             f"{sum(losses) / len(losses):.2f} dB, {sum(v <= 1.0 for v in losses)} within 1 dB")
+                lines.append(loss_summary(name, label, losses))
     return "\n".join(lines) + "\n"
+
+
+def loss_summary(name: str, label: str, losses: list[float]) -> str:
+    """The summary line under a study table: how many cases, the worst and mean loss, how many within 1 dB."""
+    return (f"\n{name}, {label}: {len(losses)} cases, loss max {max(losses):.2f} dB, mean "
+            f"{sum(losses) / len(losses):.2f} dB, {sum(v <= 1.0 for v in losses)} within 1 dB")
 
 
 def main() -> None:
