@@ -49,8 +49,7 @@ def read_htc2022(path: str | os.PathLike, image_size: int = HTC_FOV_PIXELS) -> C
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no such file {path}")
-    if not (isinstance(image_size, (int, np.integer)) and image_size >= 16):
-        raise ValueError(f"image_size: expected an integer of at least 16 pixels, got {image_size}")
+    _check_image_size(image_size)
     try:
         mat = scipy_io.loadmat(path, squeeze_me=True, struct_as_record=False)
     except Exception as err:  # scipy raises several types for non-MAT input
@@ -64,10 +63,8 @@ def read_htc2022(path: str | os.PathLike, image_size: int = HTC_FOV_PIXELS) -> C
     angles = np.deg2rad(np.atleast_1d(par.angles).astype(np.float64))
     if sino.ndim != 2 or sino.shape[0] != angles.shape[0]:
         raise ValueError(f"{path}: sinogram of shape {sino.shape} does not match {angles.shape[0]} angles")
-    dso, dsd = float(par.distanceSourceOrigin), float(par.distanceSourceDetector)
-    pixel = float(par.effectivePixelSizePost) * HTC_FOV_PIXELS / image_size
-    geometry = {"geometry": "fan", "detector_spacing": float(par.pixelSizePost), "pixel_size": pixel,
-                "image_shape": (int(image_size), int(image_size)), "source_origin": dso, "origin_detector": dsd - dso}
+    geometry = _fan_geometry(float(par.distanceSourceOrigin), float(par.distanceSourceDetector),
+                             float(par.pixelSizePost), float(par.effectivePixelSizePost), image_size)
     return CTData(sino, angles, geometry, None, str(path))
 
 
@@ -87,9 +84,20 @@ def htc_geometry(image_size: int = HTC_FOV_PIXELS) -> dict:
         >>> g["geometry"], g["image_shape"], round(g["pixel_size"] * 128, 2)   # the 75.94 mm field of view
         ('fan', (128, 128), 75.94)
     """
+    _check_image_size(image_size)
+    s = HTC_SCANNER
+    return _fan_geometry(s["source_origin"], s["source_detector"], s["detector_spacing"], s["pixel"], image_size)
+
+
+def _check_image_size(image_size) -> None:
     if not (isinstance(image_size, (int, np.integer)) and image_size >= 16):
         raise ValueError(f"image_size: expected an integer of at least 16 pixels, got {image_size}")
-    s = HTC_SCANNER
-    return {"geometry": "fan", "detector_spacing": s["detector_spacing"],
-            "pixel_size": s["pixel"] * HTC_FOV_PIXELS / image_size, "image_shape": (int(image_size), int(image_size)),
-            "source_origin": s["source_origin"], "origin_detector": s["source_detector"] - s["source_origin"]}
+
+
+def _fan_geometry(source_origin: float, source_detector: float, detector_spacing: float, pixel: float,
+                  image_size: int) -> dict:
+    """The ``CTData`` geometry of an HTC2022 scan (mm): the organisers' field of view of ``HTC_FOV_PIXELS`` pixels
+    of ``pixel`` mm, on an ``image_size`` grid."""
+    return {"geometry": "fan", "detector_spacing": detector_spacing, "pixel_size": pixel * HTC_FOV_PIXELS / image_size,
+            "image_shape": (int(image_size), int(image_size)), "source_origin": source_origin,
+            "origin_detector": source_detector - source_origin}

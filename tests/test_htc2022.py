@@ -141,3 +141,16 @@ def test_recon_ct_reads_the_challenge_files(tmp_path, capsys):
     assert "--slice: " in capsys.readouterr().err
     assert main(["ct", "--input", str(tmp_path / "none.mat"), "--output", str(tmp_path / "q")]) == 2
     assert "recon ct: error: --input: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.real_data
+def test_htc_geometry_is_the_files_geometry():
+    """htc_geometry (no file: for simulating the challenge's scanner) equals what read_htc2022 reads, at any grid."""
+    if not HTC.is_dir():
+        pytest.skip(f"real data folder {HTC} is absent")
+    from data.htc2022 import htc_geometry
+
+    for name, size in (("test/htc2022_04a_limited.mat", 256), ("training/htc2022_ta_full.mat", 64)):
+        assert htc_geometry(size) == read_htc2022(HTC / name, image_size=size).geometry
+    with pytest.raises(ValueError, match="image_size: expected an integer of at least 16 pixels, got 8"):
+        htc_geometry(8)
