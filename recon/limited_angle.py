@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from operators.ct import FanBeam2D, ParallelBeam2D
 from priors.nets.unet import eval_output
+from recon.result import Reconstruction
 
 __all__ = ["arc_of", "rotate", "scanner_of", "canonical_operator", "check_limited_angle", "limited_angle"]
 
@@ -117,8 +118,7 @@ def check_limited_angle(card: dict, A, path) -> tuple[int, tuple[float, float]]:
 def limited_angle(A, y: torch.Tensor, model, progress: bool = False):
     """TV with the disc bounds in the arc's canonical frame on the model's grid, the network, turned back and
     resampled onto ``A``'s grid: a ``Reconstruction``. ``model`` is a loaded ``limited-angle`` model."""
-    from recon.reconstruct import reconstruct
-    from recon.result import Reconstruction
+    from recon.reconstruct import reconstruct  # here: reconstruct dispatches to this module
 
     start = time.perf_counter()
     grid, _ = check_limited_angle(model.card, A, model.path)
@@ -126,8 +126,7 @@ def limited_angle(A, y: torch.Tensor, model, progress: bool = False):
     canonical = canonical_operator(A, grid)
     tv = reconstruct(canonical, y, "tv", support="disc", progress=progress)
     dtype = next(model.network.parameters()).dtype
-    with torch.no_grad():
-        x = rotate(eval_output(model.network, tv.x.to(dtype)).to(tv.x.dtype), centre)
+    x = rotate(eval_output(model.network, tv.x.to(dtype)).to(tv.x.dtype), centre)  # eval_output: no gradients
     if tuple(x.shape[-2:]) != tuple(A.image_shape):
         x = F.interpolate(x, size=tuple(A.image_shape), mode="bilinear", align_corners=False)
     params = {"model": str(model.path), "grid": grid, "arc_centre_degrees": round(math.degrees(centre), 4),
