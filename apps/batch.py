@@ -52,7 +52,7 @@ Each method sees all slices of a study in one call (CT: ``reconstruct()`` with `
 
     [methods.fbp]           # CT studies, in this order (or a list: methods = ["fbp", "tv"])
     [methods.tv]            # parameters of recon.reconstruct.reconstruct; unset: its defaults
-    # lam = 0.002           # a number or "auto" (discrepancy principle); default rule otherwise
+    # lam = 0.002           # a number, "rule", "auto" or "cv"; unset: cv for tv, the rule otherwise
     # iterations = 300
 
     [mri]                   # k-space studies only

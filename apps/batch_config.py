@@ -89,7 +89,8 @@ _OPERATOR: dict[str, Check] = {
     "origin_detector": (lambda v: _number(v) and v >= 0, "a distance >= 0 in mm"),
 }
 _METHOD: dict[str, Check] = {
-    "lam": (lambda v: v in ("auto", "cv") or (_number(v) and v >= 0), "a non-negative number, 'auto' or 'cv'"),
+    "lam": (lambda v: v in ("rule", "auto", "cv") or (_number(v) and v >= 0),
+            "a non-negative number, 'rule', 'auto' or 'cv'"),
     "iterations": (lambda v: _integer(v) and v >= 1, "a positive integer"),
     "nonneg": (lambda v: isinstance(v, bool), "true or false"),
     "filter": (lambda v: v in FILTERS, f"one of {', '.join(FILTERS)}"),

@@ -9,8 +9,9 @@ task as the challenge did (``apps/bench_htc.py``).
 ellipses, parallel beam over 180 deg with Gaussian noise relative to the sinogram's RMS)
 and, with ``--htc``, the measured HTC2022 fan-beam sinograms reduced to ``--views`` of
 their 721 views over 360 deg, against a reference FBP from all 721 views. Every method
-runs at its own weight (the default rule, or ``--lam auto``); SV-TV and graphLa+TV reuse
-the TV reconstruction as their pre-estimate, and their time includes it. The learned methods use
+runs at its own weight (its default, or ``--lam rule|auto|cv``); with ``--lam rule`` SV-TV and
+graphLa+TV reuse the TV reconstruction as their pre-estimate (the one ``reconstruct`` makes for them),
+and their time includes it. The learned methods use
 the shipped models unless ``--lpn-weights`` / ``--svtv-weights`` name others: ``lpn`` (PnP-ADMM
 with the learned proximal network), ``svtv-net`` (SV-TV with the weight network's edge map) and,
 for comparison, ``svtv-fbp`` (SV-TV with FBP as the pre-estimate); ``pnp`` is PnP-ADMM with the
@@ -90,9 +91,9 @@ def add_parser(sub) -> None:
                    help="unrolled-ista: the unrolled ISTA network (recon train unrolled-ista)")
     q.add_argument("--svtv-weights", type=Path, default=None, metavar="FILE",
                    help="svtv-net: the weight network (default shipped)")
-    q.add_argument("--lam", choices=("default", "auto", "cv"), default="default",
-                   help="weights of the variational methods: the default rule, the discrepancy principle or "
-                        "cross-validation over the views")
+    q.add_argument("--lam", choices=("default", "rule", "auto", "cv"), default="default",
+                   help="weights of the variational methods: each one's default (cv for tv, the rule otherwise), "
+                        "the rule, the discrepancy principle or cross-validation over the views")
     q.add_argument("--iterations", type=int, default=None, help="iterations of the variational methods")
     q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     q.add_argument("--output", type=Path, default=Path("bench_quality"), help="output folder")
@@ -142,13 +143,14 @@ def _run_case(data: CTData, methods, args, device, earlier: dict | None = None,
     A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1]).to(device)
     y = torch.as_tensor(data.sinogram, device=device)[None, None]
     ref = torch.as_tensor(data.reference, device=device)[None, None]
-    lam = args.lam if args.lam in ("auto", "cv") else None
+    lam = None if args.lam == "default" else args.lam
     noise_std = data.noise_std if lam == "auto" else None
     common = {"iterations": args.iterations, "progress": not args.no_progress, "noise_std": noise_std}
     metrics = {m: earlier["metrics"][m] for m in methods if m in earlier["metrics"]}
     images = {m: earlier["images"][m] for m in metrics if m in earlier["images"]}
     todo = [m for m in methods if m not in metrics]
-    need_tv = any(m in todo for m in ("tv", "svtv", "graphla-tv"))
+    reuse = lam == "rule"  # TV at the rule is the pre-estimate reconstruct's svtv and graphla-tv make
+    need_tv = reuse and any(m in todo for m in ("svtv", "graphla-tv"))
     tv_x, tv_seconds = None, 0.0
     if need_tv and "tv" in earlier["metrics"] and "tv" in earlier["images"]:
         tv_x = torch.as_tensor(earlier["images"]["tv"], device=device)[None, None]
@@ -161,7 +163,7 @@ def _run_case(data: CTData, methods, args, device, earlier: dict | None = None,
             extra = {"svtv-fbp": {"estimate": "fbp"}, "svtv-net": {"model": models.get("svtv-net")},
                      "lpn": {"model": models.get("lpn")}, "pnp": {"model": models.get("pnp")},
                      **{m: {"model": models.get(m)} for m in (*DIFFUSION, *TRAINED)}}[method]
-        if method in ("svtv", "graphla-tv"):
+        if reuse and method in ("svtv", "graphla-tv"):
             def tv_estimate(_y, x=tv_x):
                 return x
             tv_estimate.__name__ = "tv"

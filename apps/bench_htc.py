@@ -10,9 +10,10 @@ is split into two classes by Otsu's threshold (``recon.metrics.otsu_threshold``)
 the organisers' segmentation of their full-data FBP (``*_recon_fbp_seg.mat``) by the Matthews
 correlation coefficient (``recon.metrics.mcc``), without any flip: our images are oriented like
 theirs. PSNR against the organisers' full-data FBP (block-averaged onto ``--size``) is the second
-figure. Every method runs at its defaults (the default weight rule, 300 iterations); ``tv+disc`` and
-the like add ``support="disc"``: the disc fitted to the sinogram's shadow bounds the image
-(``recon.support``); ``+cv`` chooses the weight by cross-validation over the views (``lam="cv"``);
+figure. Every method runs at its defaults (300 iterations; for TV the weight by cross-validation over
+the views, for the others the weight rule); ``tv+disc`` and the like add ``support="disc"``: the disc
+fitted to the sinogram's shadow bounds the image (``recon.support``); ``+cv`` chooses the weight by
+cross-validation (``lam="cv"``), ``+rule`` by the rule (``lam="rule"``);
 ``svtv-net``, ``lpn`` and ``dpir`` use the shipped models; ``limited-angle`` (TV with the disc bounds completed by a
 network trained on simulated arcs of discs, ``recon.limited_angle``) the shipped model or ``--limited-angle-weights``,
 on the arcs only (60 views over 360 deg are not what it was trained for: "not for these data").
@@ -43,9 +44,10 @@ SPARSE_VIEWS = 60
 LEARNED = {"svtv-net": ("svtv", "svtv-weights"), "lpn": ("lpn", "lpn"), "dpir": ("dpir", "score"),
            "limited-angle": ("limited-angle", "limited-angle")}
 #: the methods of ``reconstruct``, the variational ones with ``support="disc"`` (``tv+disc``...) and/or the weight
-#: by cross-validation (``tv+cv``, ``tv+disc+cv``...), the learned ones
+#: by cross-validation or the rule (``tv+cv``, ``tv+disc+rule``...), the learned ones
 METHODS = ("fbp", "sirt", "cgls", "tikhonov",
-           *(f"{m}{o}" for o in ("", "+disc", "+cv", "+disc+cv") for m in VARIATIONAL), *LEARNED)
+           *(f"{m}{o}" for o in ("", "+disc", "+cv", "+disc+cv", "+rule", "+disc+rule") for m in VARIATIONAL),
+           *LEARNED)
 
 
 def add_parser(bench) -> None:
@@ -165,7 +167,8 @@ def run(args) -> int:
                         continue
                 start = time.perf_counter()
                 base, *options = method.split("+")
-                extra = {"model": models[method]} if method in LEARNED else {"lam": "cv"} if "cv" in options else {}
+                weight = next((o for o in options if o in ("cv", "rule")), None)
+                extra = {"model": models[method]} if method in LEARNED else {"lam": weight} if weight else {}
                 x = reconstruct(A, y, LEARNED[method][0] if method in LEARNED else base, progress=not args.no_progress,
                                 support="disc" if "disc" in options else None, **extra).x
                 seconds = time.perf_counter() - start

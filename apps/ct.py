@@ -80,9 +80,10 @@ def add_run_options(p, methods, default: str, lam_rule: str, iterative: str, aut
     """The options every reconstruction subcommand shares: methods, weight, iterations, device, output."""
     p.add_argument("--method", action="append", choices=methods, help=f"repeatable (default: {default})")
     if auto_lam:
-        p.add_argument("--lam", type=_lam_arg, default=None, metavar="LAM|auto|cv",
-                       help="regularisation weight, 'auto' for the discrepancy principle or 'cv' for cross-validation "
-                            f"over the views (default: rule in {lam_rule})")
+        p.add_argument("--lam", type=_lam_arg, default=None, metavar="LAM|rule|auto|cv",
+                       help="regularisation weight: 'rule' (fastest, blind to the object), 'auto' for the discrepancy "
+                            "principle or 'cv' for cross-validation over the views (default: cv for tv, the rule "
+                            f"otherwise; {lam_rule})")
     else:
         p.add_argument("--lam", type=nonneg_float, default=None, help=f"TV weight (default: rule in {lam_rule})")
     p.add_argument("--iterations", type=positive_int, default=None, help=f"iterations for {iterative}")
@@ -93,14 +94,14 @@ def add_run_options(p, methods, default: str, lam_rule: str, iterative: str, aut
 
 
 def _lam_arg(text: str) -> float | str:
-    if text in ("auto", "cv"):
+    if text in ("rule", "auto", "cv"):
         return text
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, 'auto' or 'cv', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, 'rule', 'auto' or 'cv', got {text!r}") from None
     if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a non-negative finite weight, 'auto' or 'cv', got {text}")
+        raise argparse.ArgumentTypeError(f"expected a non-negative finite weight, 'rule', 'auto' or 'cv', got {text}")
     return value
 
 

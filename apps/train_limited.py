@@ -6,7 +6,7 @@ arc centred on angle 0, of a span drawn per image from ``[task] arc_degrees`` in
 (the challenge's 0.5 deg), with the material's attenuation drawn from ``[task] mu`` (1/mm) and Gaussian noise
 of a standard deviation drawn from ``[task] noise`` (in line-integral units, as the challenge's -log data).
 The image is projected on its own grid and reconstructed on the coarser ``[task] grid`` (no inverse crime) as
-``recon.limited_angle`` does: TV at the default weight with the disc bounds (``support="disc"``). The target
+``recon.limited_angle`` does: TV at the rule's weight with the disc bounds (``support="disc"``). The target
 is the image averaged onto that grid, times its attenuation. Pairs are divided by the input's intensity scale
 (as rising's) and cached in ``OUTPUT/cache/``; ``[task] workers`` processes compute them.
 """
@@ -57,7 +57,7 @@ def _scan_chunk(images: torch.Tensor, indices: list[int], t: dict, seed: int) ->
         gen = torch.Generator().manual_seed(s["noise_seed"])
         y = y + s["noise"] * torch.randn(y.shape, generator=gen, dtype=y.dtype)
         A = _operator(grid, s["span"], float(t["step_degrees"]))
-        inputs.append(reconstruct(A, y, "tv", support="disc").x.float())
+        inputs.append(reconstruct(A, y, "tv", lam="rule", support="disc").x.float())
         targets.append(torch.nn.functional.adaptive_avg_pool2d(x, grid).float())
     return torch.cat(inputs), torch.cat(targets)
 

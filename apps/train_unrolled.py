@@ -2,7 +2,7 @@
 
 ``rising``: each training image is projected (parallel beam over 180 degrees, ``[task] views``, Gaussian noise of
 ``[task] noise`` times the sinogram's RMS, as ``recon ct --phantom`` simulates), then reconstructed
-twice as ``reconstruct(A, y, "tv")`` does, one image at a time (its own default weight): ``[task]
+twice as ``reconstruct(A, y, "tv", lam="rule")`` does, one image at a time (the weight rule): ``[task]
 iterations`` Chambolle-Pock iterations (the input ``x_k``) and the full run (the target ``x_IS``, the
 converged TV solution, not the ground truth). The pairs are cached in ``OUTPUT/cache/``; both are divided
 by ``x_k``'s intensity scale, so the network learns a unit-free map.
@@ -30,8 +30,8 @@ __all__ = ["tv_iterates", "simulate_pairs", "completion", "build_rising", "build
 
 
 def tv_iterates(A, sinograms, iterations: int | None, progress: bool, desc: str) -> torch.Tensor:
-    """``reconstruct(A, y, "tv", iterations=...)`` of every item of the ``sinograms`` chunks, one at a time (its
-    own default weight): the TV a trained network starts from or imitates (``None``: run to convergence)."""
+    """``reconstruct(A, y, "tv", lam="rule", iterations=...)`` of every item of the ``sinograms`` chunks, one at a
+    time (the weight rule): the TV a trained network starts from or imitates (``None``: run to convergence)."""
     from tqdm.auto import tqdm
 
     from recon.reconstruct import reconstruct
@@ -40,7 +40,7 @@ def tv_iterates(A, sinograms, iterations: int | None, progress: bool, desc: str)
     with tqdm(total=sum(len(y) for y in sinograms), desc=desc, disable=not progress) as bar:
         for y in sinograms:
             for item in y.split(1):
-                out.append(reconstruct(A, item, "tv", iterations=iterations).x)
+                out.append(reconstruct(A, item, "tv", lam="rule", iterations=iterations).x)
                 bar.update(1)
     return torch.cat(out)
 

@@ -10,7 +10,7 @@ A model card's table for the method (``"dpir": {"lam", "steps", "start", "init"}
 the settings tuned for that model) replaces these defaults; ``lam`` and ``iterations`` given replace
 both. ``ensemble`` (1, 4 or 8) denoises each image as the mean over its flips (and transposes):
 ``priors.denoiser.geometric_ensemble``, at that many times the network's work. ``init`` (``INITS``:
-``"direct"`` or ``"tv"``) picks the pre-estimate: the direct one below, or TV at its default weight,
+``"direct"`` or ``"tv"``) picks the pre-estimate: the direct one below, or TV at the rule's weight,
 a closer start from which fewer, lower-noise timesteps suffice.
 
 RED-Diff and DPIR start from the pre-estimate (the direct one: FBP for CT; for MRI the adjoint,
@@ -103,7 +103,8 @@ def diffusion_reconstruction(method: str, A, y: torch.Tensor, pre_estimate: Call
     one of ``INITS``, from the card, default ``"direct"``); ``noise()`` gives the noise std of each real
     component of ``y`` (called by DiffPIR and DPIR only). Returns ``(x, n_iter, params, history)``."""
     if isinstance(lam, str):
-        raise ValueError(f"lam: {lam!r} (a weight search) is not available for {method}; give a number or None")
+        raise ValueError(f"lam: {lam!r} (a weight rule of the variational methods) is not available for {method}; "
+                         "give a number or None")
     tuned = model.card.get(method, {})  # checked by load_model (recon.models.CARD_SETTINGS)
     lam = float(tuned.get("lam", DEFAULT_LAM[method])) if lam is None else float(lam)
     steps = int(iterations or tuned.get("steps", DEFAULT_STEPS[method]))

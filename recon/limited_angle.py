@@ -124,7 +124,7 @@ def limited_angle(A, y: torch.Tensor, model, progress: bool = False):
     grid, _ = check_limited_angle(model.card, A, model.path)
     centre, span = arc_of(A._np_angles)
     canonical = canonical_operator(A, grid)
-    tv = reconstruct(canonical, y, "tv", support="disc", progress=progress)
+    tv = reconstruct(canonical, y, "tv", lam="rule", support="disc", progress=progress)
     dtype = next(model.network.parameters()).dtype
     x = rotate(eval_output(model.network, tv.x.to(dtype)).to(tv.x.dtype), centre)  # eval_output: no gradients
     if tuple(x.shape[-2:]) != tuple(A.image_shape):

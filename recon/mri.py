@@ -197,7 +197,7 @@ def _reconstruct_mri(A, y, method, lam, iterations, noise_std, progress, model=N
     if method == "cg-sense":
         result = CGLS(max_iter=n_iter, progress=progress).run(Problem(data), x0)
     else:
-        rule = "default" if lam is None else "given"
+        rule = "rule" if lam is None else "given"
         lam = default_mri_tv_lambda(A, y, noise_std) if lam is None else float(lam)
         params.update(lam=lam, lam_rule=rule, isotropic=isotropic)
         solver = ChambollePock(max_iter=n_iter, tol=1e-5, progress=progress)

@@ -1,7 +1,9 @@
 """One call from a sinogram to a reconstruction, shared by scripts and ``recon ct``.
 
 ``reconstruct(A, y, "tv")`` picks the solver, a starting point, a default
-regularisation weight and the iteration count; everything can be overridden.
+regularisation weight and the iteration count; everything can be overridden. TV's default weight on
+2D CT is chosen by cross-validation over the views (``lam="cv"``, ``recon.cross_validation``); the
+rule it scales (``lam="rule"``, ``recon.lambda_rule``) is the default elsewhere.
 
 The adaptive priors take a fast first reconstruction ``x_hat = Psi(y)`` (FBP, Krylov
 Tikhonov, TV, or any callable such as a trained network) and build the prior from it once:
@@ -14,8 +16,7 @@ Tikhonov, TV, or any callable such as a trained network) and build the prior fro
 a trained denoiser (``recon train denoiser``; none is shipped). ``"red-diff"``, ``"diffpir"``,
 ``"dpir"``, ``"dps"`` and ``"score-pc"`` use a diffusion prior (``recon train score``; the shipped
 ``recon/weights/score_ct128`` by default).
-``lam="auto"`` chooses the weight by the discrepancy principle (``recon.discrepancy``), ``lam="cv"`` by
-cross-validation over the views (``recon.cross_validation``).
+``lam="auto"`` chooses the weight by the discrepancy principle (``recon.discrepancy``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from priors.nets.unet import eval_output
 from priors.tv import DEFAULT_ETA, DEFAULT_P, DEFAULT_SPREAD, intensity_scale
 from recon.chambolle_pock import ChambollePock
 from recon.diffusion_recon import DEFAULT_STEPS, DIFFUSION, diffusion_reconstruction
-from recon.cross_validation import CV_FOLDS, cv_lambda
+from recon.cross_validation import CV_FOLDS, can_cross_validate, cv_lambda
 from recon.discrepancy import DISCREPANCY_TAU, auto_lambda
 from recon.fbp import fbp
 from recon.lambda_rule import (LAMBDA_FACTORS, TV_LAMBDA_FACTOR, _backprojected_noise_rms, default_lambda,  # noqa: F401
@@ -70,6 +71,8 @@ DEFAULT_ITERATIONS = {"sirt": 200, "cgls": 20, "tikhonov": TIKHONOV_ITERATIONS, 
 PNP_RHO_FACTOR, PNP_CG_ITERATIONS = 0.5, 10
 #: each graphLa method's default pre-estimate
 GRAPHLA_ESTIMATES = {"graphla-fbp": "fbp", "graphla-tik": "tikhonov", "graphla-tv": "tv"}
+#: the weights ``lam`` may name instead of a number (see ``reconstruct``)
+LAM_RULES = ("rule", "auto", "cv")
 
 
 def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: float | str | None = None,
@@ -95,11 +98,14 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             (learned primal-dual, ``priors.nets.LearnedPrimalDual``), ``"unrolled-ista"`` (unrolled
             ISTA with CNN proxes, ``priors.nets.UnrolledISTANet``) or ``"limited-angle"`` (TV with the
             disc bounds on a short arc, completed by a network: ``recon.limited_angle``).
-        lam: the weight: a number, None for the default rule (``default_lambda``), ``"auto"``
-            for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)`` (one weight per batch
-            item; ``sigma`` is ``noise_std`` when given, else the sinogram's estimate), or ``"cv"``
-            for the multiple of the rule that best predicts held-out views (per item; 2D CT; about
-            three reconstructions per multiple tried, at least five tried).
+        lam: the weight: a number; None for the default, which for ``"tv"`` on a 2D CT operator with 8
+            views or more is ``"cv"`` and otherwise ``"rule"``; ``"rule"`` for the rule
+            (``default_lambda``: the sinogram's noise, the size and the geometry, blind to the object;
+            the fastest); ``"auto"`` for the discrepancy principle ``||A x - y|| = tau sigma sqrt(m)``
+            (one weight per batch item; ``sigma`` is ``noise_std`` when given, else the sinogram's
+            estimate); or ``"cv"`` for the multiple of the rule whose reconstruction from three
+            quarters of the views best predicts the rest (per item; 2D CT; about four reconstructions
+            in all, ``recon.cross_validation``).
         iterations: iteration cap for iterative methods (defaults in ``DEFAULT_ITERATIONS``).
         nonneg: enforce ``x >= 0`` (SIRT and the variational methods).
         support: ``"disc"``: the variational methods also keep ``x`` inside the disc fitted to each
@@ -111,7 +117,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
         filter: FBP filter.
         noise_std: the sinogram's noise standard deviation, if known (default rule and ``"auto"``).
         estimate: the pre-estimate ``Psi`` of ``svtv`` and ``graphla-*``: ``"fbp"``, ``"tikhonov"``,
-            ``"tv"`` (TV at its default weight) or a callable ``y -> x_hat`` (e.g. a trained network)
+            ``"tv"`` (TV at the rule's weight) or a callable ``y -> x_hat`` (e.g. a trained network)
             returning ``(B, *A.in_shape)``. Default: ``"tv"`` for svtv, the one its name says for graphla.
         eta, p, spread: SV-TV weight parameters (``priors.adaptive_tv_weights``); None: the weight
             network card's ``"svtv"`` settings when ``model`` is one, else ``DEFAULT_ETA``, ``DEFAULT_P``,
@@ -170,8 +176,8 @@ def _check_parameters(method, lam, iterations, noise_std, estimate, model, **num
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     if iterations is not None:
         check_integer("iterations", iterations)
-    if isinstance(lam, str) and lam not in ("auto", "cv"):
-        raise ValueError(f"lam: expected a number, None (default rule), 'auto' or 'cv', got {lam!r}")
+    if isinstance(lam, str) and lam not in LAM_RULES:
+        raise ValueError(f"lam: expected a number, None (the default), 'rule', 'auto' or 'cv', got {lam!r}")
     if lam is not None and not isinstance(lam, str):
         check_number("lam", lam, strict=False)
     if noise_std is not None:
@@ -203,7 +209,7 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
     if method == "limited-angle":  # TV with the disc bounds in the arc's frame, then a network (its module)
         if lam is not None or iterations is not None or not nonneg:
             raise ValueError(f"{'lam' if lam is not None else 'iterations' if iterations is not None else 'nonneg'}: "
-                             "limited-angle runs TV as its network was trained (default weight and iterations, "
+                             "limited-angle runs TV as its network was trained (the rule's weight, default iterations, "
                              "x >= 0); leave it at its default")
         return limited_angle(A, y, _load(model, method, y.device), progress)
     if method in ("lpd", "unrolled-ista"):  # sinogram -> image networks, run at the FBP's intensity scale
@@ -213,7 +219,7 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
         m = _load(model, method, y.device, method)
         check_geometry(m.card, A, m.path)
         k = getattr(m.network, "start_iterations", 0)  # an LPD that starts from TV's k-th iterate
-        x0 = [reconstruct(A, y, "tv", iterations=k, filter=filter, noise_std=noise_std).x] if k else []
+        x0 = [reconstruct(A, y, "tv", lam="rule", iterations=k, filter=filter, noise_std=noise_std).x] if k else []
         x = eval_output(m.network, A, y, intensity_scale(fbp(A, y, filter=filter)), *x0)
         params = {"model": str(m.path), **({"iterations_tv": k} if k else {})}
         return Reconstruction(x, method, m.network.iterations, time.perf_counter() - start, params)
@@ -228,9 +234,9 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
         def noise() -> float:
             return float(noise_std) if noise_std is not None else float(estimate_noise_std(y).mean())
         score_model = _load(model, "score", y.device, method)
-        def pre_estimate(init: str) -> torch.Tensor:  # FBP, or TV at its default weight (a card's init)
+        def pre_estimate(init: str) -> torch.Tensor:  # FBP, or TV at the rule's weight (a card's init)
             if init == "tv":
-                return reconstruct(A, y, "tv", nonneg=nonneg, filter=filter, noise_std=noise_std).x
+                return reconstruct(A, y, "tv", lam="rule", nonneg=nonneg, filter=filter, noise_std=noise_std).x
             return fbp(A, y, filter=filter)
 
         x, n, params, history = diffusion_reconstruction(method, A, y, pre_estimate, score_model, lam, iterations,
@@ -257,6 +263,8 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
     prior, prior_params = _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, eta, p, spread,
                                           radius, sigma, support)
     params.update(prior_params)
+    if lam is None:  # TV's weight from the data where the views can be split, else (and for the others) the rule
+        lam = "cv" if method == "tv" and can_cross_validate(A) else "rule"
     solver = ChambollePock(max_iter=n_iter, tol=1e-5, progress=progress and lam not in ("auto", "cv"))
 
     if support == "disc":
@@ -272,13 +280,14 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
                       discrepancy_tau=DISCREPANCY_TAU, noise_std=noise_std if noise_std is not None else "estimated")
         return Reconstruction(x, method, iters, time.perf_counter() - start, params)
     if lam == "cv":
-        x, lams, multiples, iters = cv_lambda(method, A, y, prior, x_fbp, noise_std, solve, progress, constraint)
-        params.update(lam=_per_item(lams), lam_rule="cross-validation", cv_folds=CV_FOLDS,
-                      cv_multiple=_per_item(multiples))
+        x, lams, multiples, iters, searched = cv_lambda(method, A, y, prior, x_fbp, noise_std, solve, progress,
+                                                        constraint)
+        params.update(lam=_per_item(lams), lam_rule="cross-validation", cv_held_out=f"every {CV_FOLDS}th view",
+                      cv_multiple=_per_item(multiples), cv_search_iterations=searched)
         return Reconstruction(x, method, iters, time.perf_counter() - start, params)
-    rule = ("default" if "lam_factor" not in tuned else f"default x {tuned['lam_factor']:g} (model card)") \
-        if lam is None else "given"
-    if lam is None:
+    rule = ("rule" if "lam_factor" not in tuned else f"rule x {tuned['lam_factor']:g} (model card)") \
+        if lam == "rule" else "given"
+    if lam == "rule":
         lam = default_lambda(method, A, y, noise_std, prior) * float(tuned.get("lam_factor", 1.0))
     else:
         lam = float(lam)
@@ -293,15 +302,15 @@ def _per_item(values: list):
 
 
 def _rising(A, y, lam, iterations, nonneg, filter, noise_std, model, start) -> Reconstruction:
-    """``k`` TV iterations at the default weight, completed by the RISING network (``recon.rising``)."""
+    """``k`` TV iterations at the rule's weight, completed by the RISING network (``recon.rising``)."""
     if lam is not None:
-        raise ValueError("lam: rising runs TV at the default weight its network was trained with; leave lam unset")
+        raise ValueError("lam: rising runs TV at the rule's weight its network was trained with; leave lam unset")
     if not nonneg:
         raise ValueError("nonneg: rising's network was trained on TV with x >= 0; leave nonneg=True")
     m = _load(model, "rising", y.device, "rising")
     check_geometry(m.card, A, m.path)
     k = rising_iterations(m.card, iterations, m.path)
-    early = reconstruct(A, y, "tv", iterations=k, filter=filter, noise_std=noise_std)
+    early = reconstruct(A, y, "tv", lam="rule", iterations=k, filter=filter, noise_std=noise_std)
     params = {"iterations_tv": k, "lam": early.parameters["lam"], "lam_rule": early.parameters["lam_rule"],
               "model": str(m.path)}
     return Reconstruction(eval_output(m.network, early.x), "rising", k, time.perf_counter() - start, params)
@@ -330,8 +339,8 @@ def _adaptive_prior(method, A, y, x_fbp, estimate, n_iter, nonneg, noise_std, et
     elif estimate == "tikhonov":
         name, x_hat = "tikhonov", tikhonov(A, y)
     elif estimate == "tv":
-        name, x_hat = "tv", reconstruct(A, y, "tv", iterations=n_iter, nonneg=nonneg, noise_std=noise_std,
-                                        support=support).x
+        name, x_hat = "tv", reconstruct(A, y, "tv", lam="rule", iterations=n_iter, nonneg=nonneg,
+                                        noise_std=noise_std, support=support).x
     else:
         raise ValueError(f"estimate: expected one of {', '.join(ESTIMATES)} or a callable y -> x_hat, got {estimate!r}")
     if method == "svtv":
@@ -393,8 +402,8 @@ def _pnp(method, A, y, x_fbp, model, lam, iterations, constraint, progress, star
     from recon.pnp import PnPADMM
 
     if isinstance(lam, str):
-        raise ValueError(f"lam: {lam!r} (a weight search) is not available for {method}; give rho as lam "
-                         "or None")
+        raise ValueError(f"lam: {lam!r} (a weight rule of the variational methods) is not available for {method}; "
+                         "give rho as lam or None")
     m = _load(model, "lpn" if method == "lpn" else "denoiser", y.device)
     pnp = m.card.get("pnp", {})
     norm_sq = A.norm() ** 2

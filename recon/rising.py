@@ -4,7 +4,7 @@ RISING (Evangelista, Morotti & Loli Piccolomini, Comput. Med. Imaging Graph. 103
 iterations of a model-based solver, ``x_k``, and maps them with a network trained to give the
 converged solution ``x_IS`` (not the ground truth): the variational problem stays the target, at a
 fraction of its time. Here the solver is ``reconstruct``'s TV (Chambolle-Pock from FBP, x >= 0, the
-default weight) and the network a residual U-Net (``priors.nets.RisingNet``) trained by
+weight rule) and the network a residual U-Net (``priors.nets.RisingNet``) trained by
 ``recon train rising`` on pairs ``(x_k, x_IS)`` of simulated sinograms. The model's card records the
 geometry it was trained for and ``k``; data of another geometry is refused, naming both
 (``recon.models.check_geometry``).

@@ -136,7 +136,7 @@ def test_run_study_isolates_a_corrupt_series(tmp_path):
     ("[operator]\nsource_origin = 100.0", "source_origin: only used with geometry = 'fan'"),
     ("naming = 'names'", "naming: expected 'key' or 'patient'"),
     ("methods = []", "methods: expected a non-empty list"),
-    ("[methods.tv]\nlam = 'often'", "lam: expected a non-negative number, 'auto' or 'cv'"),
+    ("[methods.tv]\nlam = 'often'", "lam: expected a non-negative number, 'rule', 'auto' or 'cv'"),
     ("[mri_methods.tv]\nlam = 'cv'", "[mri_methods.tv]: lam: expected a non-negative number"),
     ("views = [", "not valid TOML"),
     ("[mri]\naccel = 2", "[mri]: unknown key 'accel'; allowed keys: acceleration, center_fraction, mask_type"),

@@ -21,7 +21,8 @@ def bench(*argv):
 
 def test_quality_writes_table_json_figure_and_resumes(tmp_path, capsys):
     out = tmp_path / "q"
-    argv = ("--phantoms", 1, "--size", 40, "--views", 24, "--iterations", 40, "--output", out, "--no-progress")
+    argv = ("--phantoms", 1, "--size", 40, "--views", 24, "--iterations", 40, "--lam", "rule", "--output", out,
+            "--no-progress")
     assert bench(*argv) == 0
     report = json.loads((out / "quality.json").read_text())
     assert set(report["cases"]) == {"shepp-logan", "ellipses-0"}
@@ -31,7 +32,7 @@ def test_quality_writes_table_json_figure_and_resumes(tmp_path, capsys):
         assert (out / name).is_file(), name
     psnrs = [report["cases"][c]["tv"]["psnr"] for c in ("shepp-logan", "ellipses-0")]
     assert report["summary"]["phantoms"]["tv"]["psnr_mean"] == pytest.approx(np.mean(psnrs), abs=1e-3)
-    # SV-TV and graphLa+TV include the TV pre-estimate in their time
+    # at the rule, SV-TV and graphLa+TV reuse TV as their pre-estimate and include its time
     for c in report["cases"].values():
         assert c["svtv"]["seconds"] >= c["tv"]["seconds"] and c["graphla-tv"]["seconds"] >= c["tv"]["seconds"]
     capsys.readouterr()

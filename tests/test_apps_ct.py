@@ -166,7 +166,7 @@ def test_coule_phantom_is_the_training_generator_s_image(tmp_path):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--lam", "often"], "--lam: expected a number, 'auto' or 'cv'"),
+    (["--lam", "often"], "--lam: expected a number, 'rule', 'auto' or 'cv'"),
     (["--lam", "-1"], "--lam: expected a non-negative"),
 ])
 def test_bad_lambda_is_rejected(tmp_path, capsys, argv, match):

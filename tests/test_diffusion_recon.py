@@ -206,7 +206,7 @@ def test_a_cards_init_starts_dpir_from_tv(problem, model, tmp_path):
     norm_sq = float(A.norm()) ** 2
     solver = DiffPIR(model.network, noise_std=0.02 / norm_sq ** 0.5, lam=0.5, renoise=False,
                      timesteps=dpir_timesteps(3, 100))
-    tv = reconstruct(A, y, "tv", noise_std=0.02).x
+    tv = reconstruct(A, y, "tv", lam="rule", noise_std=0.02).x
     torch.testing.assert_close(r.x, solver.run(Problem((1 / norm_sq) * L2Fidelity(A, y)), tv).x)
     direct = reconstruct(A, y, "dpir", model=model, noise_std=0.02, iterations=3)
     assert direct.parameters["init"] == "direct"

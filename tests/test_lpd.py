@@ -114,5 +114,5 @@ def test_training_from_tv_iterates_and_reconstruct_starts_there(tmp_path):
     r = reconstruct(A, y, "lpd", model=out)
     net = load_model(out, "lpd").network.eval()
     with torch.no_grad():
-        expected = net(A, y, intensity_scale(fbp(A, y)), reconstruct(A, y, "tv", iterations=4).x)
+        expected = net(A, y, intensity_scale(fbp(A, y)), reconstruct(A, y, "tv", lam="rule", iterations=4).x)
     assert torch.allclose(r.x, expected) and r.parameters["iterations_tv"] == 4

@@ -61,7 +61,7 @@ def test_tv_beats_zero_filled_on_simulated_single_coil():
     tv = reconstruct_mri(A, y, "tv")
     gain = float(psnr(tv.x.abs(), x.abs(), 1.0) - psnr(zero_filled(y), x.abs(), 1.0))
     assert gain > 3.0, f"TV gains only {gain:.2f} dB over zero-filled"
-    assert tv.parameters["lam_rule"] == "default" and tv.parameters["lam"] > 0
+    assert tv.parameters["lam_rule"] == "rule" and tv.parameters["lam"] > 0
 
 
 def test_default_tv_weight_with_per_item_maps_and_masks():

@@ -53,7 +53,10 @@ def test_every_method_improves_on_nothing_and_records_parameters(setup, method):
     assert r.x.shape == x.shape and r.method == method and r.seconds >= 0
     assert float(psnr(r.x, x)) > 20
     if method == "tv":
-        assert r.parameters["lam_rule"] == "default" and r.parameters["lam"] == pytest.approx(default_tv_lambda(A, y))
+        assert r.parameters["lam_rule"] == "cross-validation"  # TV's default on a CT operator
+        assert r.parameters["lam"] == pytest.approx(r.parameters["cv_multiple"] * default_tv_lambda(A, y))
+        rule = reconstruct(A, y, "tv", lam="rule", iterations=2).parameters
+        assert rule["lam_rule"] == "rule" and rule["lam"] == pytest.approx(default_tv_lambda(A, y))
         assert reconstruct(A, y, "tv", lam=0.1, iterations=2).parameters["lam_rule"] == "given"
 
 
@@ -98,7 +101,7 @@ def test_tikhonov_method_and_estimate(setup):
     assert tik.iterations == 20 and tik.parameters["max_iterations"] == 20
     r = reconstruct(A, y, "svtv", estimate="tikhonov", iterations=50)
     assert r.parameters["estimate"] == "tikhonov" and float(psnr(r.x, x)) > float(psnr(tik.x, x))
-    assert r.parameters["lam_rule"] == "default" and r.parameters["lam"] > 0
+    assert r.parameters["lam_rule"] == "rule" and r.parameters["lam"] > 0  # the rule: cv is TV's default only
 
 
 def test_callable_estimate_is_used_and_checked(setup):

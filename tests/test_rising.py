@@ -59,10 +59,10 @@ def test_reconstruct_runs_k_tv_iterations_then_the_network(trained):
     A, y = problem()
     r = reconstruct(A, y, "rising", model=trained / "model.safetensors")
     model = load_model(trained / "model.safetensors", task="rising")
-    early = reconstruct(A, y, "tv", iterations=3)
+    early = reconstruct(A, y, "tv", lam="rule", iterations=3)
     assert r.method == "rising" and r.iterations == 3 and r.parameters["iterations_tv"] == 3
     assert torch.allclose(r.x, eval_output(model.network, early.x))
-    converged = reconstruct(A, y, "tv").x
+    converged = reconstruct(A, y, "tv", lam="rule").x
     assert float(psnr(r.x, converged)) > float(psnr(early.x, converged))  # held-out phantom (seed 3)
 
 
@@ -83,7 +83,7 @@ def test_rising_arguments_are_checked(trained):
     A, y = problem()
     with pytest.raises(ValueError, match="iterations: the RISING model .* completes 3 TV iterations; got 5"):
         reconstruct(A, y, "rising", model=trained, iterations=5)
-    with pytest.raises(ValueError, match="lam: rising runs TV at the default weight"):
+    with pytest.raises(ValueError, match="lam: rising runs TV at the rule's weight"):
         reconstruct(A, y, "rising", model=trained, lam=0.1)
     with pytest.raises(ValueError, match="nonneg: rising's network was trained"):
         reconstruct(A, y, "rising", model=trained, nonneg=False)

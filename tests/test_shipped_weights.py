@@ -103,7 +103,7 @@ def test_shipped_score_model_reconstructs_with_its_card_settings_out_of_the_box(
     assert r.parameters["settings"] == "the model card's" and r.iterations == card["steps"]
     assert (r.parameters["init"], r.parameters["ensemble"]) == (card["init"], card["ensemble"])
     score = {k: float(psnr(v, ref, data_range=1.0)) for k, v in (("dpir", r.x), ("fbp", fbp(A, y)),
-                                                                 ("tv", reconstruct(A, y, "tv").x))}
+                                                                 ("tv", reconstruct(A, y, "tv", lam="rule").x))}
     assert score["dpir"] > score["fbp"] + 8 and score["dpir"] > score["tv"] + 1, score
 
 
@@ -113,7 +113,7 @@ def test_shipped_rising_completes_tv_out_of_the_box():
     A, y, ref = _case(256, 7)
     r = reconstruct(A, y, "rising")
     assert r.iterations == 10 and r.parameters["model"].endswith("rising_ct256.safetensors")
-    tv, early = reconstruct(A, y, "tv"), reconstruct(A, y, "tv", iterations=10)
+    tv, early = reconstruct(A, y, "tv", lam="rule"), reconstruct(A, y, "tv", lam="rule", iterations=10)
     score = {k: float(psnr(v, ref, data_range=1.0)) for k, v in (("rising", r.x), ("tv", tv.x), ("early", early.x))}
     assert score["rising"] > score["tv"] - 1.0 and score["rising"] > score["early"] + 2.0, score
 
@@ -130,7 +130,7 @@ def test_shipped_limited_angle_fills_the_wedge_out_of_the_box():
     y = ct_operator(htc_geometry(256), angles, 560)(x)
     y = y + 0.0075 * torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
     A, ref = ct_operator(htc_geometry(128), angles, 560), torch.nn.functional.avg_pool2d(x, 2)
-    r, tv = reconstruct(A, y, "limited-angle"), reconstruct(A, y, "tv", support="disc")
+    r, tv = reconstruct(A, y, "limited-angle"), reconstruct(A, y, "tv", lam="rule", support="disc")
     assert r.parameters["model"].endswith("limited_angle_htc128.safetensors")
     seg = (ref[0, 0] > 0.0175).numpy()
     assert float(psnr(r.x, ref, data_range=0.035)) > float(psnr(tv.x, ref, data_range=0.035)) + 4.0
@@ -149,5 +149,5 @@ def test_shipped_limited_angle_beats_tv_on_the_challenge_30_degree_arc():
     data = read_htc2022(HTC / "test" / "htc2022_07a_limited.mat", image_size=128)
     A, y = ct_operator(data.geometry, data.angles, 560), torch.as_tensor(data.sinogram)[None, None]
     seg = _mat(HTC / "test" / "htc2022_07a_recon_fbp_seg.mat")
-    tv = reconstruct(A, y, "tv", support="disc").x
+    tv = reconstruct(A, y, "tv", lam="rule", support="disc").x
     assert score(reconstruct(A, y, "limited-angle").x, seg) > score(tv, seg) + 0.05
