@@ -115,7 +115,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             ``x`` is their mean, ``std`` and ``samples`` are set (``Reconstruction``).
         progress: show a progress bar for iterative methods.
         filter: FBP filter.
-        noise_std: the sinogram's noise standard deviation, if known (default rule and ``"auto"``).
+        noise_std: the sinogram's noise standard deviation, if known (the rule, ``"cv"`` and ``"auto"``).
         estimate: the pre-estimate ``Psi`` of ``svtv`` and ``graphla-*``: ``"fbp"``, ``"tikhonov"``,
             ``"tv"`` (TV at the rule's weight) or a callable ``y -> x_hat`` (e.g. a trained network)
             returning ``(B, *A.in_shape)``. Default: ``"tv"`` for svtv, the one its name says for graphla.

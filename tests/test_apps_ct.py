@@ -27,6 +27,7 @@ def test_phantom_run_writes_every_output(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["fbp", "tv", "cgls"]
     assert metrics["tv"]["psnr"] > metrics["fbp"]["psnr"] and metrics["tv"]["iterations"] <= 60
+    assert metrics["tv"]["lam_rule"] == "cross-validation" and metrics["tv"]["cv_multiple"] > 0  # TV's default
     assert set(metrics["fbp"]) >= {"psnr", "ssim", "seconds", "iterations"}
     with h5py.File(out / "reconstructions.h5") as f:
         assert f["tv"].shape == (48, 48) and f.attrs["geometry"] == "parallel"
