@@ -106,13 +106,13 @@ def test_bench_htc_scores_as_the_challenge(tmp_path, capsys):
     assert as_is > 0.95
     for moved in (x.flip(-1), x.flip(-2), x.transpose(-1, -2)):
         assert score(moved, seg) < as_is - 0.2
-    assert main(["bench", "htc", "--htc", str(HTC / "test"), "--size", "64", "--method", "fbp", "--method", "tv+disc",
-                 "--output", str(tmp_path), "--no-progress"]) == 0
+    assert main(["bench", "htc", "--htc", str(HTC / "test"), "--size", "64", "--method", "fbp",
+                 "--method", "tv+disc+rule", "--output", str(tmp_path), "--no-progress"]) == 0
     results = json.loads((tmp_path / "htc.json").read_text())["results"]
     assert set(results) == {"01a", "04a", "07a"}
     for name, arc in (("01a", "arc 0-90 deg"), ("04a", "arc 50-110 deg"), ("07a", "arc 75-105 deg")):
         assert results[name]["60 views"]["fbp"]["mcc"] > 0.9 > results[name][arc]["fbp"]["mcc"]
-        assert results[name][arc]["tv+disc"]["mcc"] > results[name][arc]["fbp"]["mcc"] + 0.1
+        assert results[name][arc]["tv+disc+rule"]["mcc"] > results[name][arc]["fbp"]["mcc"] + 0.1
     assert (tmp_path / "htc.png").stat().st_size > 0 and "| 07a | arc 75-105 deg |" in (tmp_path / "htc.md").read_text()
 
 
