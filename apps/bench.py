@@ -41,7 +41,7 @@ from apps import bench_htc, bench_speed, bench_tv
 from apps.ct import _device, _metrics, simulate
 from data.hdf5 import CTData, atomic_path
 from operators.ct import ct_operator
-from recon.diffusion_recon import DIFFUSION
+from recon.diffusion.diffusion_recon import DIFFUSION
 from recon.reconstruct import PNP, TRAINED_FOR_GEOMETRY, reconstruct
 
 QUALITY_METHODS = ("fbp", "tikhonov", "tv", "svtv", "graphla-fbp", "graphla-tik", "graphla-tv")

@@ -15,8 +15,9 @@ the views, for the others the weight rule); ``tv+disc`` and the like add ``suppo
 fitted to the sinogram's shadow bounds the image (``recon.support``); ``+cv`` chooses the weight by
 cross-validation (``lam="cv"``), ``+rule`` by the rule (``lam="rule"``);
 ``svtv-net``, ``lpn`` and ``dpir`` use the shipped models; ``limited-angle`` (TV with the disc bounds completed by a
-network trained on simulated arcs of discs, ``recon.limited_angle``) the shipped model or ``--limited-angle-weights``,
-on the arcs only (60 views over 360 deg are not what it was trained for: "not for these data").
+network trained on simulated arcs of discs, ``recon.learned.limited_angle``) the shipped model or
+``--limited-angle-weights``, on the arcs only (60 views over 360 deg are not what it was trained for: "not for
+these data").
 
 Writes ``<output>/htc.json`` (settings and per case and method: MCC, PSNR, seconds),
 ``htc.md`` (the table) and ``htc.png`` (the reference segmentation and each method's, per case).

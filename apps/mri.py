@@ -33,9 +33,9 @@ from data.mri import KSpaceData, read_kspace
 from operators.coils import calibration_region, espirit_maps, map_coverage
 from operators.masks import MASK_TYPES, acceleration_of, make_mask
 from operators.mri import CartesianMRI, MultiCoilMRI
+from recon.diffusion.diffusion_recon import diffusion_names
 from recon.metrics import psnr, ssim
 from recon.models import builtin, load_model
-from recon.diffusion_recon import diffusion_names
 from recon.mri import MRI_METHODS, data_consistency, reconstruct_mri, zero_filled
 
 AXES = {"columns": -1, "rows": -2}

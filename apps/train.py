@@ -35,7 +35,7 @@ validation sets by seed. The config file (TOML or JSON) has up to four tables, e
                     scale, no image needed), tv
              score: patch_size, patches_per_image, augment, p_mean, p_std (log-normal noise levels,
                     clamped to the model's sigma_range), val_sigmas (validation PSNR at each)
-    [train]  recon.trainer.TrainConfig fields (steps, batch_size, lr, val_every, checkpoint_every, ...)
+    [train]  recon.training.trainer.TrainConfig fields (steps, batch_size, lr, val_every, checkpoint_every, ...)
 
 Command-line options override the file (``--count`` and ``--size`` the ``[data]`` table's
 ``count`` and ``size``). Writes ``OUTPUT/model.safetensors`` and
@@ -457,7 +457,7 @@ def initial_model(given: str, task: str, config: dict):
 
 
 def run(args) -> int:
-    from recon.trainer import Trainer, TrainConfig
+    from recon.training.trainer import Trainer, TrainConfig
 
     from apps.outputs import check_output
 

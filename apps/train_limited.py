@@ -6,7 +6,7 @@ arc centred on angle 0, of a span drawn per image from ``[task] arc_degrees`` in
 (the challenge's 0.5 deg), with the material's attenuation drawn from ``[task] mu`` (1/mm) and Gaussian noise
 of a standard deviation drawn from ``[task] noise`` (in line-integral units, as the challenge's -log data).
 The image is projected on its own grid and reconstructed on the coarser ``[task] grid`` (no inverse crime) as
-``recon.limited_angle`` does: TV at the rule's weight with the disc bounds (``support="disc"``). The target
+``recon.learned.limited_angle`` does: TV at the rule's weight with the disc bounds (``support="disc"``). The target
 is the image averaged onto that grid, times its attenuation. Pairs are divided by the input's intensity scale
 (as rising's) and cached in ``OUTPUT/cache/``; ``[task] workers`` processes compute them.
 """
@@ -108,7 +108,7 @@ def build_limited_angle(network, t: dict, images, output, seed: int, train_idx, 
                         progress: bool):
     """The limited-angle task's ``(network, loss_fn, train_set, val_set, val_fn, trainer_kwargs, card_extra)``."""
     from apps.train_unrolled import completion
-    from recon.limited_angle import scanner_of
+    from recon.learned.limited_angle import scanner_of
 
     _check_task(t, images)
     settings = {k: t[k] for k in ("grid", "arc_degrees", "step_degrees", "mu", "noise")}

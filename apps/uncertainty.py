@@ -1,7 +1,7 @@
 """``--samples N`` of ``recon ct`` and ``recon mri``: posterior samples from a diffusion sampler
-(``recon.posterior``) and what is written of them.
+(``recon.diffusion.posterior``) and what is written of them.
 
-With ``--samples N`` the sampling method (one of ``recon.posterior.SAMPLERS``, exactly one per run)
+With ``--samples N`` the sampling method (one of ``recon.diffusion.posterior.SAMPLERS``, exactly one per run)
 draws ``N`` samples in one batched, seeded call. Its reconstruction (``<method>.png``, the table,
 ``comparison.png``) is the posterior mean; besides it the output folder gets
 
@@ -12,7 +12,7 @@ draws ``N`` samples in one batched, seeded call. Its reconstruction (``<method>.
 * in ``reconstructions.h5``: the datasets ``samples`` ``(N, H, W)`` and ``std`` ``(H, W)``;
 * in ``metrics.json``, under the method: ``samples``, ``seconds_per_sample`` and, with a reference,
   ``calibration``: the Pearson correlation of std and error and the share of pixels whose true value
-  lies in the samples' central 90% interval (``recon.posterior.calibration``).
+  lies in the samples' central 90% interval (``recon.diffusion.posterior.calibration``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.posterior import SAMPLERS, Posterior, calibration
+from recon.diffusion.posterior import SAMPLERS, Posterior, calibration
 
 __all__ = ["IMAGES", "add_samples_option", "check_samples", "run_method", "posterior_metrics", "summary",
            "write_uncertainty"]

@@ -1,7 +1,7 @@
 """Tuning RED-Diff, DiffPIR, DPS and score-PC on tuning phantoms (not the benchmark's): a grid over each solver's
 settings, PSNR and seconds per reconstruction, parallel beam, 60 views, 1% noise.
 
-The problems are set up as ``reconstruct`` sets them up (``recon.diffusion_recon``): the FBP
+The problems are set up as ``reconstruct`` sets them up (``recon.diffusion.diffusion_recon``): the FBP
 start, the data term ``||A x - y||^2 / (2 ||A||^2)``, DiffPIR's noise ``nu / ||A||`` with ``nu``
 estimated from the sinogram. The tuning phantoms are random ellipses of seeds 100 and up
 (``recon bench quality`` uses seeds 0-19 and Shepp-Logan; the training sets use hashed seeds).
@@ -10,8 +10,8 @@ estimated from the sinogram. The tuning phantoms are random ellipses of seeds 10
         --grid lam=0.5,1,2 --grid zeta=0,0.3 --grid steps=50 [--size 128] [--seeds 100,101,102]
         [--json out.json]
 
-``--grid`` names any keyword of ``recon.red_diff.REDDiff``, ``recon.diffpir.DiffPIR``, ``recon.dps.DPS``
-or ``recon.score_pc.ScorePC`` (numbers;
+``--grid`` names any keyword of ``recon.diffusion.red_diff.REDDiff``, ``recon.diffusion.diffpir.DiffPIR``,
+``recon.diffusion.dps.DPS`` or ``recon.diffusion.score_pc.ScorePC`` (numbers;
 ``renoise`` as 0/1), ``t_start``: timesteps evenly spaced from it down to 0 (``steps`` of them),
 ``ensemble`` (1, 4, 8: the prior's geometric self-ensemble) and ``cg_iterations`` (the data step's);
 every combination is run on every phantom. ``--init tv`` starts from TV at its default weight
@@ -35,17 +35,17 @@ import torch  # noqa: E402
 from apps.ct import simulate  # noqa: E402
 from operators import ParallelBeam2D  # noqa: E402
 from priors import L2Fidelity  # noqa: E402
-from recon.diffpir import DiffPIR  # noqa: E402
-from recon.diffusion_recon import dpir_timesteps  # noqa: E402
-from recon.dps import DPS  # noqa: E402
+from recon.diffusion.diffpir import DiffPIR  # noqa: E402
+from recon.diffusion.diffusion_recon import dpir_timesteps  # noqa: E402
+from recon.diffusion.dps import DPS  # noqa: E402
+from recon.diffusion.red_diff import REDDiff  # noqa: E402
+from recon.diffusion.score_pc import ScorePC  # noqa: E402
 from recon.fbp import fbp  # noqa: E402
-from recon.lambda_rule import estimate_noise_std  # noqa: E402
 from recon.metrics import psnr  # noqa: E402
 from recon.models import load_model  # noqa: E402
+from recon.parameter_choice.lambda_rule import estimate_noise_std  # noqa: E402
 from recon.problem import Problem  # noqa: E402
 from recon.reconstruct import reconstruct  # noqa: E402
-from recon.red_diff import REDDiff  # noqa: E402
-from recon.score_pc import ScorePC  # noqa: E402
 
 INTEGERS = ("steps", "seed", "renoise", "t_start", "ensemble", "cg_iterations")
 

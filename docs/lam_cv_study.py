@@ -4,7 +4,7 @@ The rule sees the sinogram's noise, size and geometry but not the object, and th
 by about 4x between phantom families at the same setting (docs/lam_rule_range_study.md). TV's default
 on 2D CT lets the data pick it: every 4th view is held out, the rest are reconstructed at multiples
 ``m`` of the rule computed on them, and the ``m`` that best predicts the held-out views is taken; the
-image is then reconstructed from all views at ``m`` times the rule (``recon.cross_validation``).
+image is then reconstructed from all views at ``m`` times the rule (``recon.parameter_choice.cross_validation``).
 
 This runs the default, ``reconstruct(A, y, "tv")``, and the rule, ``lam="rule"``, in the same process
 on the cases of ``docs/lam_rule_range_study.py``; the loss is measured against the best weight of that

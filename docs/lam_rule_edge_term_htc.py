@@ -19,8 +19,8 @@ from lam_rule_range_study import edge_term_weight, tv_solve  # noqa: E402
 from apps.bench import _htc_loader  # noqa: E402
 from operators.ct import ct_operator  # noqa: E402
 from recon.fbp import fbp  # noqa: E402
-from recon.lambda_rule import default_tv_lambda  # noqa: E402
 from recon.metrics import psnr  # noqa: E402
+from recon.parameter_choice.lambda_rule import default_tv_lambda  # noqa: E402
 
 torch.set_num_threads(1)
 for path in sorted(Path(sys.argv[1]).rglob("*_full.mat")):

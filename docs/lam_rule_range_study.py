@@ -108,7 +108,7 @@ def edge_density(x) -> float:
 def edge_term_weight(A, y):
     """``(lam, pilot, f)``: the edge-density variant's weight for ``(A, y)``, its pilot and edge density."""
     from recon.fbp import fbp
-    from recon.lambda_rule import TV_LAMBDA_FACTOR, default_tv_lambda
+    from recon.parameter_choice.lambda_rule import TV_LAMBDA_FACTOR, default_tv_lambda
 
     base = default_tv_lambda(A, y) * EDGE_FACTOR / TV_LAMBDA_FACTOR
     pilot = tv_solve(A, y, base, fbp(A, y), PILOT_ITERATIONS)
@@ -137,9 +137,9 @@ def check_edge_term(case) -> dict:
 
 
 def run_case(case) -> dict:
-    from recon.cross_validation import grid_minimum
-    from recon.lambda_rule import _backprojected_noise_rms, estimate_noise_std
     from recon.metrics import psnr
+    from recon.parameter_choice.cross_validation import grid_minimum
+    from recon.parameter_choice.lambda_rule import _backprojected_noise_rms, estimate_noise_std
     from recon.reconstruct import reconstruct
 
     phantom, size, views, geometry, noise, seed = case

@@ -1,5 +1,5 @@
 """Posterior samples on CT, scored against the truth: the PSNR of the posterior mean (and of TV at its
-default weight, for scale), the calibration of the standard deviation (``recon.posterior.calibration``:
+default weight, for scale), the calibration of the standard deviation (``recon.diffusion.posterior.calibration``:
 Pearson correlation of std and |mean - truth|, coverage of the pixel-wise 90% intervals), and the
 seconds per sample.
 
@@ -29,8 +29,8 @@ import torch  # noqa: E402
 
 from apps.ct import simulate  # noqa: E402
 from operators import ParallelBeam2D  # noqa: E402
+from recon.diffusion.posterior import SAMPLERS, calibration, posterior  # noqa: E402
 from recon.metrics import psnr  # noqa: E402
-from recon.posterior import SAMPLERS, calibration, posterior  # noqa: E402
 from recon.reconstruct import reconstruct  # noqa: E402
 
 

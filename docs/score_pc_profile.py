@@ -22,9 +22,9 @@ import torch  # noqa: E402
 from apps.ct import simulate  # noqa: E402
 from operators import ParallelBeam2D  # noqa: E402
 from priors import L2Fidelity  # noqa: E402
+from recon.diffusion.score_pc import ScorePC  # noqa: E402
 from recon.models import builtin, load_model  # noqa: E402
 from recon.problem import Problem  # noqa: E402
-from recon.score_pc import ScorePC  # noqa: E402
 
 
 def timed(f, bucket: dict, key: str):

@@ -3,7 +3,7 @@
 The setting of Nagahisa, Hayakawa & Iiguni (arXiv 2509.01331) as ../shared/reference/methods.md section 8
 gives it: ``A`` 75 x 150 with N(0, 1) entries, redrawn for every problem; Bernoulli-Gaussian ``x``
 (p = 12/150); noise std ``sqrt(p / 10^(SNR/10))`` at SNR 10 dB; ``lam = 10``. For each depth T the
-unrolled network (``recon.unrolled.UnrolledISTA``: one learnable step per layer, initialised at the
+unrolled network (``recon.learned.unrolled.UnrolledISTA``: one learnable step per layer, initialised at the
 classical ``1 / ||A||^2``) is trained with Adam on fresh problems, once on the MSE to the truth
 (supervised) and once on the objective ``1/2 ||A x_T - y||^2 + lam R(x_T)`` at its output
 (unsupervised), and compared on 1000 held-out problems with the classical solver run for T
@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from operators.matrix import MatrixOperator
+from recon.learned.unrolled import UnrolledISTA, objective, supervised_loss, unsupervised_loss
 from recon.pnp import PnPProximalGradient
-from recon.unrolled import UnrolledISTA, objective, supervised_loss, unsupervised_loss
 
 M, N, P, SNR_DB, LAM = 75, 150, 12 / 150, 10.0, 10.0
 #: single precision: the per-problem matrices make every step memory-bound

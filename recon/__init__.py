@@ -2,8 +2,8 @@
 
 from recon.base import Result, Solver
 from recon.chambolle_pock import ChambollePock
+from recon.learned.unrolled import Unrolled, UnrolledISTA
 from recon.pnp import PnPADMM, PnPProximalGradient
 from recon.problem import Problem
-from recon.unrolled import Unrolled, UnrolledISTA
 
 __all__ = ["Problem", "Solver", "Result", "ChambollePock", "PnPADMM", "PnPProximalGradient", "Unrolled", "UnrolledISTA"]

@@ -35,9 +35,9 @@ from priors.diffusion import DiffusionPrior
 from priors.learned_prox import LearnedProximalNetwork
 from priors.nets import ICNN, LearnedPrimalDual, NoiseUNet, RisingNet, UNet, UnrolledISTANet
 from priors.weight_net import GradientMagnitudeNet
-from recon.checkpoint import load_weights, write_json, write_model_card
-from recon.diffusion_recon import check_init
+from recon.diffusion.diffusion_recon import check_init
 from recon.params import check_integer, check_number
+from recon.training.checkpoint import load_weights, write_json, write_model_card
 
 __all__ = ["TASKS", "TrainedModel", "build_network", "network_memory_bytes", "load_model", "save_model", "builtin",
            "BUILTIN", "shipped", "check_shipped", "CT_METHOD", "CT_METHODS", "CARD_SETTINGS", "geometry_of",
@@ -76,13 +76,13 @@ CARD_SETTINGS = {
             "rho": lambda n, v: check_number(n, v), "rho_factor": lambda n, v: check_number(n, v)},
     "svtv": {"eta": lambda n, v: check_number(n, v), "p": lambda n, v: check_number(n, v, strict=False, below=1.0),
              "spread": lambda n, v: check_integer(n, v, 0, 100), "lam_factor": lambda n, v: check_number(n, v)},
-    # a score model's tuned solver settings (recon.diffusion_recon), one table per method
+    # a score model's tuned solver settings (recon.diffusion.diffusion_recon), one table per method
     "red-diff": {"lam": lambda n, v: check_number(n, v, strict=False), "lr": lambda n, v: check_number(n, v),
                  "steps": lambda n, v: check_integer(n, v, 1, 1000), "start": lambda n, v: check_integer(n, v, 1, 999),
                  "ensemble": _ensemble, "init": check_init},
-    # a RISING model: the solver iterations its input had (recon.rising)
+    # a RISING model: the solver iterations its input had (recon.learned.rising)
     "rising": {"iterations": lambda n, v: check_integer(n, v, 1, 10_000)},
-    # a limited-angle model: the grid its network works on (recon.limited_angle)
+    # a limited-angle model: the grid its network works on (recon.learned.limited_angle)
     "limited_angle": {"grid": lambda n, v: check_integer(n, v, 16, 4096)},
     "diffpir": {"lam": lambda n, v: check_number(n, v),
                 "zeta": lambda n, v: check_number(n, v, strict=False, below=1.0001),
@@ -334,9 +334,9 @@ def geometry_of(A) -> dict:
 
 def check_geometry(card: dict, A, path) -> None:
     """``ValueError`` naming both geometries when ``A`` is not the one the model was trained for (a
-    ``limited-angle`` model: the scanner and arcs of ``recon.limited_angle.check_limited_angle``)."""
+    ``limited-angle`` model: the scanner and arcs of ``recon.learned.limited_angle.check_limited_angle``)."""
     if card.get("task") == "limited-angle":
-        from recon.limited_angle import check_limited_angle
+        from recon.learned.limited_angle import check_limited_angle
 
         check_limited_angle(card, A, path)
         return

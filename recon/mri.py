@@ -29,9 +29,9 @@ from operators.fourier import ifft2c
 from operators.mri import CartesianMRI, MultiCoilMRI
 from priors import TV, L2Fidelity
 from recon.chambolle_pock import ChambollePock
-from recon.diffusion_recon import DIFFUSION, diffusion_names, diffusion_reconstruction, magnitude_p99
-from recon.lambda_rule import _backprojected_noise_rms
+from recon.diffusion.diffusion_recon import DIFFUSION, diffusion_names, diffusion_reconstruction, magnitude_p99
 from recon.linear import CGLS
+from recon.parameter_choice.lambda_rule import _backprojected_noise_rms
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
 from recon.reconstruct import _load
@@ -129,7 +129,8 @@ def reconstruct_mri(A: CartesianMRI | MultiCoilMRI, y: torch.Tensor, method: str
         A: ``CartesianMRI`` (single coil) or ``MultiCoilMRI`` (coil maps, e.g. from ``espirit_maps``).
         y: k-space ``(B, coils, H, W)`` complex, zero where not sampled.
         method: ``"zero-filled"``, ``"cg-sense"``, ``"tv"``, or ``"red-diff"`` / ``"diffpir"`` / ``"dpir"`` /
-            ``"dps"`` / ``"score-pc"`` (a diffusion prior on the real and imaginary parts, ``recon.diffusion_recon``).
+            ``"dps"`` / ``"score-pc"`` (a diffusion prior on the real and imaginary parts,
+            ``recon.diffusion.diffusion_recon``).
         lam: TV weight (None uses ``default_mri_tv_lambda``); the diffusion methods' weight.
         iterations: iteration cap (defaults in ``DEFAULT_MRI_ITERATIONS``).
         noise_std: k-space noise std for the default ``lam`` (None: estimated).

@@ -2,8 +2,9 @@
 
 ``reconstruct(A, y, "tv")`` picks the solver, a starting point, a default
 regularisation weight and the iteration count; everything can be overridden. TV's default weight on
-2D CT is chosen by cross-validation over the views (``lam="cv"``, ``recon.cross_validation``); the
-rule it scales (``lam="rule"``, ``recon.lambda_rule``) is the default elsewhere.
+2D CT is chosen by cross-validation over the views (``lam="cv"``,
+``recon.parameter_choice.cross_validation``); the rule it scales (``lam="rule"``,
+``recon.parameter_choice.lambda_rule``) is the default elsewhere.
 
 The adaptive priors take a fast first reconstruction ``x_hat = Psi(y)`` (FBP, Krylov
 Tikhonov, TV, or any callable such as a trained network) and build the prior from it once:
@@ -16,7 +17,7 @@ Tikhonov, TV, or any callable such as a trained network) and build the prior fro
 a trained denoiser (``recon train denoiser``; none is shipped). ``"red-diff"``, ``"diffpir"``,
 ``"dpir"``, ``"dps"`` and ``"score-pc"`` use a diffusion prior (``recon train score``; the shipped
 ``recon/weights/score_ct128`` by default).
-``lam="auto"`` chooses the weight by the discrepancy principle (``recon.discrepancy``).
+``lam="auto"`` chooses the weight by the discrepancy principle (``recon.parameter_choice.discrepancy``).
 """
 
 from __future__ import annotations
@@ -35,19 +36,20 @@ from priors.graph_laplacian import GraphLaplacianPrior
 from priors.nets.unet import eval_output
 from priors.tv import DEFAULT_ETA, DEFAULT_P, DEFAULT_SPREAD, intensity_scale
 from recon.chambolle_pock import ChambollePock
-from recon.diffusion_recon import DEFAULT_STEPS, DIFFUSION, diffusion_reconstruction
-from recon.cross_validation import CV_FOLDS, can_cross_validate, cv_lambda
-from recon.discrepancy import DISCREPANCY_TAU, auto_lambda
+from recon.diffusion.diffusion_recon import DEFAULT_STEPS, DIFFUSION, diffusion_reconstruction
 from recon.fbp import fbp
-from recon.lambda_rule import (LAMBDA_FACTORS, TV_LAMBDA_FACTOR, _backprojected_noise_rms, default_lambda,  # noqa: F401
-                               default_tv_lambda, estimate_noise_std)
-from recon.limited_angle import limited_angle
+from recon.learned.limited_angle import limited_angle
+from recon.learned.rising import rising_iterations
 from recon.linear import CGLS, SIRT, TIKHONOV_ITERATIONS, tikhonov
 from recon.models import check_geometry
+from recon.parameter_choice.cross_validation import CV_FOLDS, can_cross_validate, cv_lambda
+from recon.parameter_choice.discrepancy import DISCREPANCY_TAU, auto_lambda
+from recon.parameter_choice.lambda_rule import (LAMBDA_FACTORS, TV_LAMBDA_FACTOR,  # noqa: F401
+                                                _backprojected_noise_rms, default_lambda, default_tv_lambda,
+                                                estimate_noise_std)
 from recon.params import check_finite_result, check_integer, check_number
 from recon.problem import Problem
 from recon.result import SAMPLERS, Reconstruction, draw_samples
-from recon.rising import rising_iterations
 from recon.support import disc_bounds
 
 __all__ = ["METHODS", "ESTIMATES", "SAMPLERS", "Reconstruction", "reconstruct", "estimate_noise_std",
@@ -93,11 +95,11 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             (graph-Laplacian prior built from FBP, Tikhonov or TV), ``"lpn"`` (PnP-ADMM with a learned
             proximal network, started from FBP), ``"pnp"`` (the same with a trained denoiser),
             ``"red-diff"``, ``"diffpir"``, ``"dpir"``, ``"dps"`` or ``"score-pc"`` (a diffusion prior,
-            ``recon.diffusion_recon``),
-            ``"rising"`` (a few TV iterations completed by a network, ``recon.rising``), ``"lpd"``
+            ``recon.diffusion.diffusion_recon``),
+            ``"rising"`` (a few TV iterations completed by a network, ``recon.learned.rising``), ``"lpd"``
             (learned primal-dual, ``priors.nets.LearnedPrimalDual``), ``"unrolled-ista"`` (unrolled
             ISTA with CNN proxes, ``priors.nets.UnrolledISTANet``) or ``"limited-angle"`` (TV with the
-            disc bounds on a short arc, completed by a network: ``recon.limited_angle``).
+            disc bounds on a short arc, completed by a network: ``recon.learned.limited_angle``).
         lam: the weight: a number; None for the default, which for ``"tv"`` on a 2D CT operator with 8
             views or more is ``"cv"`` and otherwise ``"rule"``; ``"rule"`` for the rule
             (``default_lambda``: the sinogram's noise, the size and the geometry, blind to the object;
@@ -105,7 +107,7 @@ def reconstruct(A: LinearOperator, y: torch.Tensor, method: str = "tv", lam: flo
             (one weight per batch item; ``sigma`` is ``noise_std`` when given, else the sinogram's
             estimate); or ``"cv"`` for the multiple of the rule whose reconstruction from three
             quarters of the views best predicts the rest (per item; 2D CT; about four reconstructions
-            in all, ``recon.cross_validation``).
+            in all, ``recon.parameter_choice.cross_validation``).
         iterations: iteration cap for iterative methods (defaults in ``DEFAULT_ITERATIONS``).
         nonneg: enforce ``x >= 0`` (SIRT and the variational methods).
         support: ``"disc"``: the variational methods also keep ``x`` inside the disc fitted to each
@@ -302,7 +304,7 @@ def _per_item(values: list):
 
 
 def _rising(A, y, lam, iterations, nonneg, filter, noise_std, model, start) -> Reconstruction:
-    """``k`` TV iterations at the rule's weight, completed by the RISING network (``recon.rising``)."""
+    """``k`` TV iterations at the rule's weight, completed by the RISING network (``recon.learned.rising``)."""
     if lam is not None:
         raise ValueError("lam: rising runs TV at the rule's weight its network was trained with; leave lam unset")
     if not nonneg:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from apps.cli import main
-from recon.posterior import Posterior, calibration
+from recon.diffusion.posterior import Posterior, calibration
 from tests.test_apps_mri import simulated_scan
 from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
 

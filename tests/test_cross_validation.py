@@ -1,4 +1,5 @@
-"""Cross-validated weights (``reconstruct(..., lam="cv")``, recon.cross_validation) and the view subsets they use."""
+"""Cross-validated weights (``reconstruct(..., lam="cv")``, recon.parameter_choice.cross_validation) and the view
+subsets they use."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from apps.cli import main
 from apps.ct import simulate
 from operators import FanBeam2D, ParallelBeam2D
 from operators.ct import ct_operator
-from recon.cross_validation import grid_minimum, view_folds
 from recon.metrics import psnr
+from recon.parameter_choice.cross_validation import grid_minimum, view_folds
 from recon.reconstruct import reconstruct
 from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
 
@@ -90,7 +91,7 @@ def test_cv_is_per_item_and_refuses_what_it_cannot_split(tmp_path):
     assert reconstruct(*six, "tv", iterations=5).parameters["lam_rule"] == "rule"  # the default where cv cannot
     from operators.blur import Blur, gaussian_kernel
     from priors import TV
-    from recon.cross_validation import cv_lambda
+    from recon.parameter_choice.cross_validation import cv_lambda
 
     B = Blur(gaussian_kernel(1.0), (32, 32))  # reconstruct's TV needs a CT operator's FBP; cv_lambda checks itself
     with pytest.raises(ValueError, match=r"lam: 'cv' splits the views of a 2D CT operator .* got Blur"):

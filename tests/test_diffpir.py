@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from priors import L2Fidelity
-from recon.diffpir import DiffPIR
+from recon.diffusion.diffpir import DiffPIR
 from recon.problem import Problem
 from tests.test_red_diff import M0, S, _gaussian_prior, _problem
 

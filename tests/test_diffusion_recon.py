@@ -46,8 +46,8 @@ def test_diffusion_methods_run_seeded_with_their_reference_defaults(problem, mod
 
 def test_dpir_is_diffpir_without_renoising_from_fbp_over_the_low_noise_timesteps(problem, model):
     from priors import L2Fidelity
-    from recon.diffpir import DiffPIR
-    from recon.diffusion_recon import DPIR_START, dpir_timesteps
+    from recon.diffusion.diffpir import DiffPIR
+    from recon.diffusion.diffusion_recon import DPIR_START, dpir_timesteps
     from recon.fbp import fbp
     from recon.problem import Problem
 
@@ -75,7 +75,7 @@ def test_diffusion_methods_default_to_the_shipped_model_and_refuse_other_tasks(p
 
 
 def test_an_image_outside_the_trained_range_warns_and_is_reconstructed_scaled(problem, model):
-    from recon.diffusion_recon import magnitude_p99
+    from recon.diffusion.diffusion_recon import magnitude_p99
     from recon.fbp import fbp
 
     A, y = problem
@@ -142,10 +142,10 @@ def test_the_missing_model_message_names_the_method_asked_for(problem):
 
 def test_a_cards_tuned_settings_replace_the_defaults_and_are_checked(problem, model, tmp_path):
     from priors import L2Fidelity
+    from recon.diffusion.red_diff import REDDiff
     from recon.fbp import fbp
     from recon.models import load_model
     from recon.problem import Problem
-    from recon.red_diff import REDDiff
 
     A, y = problem
     card = {**model.card, "dpir": {"lam": 0.5, "steps": 4, "start": 100}, "red-diff": {"lam": 0.05, "lr": 0.03}}
@@ -193,8 +193,8 @@ def test_a_cards_ensemble_denoises_each_image_over_its_flips(problem, tmp_path):
 def test_a_cards_init_starts_dpir_from_tv(problem, model, tmp_path):
     from operators import CartesianMRI, random_mask
     from priors import L2Fidelity
-    from recon.diffpir import DiffPIR
-    from recon.diffusion_recon import dpir_timesteps
+    from recon.diffusion.diffpir import DiffPIR
+    from recon.diffusion.diffusion_recon import dpir_timesteps
     from recon.models import load_model
     from recon.mri import reconstruct_mri
     from recon.problem import Problem
@@ -225,7 +225,7 @@ def test_a_cards_init_starts_dpir_from_tv(problem, model, tmp_path):
 
 def test_dps_is_the_dps_solver_on_the_scaled_data_term(problem, model):
     from priors import L2Fidelity
-    from recon.dps import DPS
+    from recon.diffusion.dps import DPS
     from recon.fbp import fbp
     from recon.problem import Problem
 
@@ -239,8 +239,8 @@ def test_dps_is_the_dps_solver_on_the_scaled_data_term(problem, model):
 
 def test_score_pc_is_the_score_pc_solver_with_the_operators_projection(problem, model, tmp_path):
     from priors import L2Fidelity
+    from recon.diffusion.score_pc import ScorePC
     from recon.problem import Problem
-    from recon.score_pc import ScorePC
 
     A, y = problem
     r = reconstruct(A, y, "score-pc", model=model, iterations=4, lam=0.8)

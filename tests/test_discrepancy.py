@@ -11,7 +11,7 @@ import torch
 
 from data.phantoms import shepp_logan
 from operators import ParallelBeam2D
-from recon.discrepancy import AUTO_FLOOR, AUTO_TRIALS, DISCREPANCY_TAU, discrepancy_search
+from recon.parameter_choice.discrepancy import AUTO_FLOOR, AUTO_TRIALS, DISCREPANCY_TAU, discrepancy_search
 from recon.reconstruct import reconstruct
 
 

@@ -14,7 +14,7 @@ from operators import Identity
 from operators.matrix import MatrixOperator
 from priors import L2Fidelity
 from priors.diffusion import DiffusionPrior
-from recon.dps import DPS
+from recon.diffusion.dps import DPS
 from recon.problem import Problem
 from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
 
@@ -57,11 +57,11 @@ def test_dps_without_noise_follows_an_independent_implementation_to_float_precis
     """Both started at x_T = 0 with every noise draw 0: the same deterministic path, drift and guidance
     (autograd here, the gradient written out by hand in docs/posterior_gaussian_toy.py). 100 steps: over
     1000 the noiseless path fits the data until the residual's direction, its gradient, is rounding."""
-    import recon.dps
+    import recon.diffusion.dps
 
     toy = _toy_module()
     _, C, mu0, A, y = toy.setup()
-    monkeypatch.setattr(recon.dps, "complex_noise", lambda like, generator=None: torch.zeros_like(like))
+    monkeypatch.setattr(recon.diffusion.dps, "complex_noise", lambda like, generator=None: torch.zeros_like(like))
     monkeypatch.setattr(toy, "CHAINS", 2)
     for zeta in (0.3, 1.0):
         reference = toy.ancestral(_Zeros(), toy.dps(C, mu0, A, y, zeta), steps=100)

@@ -49,7 +49,7 @@ def test_every_output_of_recon_ct_is_readable_by_the_group_and_others(tmp_path, 
 def test_checkpoint_folders_and_files_honour_the_umask(tmp_path, umask):
     import torch
 
-    from recon.checkpoint import save_checkpoint
+    from recon.training.checkpoint import save_checkpoint
 
     umask(0o022)
     folder = save_checkpoint(tmp_path, 1, torch.nn.Linear(2, 2), {}, {})

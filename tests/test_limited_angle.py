@@ -1,4 +1,4 @@
-"""Limited-angle CT with a learned prior (recon.limited_angle, recon train limited-angle): the arc's canonical
+"""Limited-angle CT with a learned prior (recon.learned.limited_angle, recon train limited-angle): the arc's canonical
 frame, the scanner check, the composition TV -> network -> turn back, and the training task."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from data.htc2022 import htc_geometry
 from data.training import HTCDiscDataset
 from operators import FanBeam2D, ParallelBeam2D
 from operators.ct import ct_operator
-from recon.limited_angle import arc_of, canonical_operator, check_limited_angle, rotate, scanner_of
+from recon.learned.limited_angle import arc_of, canonical_operator, check_limited_angle, rotate, scanner_of
 from recon.models import TrainedModel, build_network, load_model
 from recon.reconstruct import reconstruct
 from tests.trainer_helpers import one_thread, train_cli  # noqa: F401  (one_thread: autouse fixture)

@@ -20,9 +20,9 @@ from priors.learned_prox import LearnedProximalNetwork
 from priors.nets import ICNN, UNet
 from priors.tv import SpaceVariantTV, adaptive_tv_weights, intensity_scale, magnitude_tv_weights
 from priors.weight_net import GradientMagnitudeNet, gradient_magnitude
-from recon.checkpoint import load_weights
 from recon.models import TrainedModel, build_network, card_warnings, load_model, save_model, update_card
 from recon.reconstruct import reconstruct
+from recon.training.checkpoint import load_weights
 from tests.contracts import rel_diff
 
 from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)

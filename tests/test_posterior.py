@@ -9,8 +9,8 @@ import torch
 
 from data.phantoms import shepp_logan
 from operators import CartesianMRI, ParallelBeam2D, random_mask
+from recon.diffusion.posterior import Posterior, calibration, posterior
 from recon.models import TrainedModel, build_network
-from recon.posterior import Posterior, calibration, posterior
 from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 ARCH = {"channels": [8, 16], "embedding": 16, "sigma_data": 0.5, "sigma_range": [0.002, 160.0]}

@@ -8,8 +8,8 @@ import torch
 
 from priors import L2Fidelity, TV
 from priors.diffusion import DiffusionPrior, VPSchedule
+from recon.diffusion.red_diff import REDDiff
 from recon.problem import Problem
-from recon.red_diff import REDDiff
 from tests.test_operators import Dense
 
 M0, S = 0.3, 0.2  # the prior: x0 ~ N(M0, S^2 I)
@@ -73,7 +73,7 @@ def test_bad_arguments_are_named():
 
 @pytest.mark.parametrize("solver", ["red-diff", "diffpir"])
 def test_both_diffusion_solvers_name_a_problem_they_cannot_solve(solver):
-    from recon.diffpir import DiffPIR
+    from recon.diffusion.diffpir import DiffPIR
 
     A, y = _problem()
     make = (lambda: REDDiff(_gaussian_prior(), steps=2)) if solver == "red-diff" else (
@@ -87,7 +87,7 @@ def test_both_diffusion_solvers_name_a_problem_they_cannot_solve(solver):
 def test_complex_images_are_their_real_and_imaginary_parts():
     """A real A and complex data: RED-Diff reaches the closed form of each part, DiffPIR's deterministic
     form equals the two real runs combined (MRI images are complex; the prior is real)."""
-    from recon.diffpir import DiffPIR
+    from recon.diffusion.diffpir import DiffPIR
 
     A, y_re = _problem()
     _, y_im = _problem(m=8, n=16)

@@ -1,4 +1,4 @@
-"""RISING (recon.rising): the network, ``recon train rising``, ``reconstruct(..., "rising")`` and its errors."""
+"""RISING (recon.learned.rising): the network, ``recon train rising``, ``reconstruct(..., "rising")`` and its errors."""
 
 from __future__ import annotations
 

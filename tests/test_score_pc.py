@@ -14,11 +14,11 @@ from operators.base import LinearOperator
 from operators.matrix import MatrixOperator
 from priors import L2Fidelity
 from priors.diffusion import DiffusionPrior
-from recon.diffpir import DiffPIR
-from recon.dps import DPS
+from recon.diffusion.diffpir import DiffPIR
+from recon.diffusion.dps import DPS
+from recon.diffusion.score_pc import ScorePC, projection_for
 from recon.fbp import fbp
 from recon.problem import Problem
-from recon.score_pc import ScorePC, projection_for
 from tests.test_dps import _gaussian_prior, _toy_module
 from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
 

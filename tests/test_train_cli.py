@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import recon.trainer
+import recon.training.trainer
 from apps.cli import main
-from recon.checkpoint import latest_checkpoint, load_weights
+from recon.training.checkpoint import latest_checkpoint, load_weights
 from recon.models import build_network, load_model
-from recon.trainer import TrainConfig, Trainer
+from recon.training.trainer import TrainConfig, Trainer
 from tests.trainer_helpers import NoisyImages, TinyDenoiser, fixed_loss
 from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
 
@@ -287,13 +287,13 @@ class Interrupted(BaseException):
 
 
 def _interrupt_at(monkeypatch, stop: int) -> None:
-    step = recon.trainer.Trainer._step
+    step = recon.training.trainer.Trainer._step
 
     def interrupted(self, k, bar):
         if k == stop:
             raise Interrupted(k)
         return step(self, k, bar)
-    monkeypatch.setattr(recon.trainer.Trainer, "_step", interrupted)
+    monkeypatch.setattr(recon.training.trainer.Trainer, "_step", interrupted)
 
 
 def test_interrupted_lpn_run_resumes_bit_identically(tmp_path, monkeypatch):

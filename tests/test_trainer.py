@@ -1,4 +1,5 @@
-"""recon.trainer and recon.checkpoint: training, exact resume (also after SIGKILL), torchrun, safe loading."""
+"""recon.training.trainer and recon.training.checkpoint: training, exact resume (also after SIGKILL), torchrun, safe
+loading."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from recon.checkpoint import latest_checkpoint, load_checkpoint, load_weights, write_model_card
-from recon.trainer import TrainConfig, Trainer, step_indices
+from recon.training.checkpoint import latest_checkpoint, load_checkpoint, load_weights, write_model_card
+from recon.training.trainer import TrainConfig, Trainer, step_indices
 from tests.trainer_helpers import REPO, NoisyImages, TinyDenoiser, fixed_loss, make_trainer, weights
 from tests.trainer_helpers import one_thread  # noqa: F401  (autouse fixture)
 

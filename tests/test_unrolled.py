@@ -1,4 +1,4 @@
-"""Unrolled solvers (recon.unrolled), the dense matrix operator and the l0 prox they use."""
+"""Unrolled solvers (recon.learned.unrolled), the dense matrix operator and the l0 prox they use."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from operators.matrix import MatrixOperator
 from priors import L1Norm, L2Fidelity
 from priors.sparsity import L0Norm
+from recon.learned.unrolled import Unrolled, UnrolledISTA, objective, supervised_loss, unsupervised_loss
 from recon.pnp import PnPProximalGradient
 from recon.problem import Problem
-from recon.unrolled import Unrolled, UnrolledISTA, objective, supervised_loss, unsupervised_loss
 from tests.contracts import LinearOperatorContract, rel_diff
 
 

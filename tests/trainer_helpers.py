@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from recon import checkpoint
 from recon.metrics import psnr
-from recon.trainer import TrainConfig, Trainer
+from recon.training import checkpoint
+from recon.training.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16

@@ -6,7 +6,7 @@ The global batch ``B_k`` of step ``k`` (0-based) depends on ``(seed, k)`` only: 
 ``e = k // (len(train_set) // batch_size)`` draws a permutation from ``(seed, e)`` and step ``k``
 takes its next ``batch_size`` items (each epoch's last partial batch is dropped). Under ``torchrun``
 rank ``r`` of ``W`` takes the ``r``-th contiguous ``batch_size / W`` items of it. Checkpoints
-(``recon.checkpoint``) hold model, optimiser, scheduler, grad scaler, step, metrics and the RNGs of
+(``recon.training.checkpoint``) hold model, optimiser, scheduler, grad scaler, step, metrics and the RNGs of
 every rank: a run stopped at any step and resumed ends with bit-identical weights on the CPU.
 """
 
@@ -30,8 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from recon import checkpoint as ckpt
-from recon.train_config import TrainConfig, TrainSummary
+from recon.training import checkpoint as ckpt
+from recon.training.train_config import TrainConfig, TrainSummary
 
 __all__ = ["TrainConfig", "TrainSummary", "Trainer", "step_indices"]
 

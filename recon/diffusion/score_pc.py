@@ -54,10 +54,10 @@ from operators import CartesianMRI, FanBeam2D, MultiCoilMRI, ParallelBeam2D
 from operators.base import conjugate_gradient, inner, per_item
 from priors.diffusion import DiffusionPrior, VPSchedule, complex_noise
 from recon.base import relative_change
+from recon.diffusion.red_diff import DiffusionSolver
 from recon.fbp import fbp
 from recon.params import check_integer, check_number
 from recon.problem import Problem
-from recon.red_diff import DiffusionSolver
 
 __all__ = ["PROJECTIONS", "ScorePC", "ScorePCState", "projection_for"]
 

@@ -1,4 +1,4 @@
-"""The settings of a training run and what it returns (``recon.trainer``; re-exported there)."""
+"""The settings of a training run and what it returns (``recon.training.trainer``; re-exported there)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 r"""Choosing the regularisation weight by cross-validation over views: TV's default on 2D CT, ``lam="cv"``.
 
-The rule (``recon.lambda_rule``) sees the sinogram's noise, the image size and the geometry, not the
+The rule (``recon.parameter_choice.lambda_rule``) sees the sinogram's noise, the image size and the geometry, not the
 object: at the same setting the best TV weight of a phantom with many edges (Shepp-Logan, COULE-like
 bars) is about a quarter of that of a few smooth ellipses, so the rule lands between them
 (docs/lam_rule_range_study.md). Cross-validation lets the data decide. Every ``CV_FOLDS``-th view,
@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 
 from recon.fbp import fbp
-from recon.lambda_rule import default_lambda, noise_levels
+from recon.parameter_choice.lambda_rule import default_lambda, noise_levels
 
 __all__ = ["CV_FOLDS", "CV_MAX_DOUBLINGS", "grid_minimum", "view_folds", "can_cross_validate", "cv_lambda"]
 
@@ -101,7 +101,7 @@ def cv_lambda(method: str, A, y: torch.Tensor, prior, x_fbp: torch.Tensor, noise
     (the most of any item) and the kept views' (all of them). The progress bar counts the reconstructions."""
     from tqdm.auto import tqdm
 
-    from recon.discrepancy import item
+    from recon.parameter_choice.discrepancy import item
 
     if not hasattr(A, "view_subset"):
         raise ValueError(f"lam: 'cv' splits the views of a 2D CT operator (ParallelBeam2D, FanBeam2D); got "

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recon.lambda_rule import default_lambda, noise_levels
+from recon.parameter_choice.lambda_rule import default_lambda, noise_levels
 
 __all__ = ["DISCREPANCY_TAU", "AUTO_TRIALS", "AUTO_FLOOR", "DiscrepancyResult", "discrepancy_search", "auto_lambda"]
 

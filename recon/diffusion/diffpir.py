@@ -31,10 +31,10 @@ import torch
 
 from priors.diffusion import DiffusionPrior, VPSchedule, complex_noise, eps_from_denoiser
 from recon.base import relative_change
+from recon.diffusion.red_diff import DiffusionSolver
 from recon.params import check_number
 from recon.pnp import _least_squares
 from recon.problem import Problem
-from recon.red_diff import DiffusionSolver
 
 __all__ = ["DiffPIR", "DiffPIRState"]
 

@@ -1,6 +1,6 @@
 """Checkpoints, weights and model cards that load without executing code.
 
-A training output folder (written by ``recon.trainer.Trainer``)::
+A training output folder (written by ``recon.training.trainer.Trainer``)::
 
     latest.json                      {"step": k, "checkpoint": "checkpoints/step_0000000k"}, written last
     checkpoints/step_0000000k/       one checkpoint, renamed into place complete

@@ -1,8 +1,8 @@
 r"""``reconstruct(A, y, "red-diff" | "diffpir" | "dpir" | "dps" | "score-pc", model=...)`` and
-``reconstruct_mri`` the same: the diffusion solvers on a CT or MRI problem (``"dps"``: ``recon.dps``,
-whose ``lam`` is its guidance step ``zeta``; ``"score-pc"``: ``recon.score_pc``, whose ``lam`` is its
+``reconstruct_mri`` the same: the diffusion solvers on a CT or MRI problem (``"dps"``: ``recon.diffusion.dps``,
+whose ``lam`` is its guidance step ``zeta``; ``"score-pc"``: ``recon.diffusion.score_pc``, whose ``lam`` is its
 projection's weight in ``[0, 1]``). ``"dpir"`` is DiffPIR without re-noising (annealed
-plug-and-play HQS, ``recon.diffpir``) from the pre-estimate, over the timesteps from
+plug-and-play HQS, ``recon.diffusion.diffpir``) from the pre-estimate, over the timesteps from
 ``DPIR_START`` down to 0 (noise levels 0.72 to 0.01: the pre-estimate's errors, not pure noise).
 A model card's table for the method (``"dpir": {"lam", "steps", "start", "init"}``, ``"diffpir":
 {"lam", "zeta", "steps"}``, ``"red-diff": {"lam", "lr", "steps", "start", "init"}``, ``"dps": {"lam",
@@ -36,11 +36,11 @@ import torch
 
 from priors.data import L2Fidelity
 from priors.diffusion import VPSchedule
-from recon.diffpir import DiffPIR
-from recon.dps import DPS
+from recon.diffusion.diffpir import DiffPIR
+from recon.diffusion.dps import DPS
+from recon.diffusion.red_diff import REDDiff
+from recon.diffusion.score_pc import ScorePC, projection_for
 from recon.problem import Problem
-from recon.red_diff import REDDiff
-from recon.score_pc import ScorePC, projection_for
 
 __all__ = ["DIFFUSION", "DEFAULT_STEPS", "diffusion_names", "DPIR_START", "INITS", "check_init",
            "diffusion_reconstruction", "dpir_timesteps", "magnitude_p99"]
