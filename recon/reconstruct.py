@@ -277,8 +277,8 @@ def _reconstruct(A, y, method, lam, iterations, nonneg, progress, filter, noise_
         return solver.run(Problem(L2Fidelity(op, yy), weight * pr, constraint=cons), x0)
 
     if lam == "auto":
-        x, lams, iters = auto_lambda(method, A, y, prior, x_fbp, noise_std, solve, progress, constraint)
-        params.update(lam=_per_item(lams), lam_rule="discrepancy",
+        x, lams, iters, searched = auto_lambda(method, A, y, prior, x_fbp, noise_std, solve, progress, constraint)
+        params.update(lam=_per_item(lams), lam_rule="discrepancy", auto_search_iterations=searched,
                       discrepancy_tau=DISCREPANCY_TAU, noise_std=noise_std if noise_std is not None else "estimated")
         return Reconstruction(x, method, iters, time.perf_counter() - start, params)
     if lam == "cv":

@@ -84,6 +84,7 @@ def test_cv_is_per_item_and_refuses_what_it_cannot_split(tmp_path):
     both = reconstruct(A, torch.cat([y0, y1]), "tv", lam="cv", iterations=50)
     one = reconstruct(A, y1, "tv", lam="cv", iterations=50)
     assert len(both.parameters["lam"]) == 2 and both.parameters["lam"][1] == pytest.approx(one.parameters["lam"])
+    assert both.iterations <= 50 < both.parameters["cv_search_iterations"]  # the final reconstructions'; the search's
     assert torch.allclose(both.x[1:], one.x, atol=1e-5)
     six = A.view_subset(list(range(6))), y0[..., :6, :]
     with pytest.raises(ValueError, match="y: cross-validation over 4 folds needs at least 8 views, got 6"):

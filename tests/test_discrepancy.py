@@ -70,6 +70,7 @@ def test_auto_lambda_meets_the_discrepancy_per_item(ct, method):
         ratio = float((A(r.x) - yi[None]).norm()) / (DISCREPANCY_TAU * s * math.sqrt(m))
         assert abs(ratio - 1) < 0.011, ratio
         assert r.parameters["lam_rule"] == "discrepancy"
+        assert r.iterations <= 150 < r.parameters["auto_search_iterations"]  # the kept trial's; all trials'
 
 
 def test_auto_lambda_batched_equals_looped(ct):

@@ -117,25 +117,26 @@ def auto_lambda(method, A, y, prior, x_fbp, noise_std, solve, progress, constrai
     """``reconstruct``'s ``lam="auto"``: the discrepancy-principle weight per batch item.
 
     ``solve(weight, x0, y, prior, constraint)`` reconstructs one item; returns ``(x, [lam per item],
-    total iterations)``. The progress bar counts the search's trials (a full reconstruction each, up to
+    iterations, search iterations)``: those of the trials kept (the most of any item) and of all trials. The progress bar counts the search's trials (a full reconstruction each, up to
     ``AUTO_TRIALS`` per item) and shows the last weight tried and its residual ratio."""
     from tqdm.auto import tqdm
 
     sigmas = noise_levels(y, noise_std)
     m = y[0].numel()
-    xs, lams, iters = [], [], 0
+    xs, lams, final, iters = [], [], 0, 0
     bar = tqdm(total=y.shape[0] * AUTO_TRIALS, desc=f"{method}: lam by discrepancy", unit="trial",
                disable=not progress)
     for i in range(y.shape[0]):
         yi, pi, ci = y[i:i + 1], item(prior, i), item(constraint, i)
         s = float(sigmas[i])
-        count = [0]
+        count, runs = [0], {}
 
         def solve_i(weight, _previous):
             # every trial starts from FBP, as a reconstruction at a given weight does: warm starts from
             # the previous trial left 300 iterations short of it (measured: up to 1.6 dB lower on ellipses)
             r = solve(weight, x_fbp[i:i + 1], yi, pi, ci)
             count[0] += r.n_iter
+            runs[weight] = r.n_iter
             bar.set_postfix_str(f"lam {weight:.3g}", refresh=False)
             return r.x
 
@@ -155,9 +156,10 @@ def auto_lambda(method, A, y, prior, x_fbp, noise_std, solve, progress, constrai
                           "(docs/lam_rule_range_study.md); the default weight (lam=None) is safer here", stacklevel=3)
         xs.append(found.x)
         lams.append(found.lam)
+        final = max(final, runs[found.lam])
         iters += count[0]
     bar.close()
-    return torch.cat(xs), lams, iters
+    return torch.cat(xs), lams, final, iters
 
 
 def item(prior, i: int):
