@@ -28,8 +28,8 @@ validation sets by seed. The config file (TOML or JSON) has up to four tables, e
              svtv-weights: views, noise, patch_size, patches_per_image
              rising: views, noise, iterations (TV's, of the input), patch_size, patches_per_image
              lpd: views, noise
-             limited-angle: grid (the network's), arc_degrees, step_degrees, mu, noise ([low, high] ranges
-                    drawn per image), workers (processes simulating the scans; apps.train_limited)
+             limited-angle: grid (the network's), arc_degrees, step_degrees, mu, noise, hardening ([low, high]
+                    ranges drawn per image), workers (processes simulating the scans; apps.train_limited)
              unrolled-ista: views, noise, loss ("supervised": MSE to the image; "unsupervised": the
                     objective at the output, ||A x - y||^2 / (2 ||A||^2) + tv TV(x) on the FBP's intensity
                     scale, no image needed), tv
@@ -98,7 +98,7 @@ DEFAULTS["unrolled-ista"] = {
 DEFAULTS["limited-angle"] = {
     "model": {"channels": [16, 32, 64, 128], "norm": "group"},
     "task": {"grid": 128, "arc_degrees": [30.0, 90.0], "step_degrees": 0.5, "mu": [0.03, 0.04],
-             "noise": [0.005, 0.01], "workers": 1},
+             "noise": [0.005, 0.01], "hardening": [0.0, 0.0], "workers": 1},
     "train": {"steps": 3000, "batch_size": 8, "lr": 1e-3, "scheduler": "cosine", "val_every": 250,
               "checkpoint_every": 250}}
 DEFAULTS["score"] = {

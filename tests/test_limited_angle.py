@@ -137,6 +137,8 @@ def test_recon_train_limited_angle_records_the_scanner_and_improves_on_tv(traine
 @pytest.mark.parametrize("task, match", [({"grid": 24}, r"\[task\] grid = 24; expected at least 16 and dividing"),
                                          ({"arc_degrees": [30.0, 200.0]}, r"\[task\] arc_degrees"),
                                          ({"mu": [0.0, 0.1]}, r"\[task\] mu"),
+                                         ({"hardening": [-0.1, 0.1]}, r"\[task\] hardening = \[-0.1, 0.1\]; "
+                                                                      r"expected \[low, high\] with 0 <= low"),
                                          ({"workers": 0}, r"\[task\] workers = 0")])
 def test_bad_task_settings_are_named(tmp_path, capsys, task, match):
     config = tmp_path / "config.json"
@@ -155,6 +157,27 @@ def test_scan_settings_are_seeded_per_image_and_in_range():
     assert draws[3] == scan_settings(t, 0, 3) != scan_settings(t, 1, 3)
     assert all(30.0 <= d["span"] <= 90.0 and (2 * d["span"]).is_integer() for d in draws)
     assert all(0.03 <= d["mu"] <= 0.04 and 0.005 <= d["noise"] <= 0.01 for d in draws)
+    assert all(d["hardening"] == 0.0 for d in draws)  # linear by default
+    hardened = [scan_settings({**t, "hardening": [0.06, 0.12]}, 0, i) for i in range(50)]
+    assert all({**h, "hardening": 0.0} == d for h, d in zip(hardened, draws))  # the other draws unchanged
+    assert all(0.06 <= h["hardening"] <= 0.12 for h in hardened) and len({h["hardening"] for h in hardened}) == 50
+
+
+def test_hardened_scans_measure_less_on_long_chords_and_keep_the_linear_target():
+    """``[task] hardening``: the line integral s is measured as s - beta s^2, so TV from it is darker (most in the
+    middle, where chords are longest), while the target stays the linear attenuation."""
+    from apps.train import DEFAULTS
+    from apps.train_limited import _scan_chunk
+    from data.training import HTCDiscDataset
+
+    t = {**DEFAULTS["limited-angle"]["task"], "grid": 32}
+    images = torch.stack([HTCDiscDataset(1, size=64, seed=3)[0]])
+    linear, target = _scan_chunk(images, [0], t, 0)
+    hardened, same = _scan_chunk(images, [0], {**t, "hardening": [0.1, 0.1]}, 0)
+    assert torch.equal(target, same)
+    centre, rim = (slice(12, 20), slice(12, 20)), (slice(14, 18), slice(3, 6))
+    ratio = [float(hardened[0, 0][r].mean() / linear[0, 0][r].mean()) for r in (centre, rim)]
+    assert ratio[0] < ratio[1] < 1.0 and ratio[0] < 0.95, ratio
 
 
 HTC = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "htc2022"
