@@ -118,8 +118,8 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=TASKS, help="what to train")
     p.add_argument("--data", required=True, metavar="SOURCE",
-                   help="ellipses | coule | ellipses+coule | htc-discs | htc-shapes | a folder of PNG/NPY or DICOM images "
-                        "| an HDF5 file")
+                   help="ellipses | coule | ellipses+coule | htc-discs | htc-shapes | a folder of PNG/NPY or DICOM "
+                        "images | an HDF5 file")
     p.add_argument("--output", required=True, type=Path, metavar="DIR", help="run folder (weights, card, log)")
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML or JSON settings (see above)")
     p.add_argument("--steps", type=positive_int, help="training steps (overrides [train] steps)")
