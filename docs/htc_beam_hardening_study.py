@@ -30,27 +30,20 @@ def chord_fit(data) -> dict:
     """The fitted disc and ``p = a L + b L^2`` over the rays with chords above 5 mm, with the median ``p / L`` by
     chord length."""
     from operators.ct import ct_operator
-    from recon.fbp import isocentre_detector
-    from recon.support import _rays, fit_disc
+    from recon.support import chord_lengths, fit_disc
 
     A = ct_operator(data.geometry, data.angles, data.sinogram.shape[1])
     y = torch.as_tensor(data.sinogram)[None, None].double()
     disc = fit_disc(A, y)
-    u, centre = isocentre_detector(A), np.array([disc.x, disc.y])
-    chords, values = [], []
-    for angle, p in zip(A.angles.numpy(), y[0, 0].numpy()):
-        on, directions = _rays(A, float(angle), u)
-        rel = centre[None] - on
-        along = (rel * directions).sum(1)
-        chords.append(2 * np.sqrt(np.clip(disc.radius ** 2 - ((rel ** 2).sum(1) - along ** 2), 0, None)))
-        values.append(p)
-    L, P = np.concatenate(chords), np.concatenate(values)
+    L, P = chord_lengths(A, disc).ravel(), y[0, 0].numpy().ravel()
     keep = L > 5.0
     (a, b), *_ = np.linalg.lstsq(np.stack([L[keep], L[keep] ** 2], 1), P[keep], rcond=None)
     edges = np.linspace(5.0, 2 * disc.radius, 9)
-    bins = [{"chord_mm": [round(float(lo), 1), round(float(hi), 1)],
-             "median_p_over_L": round(float(np.median(P[keep & (L >= lo) & (L < hi)] / L[keep & (L >= lo) & (L < hi)])),
-                                      5)} for lo, hi in zip(edges[:-1], edges[1:])]
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        ray = keep & (L >= lo) & (L < hi)
+        bins.append({"chord_mm": [round(float(lo), 1), round(float(hi), 1)],
+                     "median_p_over_L": round(float(np.median(P[ray] / L[ray])), 5)})
     return {"disc_radius_mm": round(disc.radius, 2), "a": float(a), "b": float(b), "beta": float(-b / a ** 2),
             "by_chord": bins}
 

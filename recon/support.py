@@ -28,7 +28,7 @@ import torch
 from operators.ct import FanBeam2D, ParallelBeam2D
 from recon.fbp import isocentre_detector
 
-__all__ = ["Disc", "fit_disc", "disc_bounds"]
+__all__ = ["Disc", "fit_disc", "chord_lengths", "disc_bounds"]
 
 #: share of a view's peak above which a detector cell is in the object's shadow
 SHADOW_THRESHOLD = 0.05
@@ -115,22 +115,27 @@ def fit_disc(A: ParallelBeam2D | FanBeam2D, y: torch.Tensor, threshold: float = 
     return Disc(float(x), float(yc), float(radius))
 
 
+def chord_lengths(A: ParallelBeam2D | FanBeam2D, disc: Disc) -> np.ndarray:
+    """The length (mm) of every ray's chord through ``disc``, ``(views, detectors)``: 0 where the ray misses it."""
+    u = isocentre_detector(A)
+    chords = []
+    for angle in A.angles.detach().cpu().numpy():
+        on, direction = _rays(A, float(angle), u)
+        to_centre = np.array([disc.x, disc.y]) - on
+        dist = np.abs(to_centre[:, 0] * direction[:, 1] - to_centre[:, 1] * direction[:, 0])
+        chords.append(2 * np.sqrt(np.clip(disc.radius**2 - dist**2, 0, None)))
+    return np.stack(chords)
+
+
 def disc_bounds(A: ParallelBeam2D | FanBeam2D, y: torch.Tensor, disc: Disc | None = None,
                 margin: float = 1.0) -> torch.Tensor:
     """Per-pixel upper bounds ``(1, 1, H, W)``: 0 outside ``disc`` (grown by ``margin`` pixels), and the
     largest attenuation the rays through it allow inside (module docstring); for ``priors.PixelBox``."""
     disc = fit_disc(A, y) if disc is None else disc
-    u = isocentre_detector(A)
-    sino = y.detach().double().cpu().numpy().reshape(-1, u.size)
-    ratios = []
-    for angle, p in zip(A.angles.detach().cpu().numpy(), sino):
-        on, direction = _rays(A, float(angle), u)
-        to_centre = np.array([disc.x, disc.y]) - on
-        dist = np.abs(to_centre[:, 0] * direction[:, 1] - to_centre[:, 1] * direction[:, 0])
-        chord = 2 * np.sqrt(np.clip(disc.radius**2 - dist**2, 0, None))
-        through = chord > disc.radius  # the inner half: long chords, small edge errors
-        ratios.append(p[through] / chord[through])
-    ratios = np.concatenate(ratios)
+    chord = chord_lengths(A, disc)
+    sino = y.detach().double().cpu().numpy().reshape(chord.shape)
+    through = chord > disc.radius  # the inner half: long chords, small edge errors
+    ratios = sino[through] / chord[through]
     top = BOUND_MARGIN * float(np.percentile(ratios, 99)) if ratios.size else math.inf
     H, W = A.image_shape
     xs = (np.arange(W) - 0.5 * (W - 1)) * A.pixel_size
