@@ -34,10 +34,9 @@ def scan_settings(t: dict, seed: int, index: int) -> dict:
     lo, hi = (float(v) for v in t["arc_degrees"])
     step = float(t["step_degrees"])
     spans = np.arange(lo, hi + step / 2, step)
-    settings = {"span": float(rng.choice(spans)), "mu": float(rng.uniform(*t["mu"])),
-                "noise": float(rng.uniform(*t["noise"])), "noise_seed": int(rng.integers(2**31))}
-    return {**settings, "hardening": float(rng.uniform(*t.get("hardening", (0.0, 0.0))))}  # drawn last: the
-    # draws above stay those of a task without hardening
+    return {"span": float(rng.choice(spans)), "mu": float(rng.uniform(*t["mu"])),
+            "noise": float(rng.uniform(*t["noise"])), "noise_seed": int(rng.integers(2**31)),
+            "hardening": float(rng.uniform(*t["hardening"]))}  # drawn last: the draws before it are a linear task's
 
 
 def _operator(size: int, span: float, step: float):
@@ -102,7 +101,7 @@ def _check_task(t: dict, images: torch.Tensor) -> None:
     if not float(t["step_degrees"]) > 0:
         raise ValueError(f"--config: [task] step_degrees = {t['step_degrees']}; expected > 0")
     for key in ("mu", "noise", "hardening"):
-        lo, hi = (float(v) for v in t.get(key, (0.0, 0.0)))
+        lo, hi = (float(v) for v in t[key])
         if not 0 <= lo <= hi or (key == "mu" and lo == 0):
             raise ValueError(f"--config: [task] {key} = {t[key]}; expected [low, high] with "
                              f"{'0 <' if key == 'mu' else '0 <='} low <= high")
@@ -119,7 +118,7 @@ def build_limited_angle(network, t: dict, images, output, seed: int, train_idx, 
 
     _check_task(t, images)
     settings = {k: t[k] for k in ("grid", "arc_degrees", "step_degrees", "mu", "noise")}
-    if any(float(v) for v in t.get("hardening", (0.0, 0.0))):  # recorded (and cached apart) only when used
+    if any(float(v) for v in t["hardening"]):  # recorded (and cached apart) only when used
         settings["hardening"] = [float(v) for v in t["hardening"]]
     key = {"images": hashlib.sha256(images.numpy().tobytes()).hexdigest(), "seed": seed, "task": "limited-angle",
            **settings}
